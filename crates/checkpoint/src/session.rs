@@ -1,0 +1,304 @@
+//! One conversation with CRIU over a [`Transport`]: send a request, serve its notifications,
+//! turn the final answer into an outcome or a [`CheckpointError`].
+//!
+//! The flow, as `criu/cr-service.c` implements it:
+//!
+//! ```text
+//!  us                                      criu swrk
+//!  criu_req{DUMP, opts{notify_scripts}} ─►
+//!                                       ◄─ criu_resp{NOTIFY, notify{script:"network-lock"}}
+//!  criu_req{NOTIFY, notify_success}     ─►   (criu waits for this; false = abort)
+//!                                       ◄─ ... more NOTIFY ...
+//!                                       ◄─ criu_resp{DUMP, success, cr_errno?, cr_errmsg?}
+//! ```
+//!
+//! CRIU answers a request it cannot parse with type `EMPTY` and `success = false`. Only VERSION,
+//! FEATURE_CHECK, CPUINFO and page-server requests may set `keep_open`; after any other request
+//! criu exits. The directories named by a request are opened here, in *our* process: CRIU reads
+//! them as `/proc/<peer>/fd/<n>`, where `<peer>` is the `SO_PEERCRED` pid of the socket — the
+//! process that created the socket pair.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use crate::engine::{
+    CriuVersion, DumpOutcome, Features, Notification, NotifyHandler, RestoreOutcome,
+};
+use crate::error::CheckpointError;
+use crate::log::CriuLog;
+use crate::request::{DumpRequest, RestoreRequest};
+use crate::rpc::{CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp};
+use crate::transport::{ProtocolError, Transport};
+
+/// The final answer to a request, with what happened on the way.
+#[derive(Debug)]
+struct Answer {
+    resp: CriuResp,
+    notifications: Vec<String>,
+    /// The first notification whose handler failed, and why.
+    hook_failure: Option<(String, String)>,
+}
+
+impl Answer {
+    /// The failure to report for a request whose answer has `success = false`.
+    fn failure(
+        self,
+        log: CriuLog,
+        make: impl FnOnce(Option<i32>, Option<String>, CriuLog) -> CheckpointError,
+    ) -> CheckpointError {
+        let errno = self.resp.cr_errno.filter(|e| *e != 0);
+        match self.hook_failure {
+            Some((script, reason)) => CheckpointError::HookFailed {
+                script,
+                reason,
+                message: self.resp.cr_errmsg,
+                log,
+            },
+            None => make(errno, self.resp.cr_errmsg, log),
+        }
+    }
+}
+
+/// A conversation with one CRIU worker (or a stand-in) over `transport`.
+#[derive(Debug)]
+pub struct Session {
+    transport: Transport,
+}
+
+impl Session {
+    /// A session over an already connected transport.
+    pub fn new(transport: Transport) -> Self {
+        Self { transport }
+    }
+
+    /// VERSION. With `keep_open`, CRIU stays for another request.
+    pub fn version(&self, keep_open: bool) -> Result<CriuVersion, CheckpointError> {
+        let mut req = CriuReq::new(CriuReqType::Version);
+        req.keep_open = keep_open.then_some(true);
+        let answer = self.exchange(&req, CriuReqType::Version, &mut crate::engine::accept_all)?;
+        match (answer.resp.success, answer.resp.version) {
+            (true, Some(v)) => Ok(v.into()),
+            (_, _) => Err(CheckpointError::RequestFailed {
+                request: CriuReqType::Version,
+                errno: answer.resp.cr_errno,
+                message: answer.resp.cr_errmsg,
+            }),
+        }
+    }
+
+    /// FEATURE_CHECK for every feature we know. With `keep_open`, CRIU stays.
+    pub fn features(&self, keep_open: bool) -> Result<Features, CheckpointError> {
+        let mut req = CriuReq::new(CriuReqType::FeatureCheck);
+        req.keep_open = keep_open.then_some(true);
+        // CRIU dereferences `features` unconditionally: it must be present.
+        req.features = Some(CriuFeatures {
+            mem_track: Some(true),
+            lazy_pages: Some(true),
+            pidfd_store: Some(true),
+        });
+        let answer = self.exchange(
+            &req,
+            CriuReqType::FeatureCheck,
+            &mut crate::engine::accept_all,
+        )?;
+        match (answer.resp.success, answer.resp.features) {
+            (true, Some(f)) => Ok(f.into()),
+            (_, _) => Err(CheckpointError::RequestFailed {
+                request: CriuReqType::FeatureCheck,
+                errno: answer.resp.cr_errno,
+                message: answer.resp.cr_errmsg,
+            }),
+        }
+    }
+
+    /// CHECK. CRIU 3.17 opens the images dir even for a check, so `scratch_dir` serves as both
+    /// images and work dir; the log `check.log` lands there.
+    pub fn check(&self, scratch_dir: &Path) -> Result<(), CheckpointError> {
+        let dir = open_dir(scratch_dir)?;
+        let log_file = "check.log";
+        let mut req = CriuReq::new(CriuReqType::Check);
+        req.opts = Some(CriuOpts {
+            images_dir_fd: dir.as_raw_fd(),
+            log_file: Some(log_file.to_owned()),
+            log_level: Some(crate::request::DEFAULT_LOG_LEVEL),
+            ..CriuOpts::default()
+        });
+        let answer = self.exchange(&req, CriuReqType::Check, &mut crate::engine::accept_all)?;
+        drop(dir);
+        if answer.resp.success {
+            return Ok(());
+        }
+        let log = CriuLog::read(scratch_dir.join(log_file));
+        Err(
+            answer.failure(log, |errno, message, log| CheckpointError::CheckFailed {
+                errno,
+                message,
+                log,
+            }),
+        )
+    }
+
+    /// DUMP.
+    pub fn dump(
+        &self,
+        req: &DumpRequest,
+        notify: &mut NotifyHandler<'_>,
+    ) -> Result<DumpOutcome, CheckpointError> {
+        let pid = req.pid;
+        let answer = self.dump_like(req, CriuReqType::Dump, req.track_mem, notify)?;
+        if answer.resp.success {
+            return Ok(DumpOutcome {
+                restored: answer.resp.dump.and_then(|d| d.restored).unwrap_or(false),
+                notifications: answer.notifications,
+            });
+        }
+        let log = CriuLog::read(req.log_path());
+        Err(
+            answer.failure(log, |errno, message, log| CheckpointError::DumpFailed {
+                pid,
+                errno,
+                message,
+                log,
+            }),
+        )
+    }
+
+    /// SINGLE_PRE_DUMP (one pre-dump, then criu is done), always with memory tracking.
+    pub fn pre_dump(
+        &self,
+        req: &DumpRequest,
+        notify: &mut NotifyHandler<'_>,
+    ) -> Result<DumpOutcome, CheckpointError> {
+        let pid = req.pid;
+        let answer = self.dump_like(req, CriuReqType::SinglePreDump, true, notify)?;
+        if answer.resp.success {
+            return Ok(DumpOutcome {
+                restored: false,
+                notifications: answer.notifications,
+            });
+        }
+        let log = CriuLog::read(req.log_path());
+        Err(
+            answer.failure(log, |errno, message, log| CheckpointError::PreDumpFailed {
+                pid,
+                errno,
+                message,
+                log,
+            }),
+        )
+    }
+
+    /// RESTORE.
+    pub fn restore(
+        &self,
+        req: &RestoreRequest,
+        notify: &mut NotifyHandler<'_>,
+    ) -> Result<RestoreOutcome, CheckpointError> {
+        let images = open_dir(&req.images_dir)?;
+        let work = req.work_dir.as_deref().map(open_dir).transpose()?;
+        let mut msg = CriuReq::new(CriuReqType::Restore);
+        msg.opts = Some(req.to_opts(images.as_raw_fd(), work.as_ref().map(AsRawFd::as_raw_fd)));
+        let answer = self.exchange(&msg, CriuReqType::Restore, notify)?;
+        drop((images, work));
+        match (answer.resp.success, answer.resp.restore.as_ref()) {
+            (true, Some(r)) => Ok(RestoreOutcome {
+                pid: r.pid,
+                notifications: answer.notifications,
+            }),
+            (true, None) => Err(ProtocolError::MissingField("restore").into()),
+            (false, _) => {
+                let log = CriuLog::read(req.log_path());
+                Err(
+                    answer.failure(log, |errno, message, log| CheckpointError::RestoreFailed {
+                        errno,
+                        message,
+                        log,
+                    }),
+                )
+            }
+        }
+    }
+
+    fn dump_like(
+        &self,
+        req: &DumpRequest,
+        kind: CriuReqType,
+        track_mem: bool,
+        notify: &mut NotifyHandler<'_>,
+    ) -> Result<Answer, CheckpointError> {
+        let images = open_dir(&req.images_dir)?;
+        let work = req.work_dir.as_deref().map(open_dir).transpose()?;
+        let mut opts = req.to_opts(images.as_raw_fd(), work.as_ref().map(AsRawFd::as_raw_fd));
+        opts.track_mem = Some(track_mem);
+        let mut msg = CriuReq::new(kind);
+        msg.opts = Some(opts);
+        // The fds must stay open until CRIU has opened them: that is, until the answer.
+        let answer = self.exchange(&msg, kind, notify);
+        drop((images, work));
+        answer
+    }
+
+    /// Sends `req`, serves notifications, returns the answer of type `expect` (or CRIU's
+    /// `EMPTY` error answer).
+    fn exchange(
+        &self,
+        req: &CriuReq,
+        expect: CriuReqType,
+        notify: &mut NotifyHandler<'_>,
+    ) -> Result<Answer, CheckpointError> {
+        self.transport.send(req)?;
+        let mut notifications = Vec::new();
+        let mut hook_failure = None;
+        loop {
+            let resp = self.transport.recv()?;
+            match resp.kind() {
+                Some(CriuReqType::Notify) => {
+                    let n = resp.notify.unwrap_or_default();
+                    let note = Notification {
+                        script: n.script.unwrap_or_default(),
+                        pid: n.pid,
+                    };
+                    let _span = tracing::info_span!("criu_notify", script = %note.script).entered();
+                    let result = notify(&note);
+                    if let Err(reason) = &result {
+                        tracing::warn!(script = %note.script, %reason, "notification handler failed");
+                        hook_failure.get_or_insert_with(|| (note.script.clone(), reason.clone()));
+                    }
+                    let mut ack = CriuReq::new(CriuReqType::Notify);
+                    ack.notify_success = Some(result.is_ok());
+                    self.transport.send(&ack)?;
+                    notifications.push(note.script);
+                }
+                Some(k) if k == expect || (k == CriuReqType::Empty && !resp.success) => {
+                    return Ok(Answer {
+                        resp,
+                        notifications,
+                        hook_failure,
+                    });
+                }
+                _ => {
+                    return Err(ProtocolError::Unexpected {
+                        expected: expect,
+                        got: resp.r#type,
+                    }
+                    .into())
+                }
+            }
+        }
+    }
+}
+
+/// Opens a directory for CRIU: an fd in our process, close-on-exec (CRIU does not inherit it;
+/// it opens `/proc/<our pid>/fd/<n>`).
+fn open_dir(path: &Path) -> Result<OwnedFd, CheckpointError> {
+    let err = |source| CheckpointError::OpenDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(err)?;
+    if !file.metadata().map_err(err)?.is_dir() {
+        return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    Ok(OwnedFd::from(file))
+}
