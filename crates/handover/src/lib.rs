@@ -1,1 +1,32 @@
-//! placeholder
+//! The Save State Map (SSM): the state `overboot update` hands from the old kernel to the new
+//! kernel's early userspace (`overboot resume`).
+//!
+//! A map is a directory ([`map`]): a binary [`header`] pinning a JSON [`manifest`] (format
+//! version, kernels, clocks at freeze, preserved trees, carried files, rollback recipe, and the
+//! size and SHA-256 of every file), plus the image files. In the old kernel a [`MapWriter`]
+//! builds it after the dump and a [`Store`] publishes it (appended to the new initrd as a newc
+//! [`cpio`], or copied to a directory). In the new kernel [`locate_from_cmdline`] finds it,
+//! [`SaveStateMap::open`] checks header and manifest, and [`SaveStateMap::verify_files`] checks
+//! every image before anything is restored.
+
+pub mod cpio;
+mod digest;
+mod error;
+pub mod header;
+pub mod manifest;
+pub mod map;
+pub mod store;
+mod verify;
+mod writer;
+
+pub use error::HandoverError;
+pub use manifest::{
+    CarriedFile, ClockReadings, FileEntry, FormatVersion, KernelInfo, Manifest, ManifestError,
+    PreservedTree, RollbackRecipe, TargetKernel, CURRENT_FORMAT,
+};
+pub use map::SaveStateMap;
+pub use store::{
+    locate_from_cmdline, DirectoryStore, InitrdStore, Published, Store, StoreError, CMDLINE_KEY,
+};
+pub use verify::VerifyReport;
+pub use writer::MapWriter;
