@@ -12,6 +12,12 @@
 //!                                       ◄─ criu_resp{DUMP, success, cr_errno?, cr_errmsg?}
 //! ```
 //!
+//! Which notifications arrive (seen with CRIU 3.17.1 on 6.1 in a lab guest): a dump sends
+//! `pre-dump`, `post-dump`; a restore `pre-restore`, `post-restore` (with the root pid),
+//! `pre-resume`, `post-resume`; a single pre-dump none. `network-lock` / `network-unlock` come
+//! only for a tree with its *own* network namespace: in the root namespace CRIU locks each TCP
+//! connection itself (iptables rules, or the nftables table `inet CRIU-<pid>`) and says nothing.
+//!
 //! CRIU answers a request it cannot parse with type `EMPTY` and `success = false`. Only VERSION,
 //! FEATURE_CHECK, CPUINFO and page-server requests may set `keep_open`; after any other request
 //! criu exits. The directories named by a request are opened here, in *our* process: CRIU reads
