@@ -1,0 +1,58 @@
+//! The guest's data disk: an ext4 image built from a host directory with `mkfs.ext4 -d` (no
+//! mount, no root needed on the host). Both kernels of a scenario mount it at `/lab`: it holds
+//! the kernels and initrds to switch to, and files that preserved processes keep open.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::host::{self, HostError};
+
+/// Errors while building a data disk.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// mkfs.ext4 failed.
+    #[error("cannot build the data disk {path}")]
+    Mkfs {
+        path: String,
+        #[source]
+        source: HostError,
+    },
+    /// The old image could not be removed.
+    #[error("cannot replace {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Builds a sparse ext4 image of `size_mib` at `image`, populated from `contents`.
+pub fn build(image: &Path, contents: &Path, size_mib: u64) -> Result<(), DiskError> {
+    if image.exists() {
+        fs::remove_file(image).map_err(|source| DiskError::Io {
+            path: image.display().to_string(),
+            source,
+        })?;
+    }
+    host::run(
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "overboot-lab",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+            ])
+            .arg(contents)
+            .arg(image)
+            .arg(format!("{size_mib}M")),
+    )
+    .map_err(|source| DiskError::Mkfs {
+        path: image.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! A QEMU guest driven over its serial console.
+//!
+//! The guest's init prints `@@LAB booted <release>` when it is ready and then reads shell
+//! commands from the console. [`Guest::run`] sends one command followed by an `@@RC <id> $?`
+//! sentinel and collects the lines up to it; every wait has a timeout, never a fixed sleep.
+//! Every console line is also appended to `console.log` in the run directory, whose path errors
+//! print. QEMU is killed when the [`Guest`] is dropped, and also if the test process dies
+//! (parent-death signal).
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How the guest is booted.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Name of the run: logs go to `target/lab/<name>/`.
+    pub name: String,
+    /// The bzImage to boot.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line (the console is added when absent).
+    pub append: String,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// An ext4 data disk attached as virtio-blk (`/dev/vda`, mounted at `/lab`).
+    pub disk: Option<PathBuf>,
+    /// User-mode networking with these `(host_port, guest_port)` TCP forwards.
+    pub net: Option<Vec<(u16, u16)>>,
+    /// A QEMU monitor on a unix socket in the run directory.
+    pub monitor: bool,
+}
+
+impl GuestConfig {
+    /// A config with the lab's defaults: 1 GiB, 2 vCPUs, no disk, no network.
+    pub fn new(name: &str, kernel: &Path, initrd: &Path) -> GuestConfig {
+        GuestConfig {
+            name: name.into(),
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            append: String::new(),
+            memory_mib: 1024,
+            cpus: 2,
+            disk: None,
+            net: None,
+            monitor: false,
+        }
+    }
+}
+
+/// Errors of a guest run. Each names the console log to read.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// QEMU could not be started.
+    #[error("cannot start qemu")]
+    Spawn(#[source] std::io::Error),
+    /// A sentinel did not arrive in time.
+    #[error("timed out after {secs}s waiting for {what:?}; last console lines:\n{tail}\nconsole log: {log}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        tail: String,
+        log: PathBuf,
+    },
+    /// QEMU exited (the guest powered off, crashed or panicked).
+    #[error(
+        "qemu exited while waiting for {what:?}; last console lines:\n{tail}\nconsole log: {log}"
+    )]
+    Exited {
+        what: String,
+        tail: String,
+        log: PathBuf,
+    },
+    /// Writing to the console or the log failed.
+    #[error("console i/o")]
+    Io(#[from] std::io::Error),
+}
+
+/// The result of a command run in the guest.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit status of the command in the guest shell.
+    pub status: i32,
+    /// Its stdout and stderr, line by line.
+    pub lines: Vec<String>,
+}
+
+impl Output {
+    /// All lines joined with newlines.
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// A running guest.
+#[derive(Debug)]
+pub struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    history: Vec<String>,
+    dir: PathBuf,
+    seq: u64,
+}
+
+/// Which accelerator to use: KVM only where a probe shows it works (on some hosts `/dev/kvm`
+/// opens but QEMU aborts when it programs the vCPU), TCG otherwise. `OVERBOOT_LAB_ACCEL`
+/// (`kvm` or `tcg`) overrides the probe.
+fn accelerator() -> &'static str {
+    static ACCEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    ACCEL.get_or_init(|| match std::env::var("OVERBOOT_LAB_ACCEL").as_deref() {
+        Ok("kvm") => "kvm",
+        Ok("tcg") => "tcg",
+        _ if kvm_works() => "kvm",
+        _ => "tcg",
+    })
+}
+
+fn kvm_works() -> bool {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return false;
+    }
+    let probe = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-cpu", "max", "-machine", "q35", "-display", "none",
+        ])
+        .args(["-nodefaults", "-no-reboot", "-monitor", "stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = probe else {
+        return false;
+    };
+    // Let the vCPUs run for a moment, then quit through the monitor.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    child.wait().is_ok_and(|s| s.success())
+}
+
+impl Guest {
+    /// Boots a guest and waits for its `@@LAB booted` sentinel.
+    pub fn boot(config: &GuestConfig, timeout: Duration) -> Result<(Guest, String), GuestError> {
+        let mut guest = Guest::start(config)?;
+        let line = guest.wait_for("@@LAB booted", timeout)?;
+        Ok((guest, line))
+    }
+
+    /// Starts QEMU without waiting for anything.
+    pub fn start(config: &GuestConfig) -> Result<Guest, GuestError> {
+        let dir = crate::host::run_dir(&config.name);
+        fs::create_dir_all(&dir)?;
+        let mut append = config.append.clone();
+        if !append.contains("console=") {
+            append = format!("console=ttyS0 {append}");
+        }
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", accelerator()])
+            .args(["-cpu", "max", "-machine", "q35"])
+            .args(["-m", &config.memory_mib.to_string()])
+            .args(["-smp", &config.cpus.to_string()])
+            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&config.kernel)
+            .arg("-initrd")
+            .arg(&config.initrd)
+            .args(["-append", append.trim()]);
+        if config.monitor {
+            cmd.arg("-monitor").arg(format!(
+                "unix:{},server,nowait",
+                dir.join("monitor.sock").display()
+            ));
+        } else {
+            cmd.args(["-monitor", "none"]);
+        }
+        if let Some(disk) = &config.disk {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                disk.display()
+            ));
+        }
+        match &config.net {
+            Some(forwards) => {
+                let mut netdev = String::from("user,id=n0");
+                for (host, guest) in forwards {
+                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                }
+                cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+            }
+            None => {
+                cmd.args(["-nic", "none"]);
+            }
+        }
+        let stderr = File::create(dir.join("qemu.stderr"))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
+        // is async-signal-safe; it touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        fs::write(dir.join("qemu.cmdline"), format!("{cmd:?}\n"))?;
+        let mut child = cmd.spawn().map_err(GuestError::Spawn)?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| GuestError::Spawn(std::io::Error::other("qemu has no stdin pipe")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| GuestError::Spawn(std::io::Error::other("qemu has no stdout pipe")))?;
+        let (tx, rx) = mpsc::channel();
+        let mut log = File::create(dir.join("console.log"))?;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let _ = log.write_all(&buf);
+                        let line = clean_line(&buf);
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Guest {
+            child,
+            stdin,
+            lines: rx,
+            history: Vec::new(),
+            dir,
+            seq: 0,
+        })
+    }
+
+    /// The run directory holding `console.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The console log of this guest.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Every console line seen so far.
+    pub fn history(&self) -> &[String] {
+        &self.history
+    }
+
+    fn tail(&self) -> String {
+        let start = self.history.len().saturating_sub(25);
+        self.history[start..].join("\n")
+    }
+
+    /// Waits for the next console line containing `pattern` and returns it.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String, GuestError> {
+        self.wait_until(pattern, timeout, |line| line.contains(pattern))
+            .map(|mut lines| lines.pop().unwrap_or_default())
+    }
+
+    /// Waits for a line satisfying `done`; returns every line read, the matching one last.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, GuestError> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.history.push(line.clone());
+                    let hit = done(&line);
+                    seen.push(line);
+                    if hit {
+                        return Ok(seen);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(GuestError::Timeout {
+                        what: what.into(),
+                        secs: timeout.as_secs(),
+                        tail: self.tail(),
+                        log: self.log_path(),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(GuestError::Exited {
+                        what: what.into(),
+                        tail: self.tail(),
+                        log: self.log_path(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends a raw line to the guest shell without waiting.
+    pub fn send(&mut self, line: &str) -> Result<(), GuestError> {
+        self.stdin.write_all(line.as_bytes())?;
+        self.stdin.write_all(b"\n")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Runs a shell command in the guest and returns its status and output.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<Output, GuestError> {
+        self.seq += 1;
+        let id = self.seq;
+        let sentinel = format!("@@RC {id} ");
+        // The sentinel is split in the command text so that an echoed command never matches.
+        self.send(&format!(
+            "{{ {command}\n}} 2>&1; echo \"@@RC\" \"{id}\" \"$?\""
+        ))?;
+        let mut lines = self.wait_until(&format!("exit status of `{command}`"), timeout, |l| {
+            l.contains(&sentinel)
+        })?;
+        let last = lines.pop().unwrap_or_default();
+        let status = last
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1);
+        Ok(Output { status, lines })
+    }
+
+    /// Runs a command that must succeed; a non-zero status is an error carrying its output.
+    pub fn run_ok(&mut self, command: &str, timeout: Duration) -> Result<Output, GuestError> {
+        let out = self.run(command, timeout)?;
+        if out.status != 0 {
+            return Err(GuestError::Io(std::io::Error::other(format!(
+                "`{command}` exited {} in the guest:\n{}\nconsole log: {}",
+                out.status,
+                out.text(),
+                self.log_path().display()
+            ))));
+        }
+        Ok(out)
+    }
+
+    /// Kills QEMU (idempotent).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A console line without carriage returns and terminal escape sequences.
+fn clean_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ params final-byte
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_are_cleaned() {
+        assert_eq!(
+            clean_line(b"\x1b[?7l\x1b[2J@@LAB booted 6.1\r\n"),
+            "@@LAB booted 6.1"
+        );
+    }
+}

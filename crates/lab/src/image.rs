@@ -1,0 +1,307 @@
+//! Guest initramfs images: busybox, the kernel's modules (decompressed, in load order), our
+//! binaries with their shared libraries, CRIU, workloads, and the lab's `/init`.
+//!
+//! The image is staged in a directory and packed as an uncompressed newc cpio: the kexec
+//! purgatory hashes every segment and TCG decompresses slowly, so small and plain is fastest.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::kernels::{Kernel, KernelError, ModuleIndex};
+
+/// The lab's init (PID 1 of every guest). It mounts the pseudo filesystems, loads the modules
+/// listed in `/etc/lab/modules`, mounts the data disk at `/lab`, runs the boot hooks in
+/// `/etc/lab/boot.d`, prints the `@@LAB booted` sentinel and then serves a shell on the console
+/// for the host to drive (no echo, no prompt: the host reads `@@RC` sentinels).
+pub const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root PS1= PS2= PS4=
+mkdir -p /proc /sys /dev /run /tmp /root /lab
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+echo "@@LAB init $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+if [ -f /etc/lab/modules ]; then
+  while read -r m; do
+    insmod "/lib/modules/$(uname -r)/$m" 2>/tmp/insmod.err || echo "@@LAB insmod-failed $m: $(cat /tmp/insmod.err)"
+  done < /etc/lab/modules
+fi
+ip link set lo up
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.1; done
+if [ -b /dev/vda ]; then
+  mount -t ext4 /dev/vda /lab || echo "@@LAB mount-failed /dev/vda"
+fi
+for hook in /etc/lab/boot.d/*; do
+  [ -x "$hook" ] && "$hook"
+done
+stty -echo -F /dev/console 2>/dev/null
+echo "@@LAB booted $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+while true; do
+  # The console is read as a script, not as stdin: no prompt, no job control, and commands
+  # get /dev/null as stdin so that none of them eats the host's next command.
+  sh /dev/console </dev/null >/dev/console 2>&1
+  echo "@@LAB shell-exited"
+done
+"#;
+
+/// The kernel modules every lab guest loads when its kernel has them (virtio devices, the socket
+/// diagnostics CRIU needs to dump sockets, nftables for the network lock).
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
+    "unix_diag",
+    "netlink_diag",
+    "af_packet_diag",
+    "packet_diag",
+    "nf_tables",
+    "nft_ct",
+    "nf_conntrack",
+];
+
+/// Errors while building a guest image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Filesystem error in the staging directory.
+    #[error("image staging at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool (ldd, xz, zstd, cpio) failed.
+    #[error("{tool} failed for {path}: {stderr}")]
+    Tool {
+        tool: String,
+        path: PathBuf,
+        stderr: String,
+    },
+    /// The kernel package could not be read.
+    #[error("kernel modules")]
+    Kernel(#[from] KernelError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A guest initramfs being assembled in a staging directory.
+#[derive(Debug)]
+pub struct GuestImage {
+    staging: PathBuf,
+    release: String,
+    libs: BTreeSet<PathBuf>,
+}
+
+impl GuestImage {
+    /// Starts an image for `kernel` in the (emptied) staging directory, with busybox and the init.
+    pub fn new(staging: &Path, kernel: &Kernel) -> Result<GuestImage, ImageError> {
+        if staging.exists() {
+            fs::remove_dir_all(staging).map_err(io(staging))?;
+        }
+        fs::create_dir_all(staging).map_err(io(staging))?;
+        let mut image = GuestImage {
+            staging: staging.to_path_buf(),
+            release: kernel.release.clone(),
+            libs: BTreeSet::new(),
+        };
+        image.add_file(Path::new("/bin/busybox"), "/bin/busybox", 0o755)?;
+        image.add_bytes("/init", INIT.as_bytes(), 0o755)?;
+        image.add_bytes("/etc/lab/release", kernel.release.as_bytes(), 0o644)?;
+        Ok(image)
+    }
+
+    fn guest_path(&self, guest: &str) -> PathBuf {
+        self.staging.join(guest.trim_start_matches('/'))
+    }
+
+    /// Writes `bytes` at `guest` with `mode`.
+    pub fn add_bytes(&mut self, guest: &str, bytes: &[u8], mode: u32) -> Result<(), ImageError> {
+        let path = self.guest_path(guest);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        fs::write(&path, bytes).map_err(io(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))
+    }
+
+    /// Copies a host file (following symlinks) to `guest` with `mode`.
+    pub fn add_file(&mut self, host: &Path, guest: &str, mode: u32) -> Result<(), ImageError> {
+        let bytes = fs::read(host).map_err(io(host))?;
+        self.add_bytes(guest, &bytes, mode)
+    }
+
+    /// Copies a dynamic executable and every shared library it needs (as `ldd` lists them).
+    pub fn add_binary(&mut self, host: &Path, guest: &str) -> Result<(), ImageError> {
+        self.add_file(host, guest, 0o755)?;
+        for lib in shared_libraries(host)? {
+            if self.libs.insert(lib.clone()) {
+                let guest_lib = lib.to_string_lossy().into_owned();
+                self.add_file(&lib, &guest_lib, 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the wanted modules of this image's kernel (decompressed) and their load order in
+    /// `/etc/lab/modules`. Modules the kernel has built in or lacks are skipped.
+    pub fn add_modules(&mut self, kernel: &Kernel, wanted: &[&str]) -> Result<(), ImageError> {
+        let index = ModuleIndex::read(kernel)?;
+        let (order, _absent) = index.load_order(wanted);
+        let mut list = String::new();
+        for (name, path) in order {
+            let file = format!("{name}.ko");
+            let bytes = decompress_module(&path)?;
+            let guest = format!("/lib/modules/{}/{file}", self.release);
+            self.add_bytes(&guest, &bytes, 0o644)?;
+            list.push_str(&file);
+            list.push('\n');
+        }
+        let mut existing =
+            fs::read_to_string(self.guest_path("/etc/lab/modules")).unwrap_or_default();
+        existing.push_str(&list);
+        self.add_bytes("/etc/lab/modules", existing.as_bytes(), 0o644)
+    }
+
+    /// Adds a boot hook: a script run by init after modules and disk, before the shell.
+    pub fn add_boot_hook(&mut self, name: &str, script: &str) -> Result<(), ImageError> {
+        self.add_bytes(&format!("/etc/lab/boot.d/{name}"), script.as_bytes(), 0o755)
+    }
+
+    /// Packs the staged tree as an uncompressed newc cpio at `out`.
+    pub fn build(&self, out: &Path) -> Result<u64, ImageError> {
+        let mut names = Vec::new();
+        collect(&self.staging, &self.staging, &mut names)?;
+        names.sort();
+        let file = fs::File::create(out).map_err(io(out))?;
+        let mut child = Command::new("cpio")
+            .args(["--quiet", "-o", "-H", "newc", "--owner=0:0"])
+            .current_dir(&self.staging)
+            .stdin(Stdio::piped())
+            .stdout(file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io(Path::new("cpio")))?;
+        {
+            let mut stdin = child.stdin.take().ok_or_else(|| ImageError::Tool {
+                tool: "cpio".into(),
+                path: out.into(),
+                stderr: "no stdin".into(),
+            })?;
+            for name in &names {
+                writeln!(stdin, "{name}").map_err(io(out))?;
+            }
+        }
+        let status = child.wait_with_output().map_err(io(out))?;
+        if !status.status.success() {
+            return Err(ImageError::Tool {
+                tool: "cpio".into(),
+                path: out.into(),
+                stderr: String::from_utf8_lossy(&status.stderr).into(),
+            });
+        }
+        Ok(fs::metadata(out).map_err(io(out))?.len())
+    }
+}
+
+fn collect(root: &Path, dir: &Path, names: &mut Vec<String>) -> Result<(), ImageError> {
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        names.push(rel);
+        if entry.file_type().map_err(io(&path))?.is_dir() {
+            collect(root, &path, names)?;
+        }
+    }
+    Ok(())
+}
+
+/// The shared libraries (and the dynamic loader) a host executable needs, from `ldd`.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(io(binary))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() && !text.contains("not a dynamic executable") {
+        return Err(ImageError::Tool {
+            tool: "ldd".into(),
+            path: binary.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok(parse_ldd(&text))
+}
+
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rhs)) => rhs.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn decompress_module(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let tool = match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => return fs::read(path).map_err(io(path)),
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .map_err(io(path))?;
+    if !out.status.success() {
+        return Err(ImageError::Tool {
+            tool: tool.into(),
+            path: path.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_is_parsed() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The lab as a whole: kernels fetched, binaries built, one initramfs per kernel, a data disk
+//! holding every kernel and initrd a scenario may switch to, and guests booted from them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::disk::{self, DiskError};
+use crate::guest::{Guest, GuestConfig, GuestError};
+use crate::host::{self, HostError};
+use crate::image::{GuestImage, ImageError, GUEST_MODULES};
+use crate::kernels::{self, Kernel, KernelError, KernelSpec};
+
+/// The base kernel command line of lab guests.
+pub const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
+
+/// Boot timeout for one guest kernel under TCG (typically 3–10 s).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Errors of the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Host preparation failed.
+    #[error("preparing the host")]
+    Host(#[from] HostError),
+    /// A kernel could not be fetched.
+    #[error("fetching kernel {label}")]
+    Kernel {
+        label: String,
+        #[source]
+        source: KernelError,
+    },
+    /// A guest image could not be built.
+    #[error("building the guest image")]
+    Image(#[from] ImageError),
+    /// The data disk could not be built.
+    #[error("building the data disk")]
+    Disk(#[from] DiskError),
+    /// The guest failed.
+    #[error("guest")]
+    Guest(#[from] GuestError),
+    /// A label names no kernel of the lab.
+    #[error("unknown kernel label {0:?} (known: A, B, C)")]
+    UnknownKernel(String),
+    /// Building our binaries failed.
+    #[error("building {what}: {detail}")]
+    Build { what: String, detail: String },
+    /// Filesystem error.
+    #[error("lab i/o at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
+    move |source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binaries of ours that go into every guest.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The `overboot` CLI.
+    pub overboot: PathBuf,
+    /// The lab's workload programs (`lab-workload <kind>`).
+    pub workload: PathBuf,
+}
+
+/// A prepared lab: kernels fetched and binaries built.
+#[derive(Debug)]
+pub struct Lab {
+    kernels: BTreeMap<String, Kernel>,
+    binaries: Binaries,
+}
+
+/// A scenario's artefacts: an initrd per kernel and the data disk.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name of the run (logs in `target/lab/<name>`).
+    pub name: String,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Kernel label → its initrd on the host.
+    pub initrds: BTreeMap<String, PathBuf>,
+    /// The data disk image.
+    pub disk: PathBuf,
+}
+
+impl Lab {
+    /// Installs missing host packages (as root), fetches the kernels and builds our binaries.
+    pub fn prepare(labels: &[&str]) -> Result<Lab, LabError> {
+        if nix::unistd::geteuid().is_root() {
+            host::ensure_packages(host::HOST_PACKAGES)?;
+        }
+        let cache = host::cache_dir();
+        let mut kernels = BTreeMap::new();
+        for label in labels {
+            let spec = KernelSpec::by_label(label)
+                .ok_or_else(|| LabError::UnknownKernel(label.to_string()))?;
+            let kernel = kernels::fetch(&spec, &cache).map_err(|source| LabError::Kernel {
+                label: spec.label.into(),
+                source,
+            })?;
+            kernels.insert(spec.label.to_string(), kernel);
+        }
+        let binaries = build_binaries()?;
+        Ok(Lab { kernels, binaries })
+    }
+
+    /// The kernel with this label.
+    pub fn kernel(&self, label: &str) -> Result<&Kernel, LabError> {
+        self.kernels
+            .get(&label.to_ascii_uppercase())
+            .ok_or_else(|| LabError::UnknownKernel(label.into()))
+    }
+
+    /// Our binaries.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Builds the standard guest initramfs for a kernel at `out`.
+    pub fn build_initrd(
+        &self,
+        kernel: &Kernel,
+        staging: &Path,
+        out: &Path,
+    ) -> Result<u64, LabError> {
+        let mut image = GuestImage::new(staging, kernel)?;
+        image.add_modules(kernel, GUEST_MODULES)?;
+        image.add_binary(&self.binaries.overboot, "/usr/sbin/overboot")?;
+        image.add_binary(&self.binaries.workload, "/usr/bin/lab-workload")?;
+        image.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")?;
+        let size = image.build(out)?;
+        let _ = fs::remove_dir_all(staging);
+        Ok(size)
+    }
+
+    /// Builds a scenario: an initrd for every kernel it uses and a data disk of `disk_mib`
+    /// holding each kernel and initrd under `/lab/boot/<label>/` (`vmlinuz`, `initrd.img`).
+    pub fn scenario(
+        &self,
+        name: &str,
+        labels: &[&str],
+        disk_mib: u64,
+    ) -> Result<Scenario, LabError> {
+        let dir = host::run_dir(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let contents = dir.join("disk-contents");
+        let mut initrds = BTreeMap::new();
+        for label in labels {
+            let kernel = self.kernel(label)?;
+            let boot = contents.join("boot").join(&kernel.label);
+            fs::create_dir_all(&boot).map_err(io(&boot))?;
+            let initrd = dir.join(format!("initrd-{}.img", kernel.label));
+            self.build_initrd(kernel, &dir.join("staging"), &initrd)?;
+            fs::copy(&initrd, boot.join("initrd.img")).map_err(io(&initrd))?;
+            fs::copy(&kernel.vmlinuz, boot.join("vmlinuz")).map_err(io(&kernel.vmlinuz))?;
+            fs::write(boot.join("release"), &kernel.release).map_err(io(&boot))?;
+            initrds.insert(kernel.label.clone(), initrd);
+        }
+        let disk = dir.join("data.ext4");
+        disk::build(&disk, &contents, disk_mib)?;
+        let _ = fs::remove_dir_all(&contents);
+        Ok(Scenario {
+            name: name.into(),
+            dir,
+            initrds,
+            disk,
+        })
+    }
+
+    /// A guest config booting `label` of `scenario` with its data disk.
+    pub fn guest_config(&self, scenario: &Scenario, label: &str) -> Result<GuestConfig, LabError> {
+        let kernel = self.kernel(label)?;
+        let initrd = scenario
+            .initrds
+            .get(&kernel.label)
+            .ok_or_else(|| LabError::UnknownKernel(label.into()))?;
+        let mut config = GuestConfig::new(&scenario.name, &kernel.vmlinuz, initrd);
+        config.append = BASE_CMDLINE.into();
+        config.disk = Some(scenario.disk.clone());
+        Ok(config)
+    }
+
+    /// Boots a guest and waits until its shell is ready.
+    pub fn boot(&self, config: &GuestConfig) -> Result<Guest, LabError> {
+        let (guest, _line) = Guest::boot(config, BOOT_TIMEOUT)?;
+        Ok(guest)
+    }
+}
+
+/// Builds `overboot` and `lab-workload` (release) with the cargo that runs us, and returns their
+/// paths. `OVERBOOT_LAB_BIN_DIR` points at prebuilt ones instead.
+pub fn build_binaries() -> Result<Binaries, LabError> {
+    if let Some(dir) = std::env::var_os("OVERBOOT_LAB_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        return Ok(Binaries {
+            overboot: dir.join("overboot"),
+            workload: dir.join("lab-workload"),
+        });
+    }
+    let root = host::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "overboot",
+            "--bin",
+            "overboot",
+            "-p",
+            "overboot-lab",
+            "--bin",
+            "lab-workload",
+        ])
+        .output()
+        .map_err(|e| LabError::Build {
+            what: "overboot".into(),
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Build {
+            what: "overboot and lab-workload".into(),
+            detail: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(Binaries {
+        overboot: target.join("release/overboot"),
+        workload: target.join("release/lab-workload"),
+    })
+}
