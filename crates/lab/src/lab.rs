@@ -150,10 +150,29 @@ impl Lab {
         labels: &[&str],
         disk_mib: u64,
     ) -> Result<Scenario, LabError> {
+        self.scenario_with(name, labels, disk_mib, &[])
+    }
+
+    /// Like [`Lab::scenario`], with extra host files copied onto the data disk: each
+    /// `(host_path, path_under_lab)` lands at `/lab/<path_under_lab>` in the guest.
+    pub fn scenario_with(
+        &self,
+        name: &str,
+        labels: &[&str],
+        disk_mib: u64,
+        extra: &[(PathBuf, String)],
+    ) -> Result<Scenario, LabError> {
         let dir = host::run_dir(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let contents = dir.join("disk-contents");
+        for (host_path, rel) in extra {
+            let dest = contents.join(rel.trim_start_matches('/'));
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            fs::copy(host_path, &dest).map_err(io(host_path))?;
+        }
         let mut initrds = BTreeMap::new();
         for label in labels {
             let kernel = self.kernel(label)?;
