@@ -1,0 +1,1 @@
+//! Live patching (being built: see issue 8).
