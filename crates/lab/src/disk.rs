@@ -56,3 +56,27 @@ pub fn build(image: &Path, contents: &Path, size_mib: u64) -> Result<(), DiskErr
     })?;
     Ok(())
 }
+
+/// Reads a file from an ext4 image without mounting it (`debugfs -R cat`), e.g. a workload's
+/// log after the guest is gone.
+pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()
+        .map_err(|source| DiskError::Io {
+            path: image.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("File not found") {
+        return Err(DiskError::Io {
+            path: format!("{}:{path}", image.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ),
+        });
+    }
+    Ok(out.stdout)
+}

@@ -41,6 +41,9 @@ ip link set lo up
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.1; done
 if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /lab || echo "@@LAB mount-failed /dev/vda"
+  # overboot's state directory is persistent, as /var/lib is on a real server.
+  mkdir -p /lab/var/lib/overboot /var/lib/overboot
+  mount --bind /lab/var/lib/overboot /var/lib/overboot
 fi
 for hook in /etc/lab/boot.d/*; do
   [ -x "$hook" ] && "$hook"
@@ -53,6 +56,18 @@ while true; do
   sh /dev/console </dev/null >/dev/console 2>&1
   echo "@@LAB shell-exited"
 done
+"#;
+
+/// The lab's early-userspace hook for the resume agent. It prints `@@LAB resume-done rc=N`
+/// so that tests wait on it.
+pub const RESUME_HOOK: &str = r#"#!/bin/sh
+if grep -q 'overboot.handover=' /proc/cmdline; then
+  echo "@@LAB resume-start uptime=$(cut -d' ' -f1 /proc/uptime)"
+  overboot resume >/tmp/overboot-resume.out 2>&1
+  rc=$?
+  cat /tmp/overboot-resume.out
+  echo "@@LAB resume-done rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
+fi
 "#;
 
 /// The kernel modules every lab guest loads when its kernel has them (virtio devices, the socket
@@ -179,6 +194,12 @@ impl GuestImage {
             fs::read_to_string(self.guest_path("/etc/lab/modules")).unwrap_or_default();
         existing.push_str(&list);
         self.add_bytes("/etc/lab/modules", existing.as_bytes(), 0o644)
+    }
+
+    /// Adds the resume hook: when the command line carries a Save State Map, init runs
+    /// `overboot resume` (the agent) before anything else of the lab's userspace.
+    pub fn add_resume_hook(&mut self) -> Result<(), ImageError> {
+        self.add_boot_hook("10-overboot-resume", RESUME_HOOK)
     }
 
     /// Adds a boot hook: a script run by init after modules and disk, before the shell.

@@ -137,6 +137,7 @@ impl Lab {
         image.add_binary(&self.binaries.overboot, "/usr/sbin/overboot")?;
         image.add_binary(&self.binaries.workload, "/usr/bin/lab-workload")?;
         image.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")?;
+        image.add_resume_hook()?;
         let size = image.build(out)?;
         let _ = fs::remove_dir_all(staging);
         Ok(size)

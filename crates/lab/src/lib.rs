@@ -12,6 +12,7 @@ pub mod host;
 pub mod image;
 pub mod kernels;
 pub mod lab;
+pub mod workloads;
 
 pub use guest::{Guest, GuestConfig, GuestError};
 pub use image::{GuestImage, ImageError};

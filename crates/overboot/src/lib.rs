@@ -1,9 +1,16 @@
 //! overboot: move a running Linux server onto a new kernel without stopping its services.
 //!
-//! This crate is the orchestration behind the CLI: exit classes shared by every verb, and (as
-//! they land) `update`, `resume` and `status`. The kernel switch itself is `overboot-kexec`, the
-//! checkpoint engine `overboot-checkpoint`, the Save State Map `overboot-handover`.
+//! This crate is the orchestration behind the CLI: [`update`] (checks, freeze and dump, Save
+//! State Map, kexec), [`resume`] (the agent in the new kernel), [`report`] (what `status`
+//! shows), with [`target`] inspection shared by `plan` and `update`. The kernel switch itself is
+//! `overboot-kexec`, the checkpoint engine `overboot-checkpoint`, the map `overboot-handover`.
 
 pub mod exit;
+pub mod phases;
+pub mod report;
+pub mod resume;
+pub mod target;
+pub mod timens;
+pub mod update;
 
 pub use exit::ExitClass;

@@ -10,6 +10,7 @@
 //! lab-workload append FILE              numbered records, each with the offset it was written at
 //! lab-workload unix   LOG               ping/pong over a unix socketpair between two processes
 //! lab-workload clock  LOG               CLOCK_MONOTONIC/BOOTTIME/REALTIME every 10 ms
+//! lab-workload uring  LOG               holds an io_uring instance (CRIU 3.17 cannot dump it)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -263,6 +264,37 @@ fn clock(log: &str) {
     }
 }
 
+mod sys {
+    /// `io_uring_setup(2)`, which neither std nor nix wraps.
+    pub fn io_uring_setup(entries: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // struct io_uring_params is 120 bytes; zeroed means "defaults".
+        let mut params = [0u8; 120];
+        // SAFETY: io_uring_setup reads and writes `params`, a live buffer of the size the kernel
+        // expects; it returns a new fd or -1 and touches no other memory of ours.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr())
+        };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = i32::try_from(ret).map_err(std::io::Error::other)?;
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+fn uring(log: &str) {
+    let ring = sys::io_uring_setup(8).expect("io_uring_setup");
+    let mut out = log_file(log);
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        writeln!(out, "uring {n} pid={} ring={ring:?}", std::process::id()).ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn usage() -> ExitCode {
     eprintln!(
         "usage: lab-workload mem LOG MIB THREADS | pipes LOG | append FILE | unix LOG | clock LOG"
@@ -283,6 +315,7 @@ fn main() -> ExitCode {
         (Some("append"), Some(file)) => append(&file),
         (Some("unix"), Some(log)) => unix(&log),
         (Some("clock"), Some(log)) => clock(&log),
+        (Some("uring"), Some(log)) => uring(&log),
         _ => return usage(),
     }
     ExitCode::SUCCESS

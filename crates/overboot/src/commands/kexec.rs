@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use overboot_kexec::{KernelImage, LoadRequest};
 
-use super::CommandError;
+use super::{print, CommandError};
 
 /// Arguments of `overboot kexec`.
 #[derive(Debug, clap::Args)]
@@ -49,10 +49,10 @@ struct Loaded<'a> {
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     if args.unload {
         overboot_kexec::unload()?;
-        return say(json, "unloaded", &serde_json::json!({ "unloaded": true }));
+        return print(json, "unloaded", &serde_json::json!({ "unloaded": true }));
     }
     if args.exec {
-        say(
+        print(
             json,
             "jumping into the loaded kernel",
             &serde_json::json!({ "jump": true }),
@@ -90,9 +90,9 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         jump: !args.load_only,
     };
     if args.load_only {
-        return say(json, &format!("loaded {}", image.release), &loaded);
+        return print(json, &format!("loaded {}", image.release), &loaded);
     }
-    say(json, &format!("jumping into {}", image.release), &loaded)?;
+    print(json, &format!("jumping into {}", image.release), &loaded)?;
     overboot_kexec::jump()?;
     Ok(())
 }
@@ -112,17 +112,4 @@ fn print_image(json: bool, image: &KernelImage) -> Result<(), CommandError> {
     )
     .and_then(|()| out.flush())
     .map_err(CommandError::Output)
-}
-
-/// Prints a line for people, or one JSON document for machines; flushed before any jump.
-fn say(json: bool, human: &str, machine: &impl serde::Serialize) -> Result<(), CommandError> {
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        serde_json::to_string(machine).map_err(|e| CommandError::Output(e.into()))?
-    } else {
-        human.to_string()
-    };
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
-        .map_err(CommandError::Output)
 }

@@ -2,6 +2,11 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod kexec;
+mod resume;
+mod status;
+mod update;
+
+use std::io::Write;
 
 use clap::{Parser, Subcommand};
 use overboot::ExitClass;
@@ -24,6 +29,12 @@ pub struct Cli {
 enum Verb {
     /// Boot a new kernel over the running one (no services preserved).
     Kexec(kexec::Args),
+    /// Carry process trees onto a new kernel: check, freeze, dump, hand over, kexec.
+    Update(update::Args),
+    /// The agent of the new kernel: verify the Save State Map and restore its trees.
+    Resume(resume::Args),
+    /// The last update's report.
+    Status(status::Args),
 }
 
 /// A failed verb: the error chain to print and the class deciding the exit code.
@@ -32,6 +43,15 @@ pub enum CommandError {
     /// kexec failed.
     #[error(transparent)]
     Kexec(#[from] overboot_kexec::KexecError),
+    /// The update stopped (see the chain for what became of the processes).
+    #[error("update failed")]
+    Update(#[from] overboot::update::UpdateError),
+    /// The resume agent failed.
+    #[error("resume failed")]
+    Resume(#[from] overboot::resume::ResumeError),
+    /// No report to show.
+    #[error(transparent)]
+    Report(#[from] overboot::report::ReportError),
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
@@ -45,6 +65,10 @@ impl CommandError {
     pub fn class(&self) -> ExitClass {
         match self {
             CommandError::Kexec(e) => e.class().into(),
+            CommandError::Update(e) => e.class(),
+            CommandError::Resume(e) => e.class(),
+            CommandError::Report(overboot::report::ReportError::NoReport(_)) => ExitClass::Nothing,
+            CommandError::Report(_) => ExitClass::Internal,
             CommandError::Usage(_) => ExitClass::Usage,
             CommandError::Output(_) => ExitClass::Internal,
         }
@@ -55,5 +79,21 @@ impl CommandError {
 pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Verb::Kexec(args) => kexec::run(args, cli.json),
+        Verb::Update(args) => update::run(args, cli.json),
+        Verb::Resume(args) => resume::run(args, cli.json),
+        Verb::Status(args) => status::run(args, cli.json),
     }
+}
+
+/// Prints a text for people, or one JSON document for machines, and flushes.
+pub fn print(json: bool, human: &str, machine: &impl serde::Serialize) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        serde_json::to_string(machine).map_err(|e| CommandError::Output(e.into()))?
+    } else {
+        human.to_string()
+    };
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(CommandError::Output)
 }

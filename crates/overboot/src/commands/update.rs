@@ -1,0 +1,101 @@
+//! `overboot update`: carry process trees onto a new kernel.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use overboot::report::state_dir;
+use overboot::target::Target;
+use overboot::update::{self, HostEffects, UpdateOptions};
+use overboot_handover::RollbackRecipe;
+
+use super::CommandError;
+
+/// Arguments of `overboot update`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The new kernel (an x86 bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Its initrd; the Save State Map is appended to a copy of it.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Command line of the new kernel (overboot adds its own parameter).
+    #[arg(long, conflicts_with = "reuse_cmdline")]
+    append: Option<String>,
+    /// Give the new kernel the running kernel's command line.
+    #[arg(long)]
+    reuse_cmdline: bool,
+    /// A process tree to carry across: `pid:N` (the tree rooted at N). Repeatable.
+    #[arg(long = "preserve", value_name = "TARGET", required = true)]
+    preserve: Vec<Target>,
+    /// Where the map is built (a RAM file system).
+    #[arg(long, default_value = "/run/overboot")]
+    work_dir: PathBuf,
+    /// Persistent state directory (reports); default $OVERBOOT_STATE_DIR or /var/lib/overboot.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Kernel to go back to if the restore fails; default /boot/vmlinuz-$(uname -r).
+    #[arg(long)]
+    rollback_kernel: Option<PathBuf>,
+    /// Initrd to go back with; default /boot/initrd.img-$(uname -r) if present.
+    #[arg(long)]
+    rollback_initrd: Option<PathBuf>,
+}
+
+fn running_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
+    let proc_cmdline = std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cmdline = match (args.append, args.reuse_cmdline) {
+        (Some(a), _) => a,
+        (None, true) => strip_overboot_params(&proc_cmdline),
+        (None, false) => String::new(),
+    };
+    let release = running_release();
+    let rollback_initrd = args.rollback_initrd.or_else(|| {
+        let p = PathBuf::from(format!("/boot/initrd.img-{release}"));
+        p.exists().then_some(p)
+    });
+    let options = UpdateOptions {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline,
+        preserve: args.preserve,
+        work_dir: args.work_dir,
+        state_dir: args.state_dir.unwrap_or_else(state_dir),
+        rollback: RollbackRecipe {
+            kernel: args
+                .rollback_kernel
+                .unwrap_or_else(|| PathBuf::from(format!("/boot/vmlinuz-{release}"))),
+            initrd: rollback_initrd,
+            cmdline: strip_overboot_params(&proc_cmdline),
+        },
+    };
+    let start = Instant::now();
+    let mut progress = |step: &str| {
+        if !json {
+            eprintln!("[{:>6.2}s] {step}", start.elapsed().as_secs_f64());
+        } else {
+            tracing::info!(step, "progress");
+        }
+    };
+    let mut effects = HostEffects::default();
+    update::run(&mut effects, &options, &mut progress)?;
+    Ok(())
+}
+
+/// The command line without overboot's own parameters (they describe one handover only).
+fn strip_overboot_params(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .filter(|w| !w.starts_with("overboot."))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

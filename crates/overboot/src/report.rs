@@ -1,0 +1,215 @@
+//! The update report: what the resume agent (or a failed update) writes to the state
+//! directory, and what `overboot status` prints.
+//!
+//! ```text
+//! <state dir>/                  default /var/lib/overboot (persistent: survives the switch)
+//! ├── pending.json              written by `update` right before the jump: id, phases so far,
+//! │                             realtime at freeze and at the jump
+//! ├── last-report.json          copy of the newest report
+//! └── reports/<id>/report.json  one directory per update, with CRIU's dump and restore logs
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/overboot";
+
+/// The state directory: `$OVERBOOT_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("OVERBOOT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// Errors reading or writing reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No report yet.
+    #[error("no update report in {0} yet")]
+    NoReport(PathBuf),
+    /// File system error.
+    #[error("report i/o at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Malformed report.
+    #[error("report {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How an update ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every tree runs on the new kernel.
+    Resumed,
+    /// The update failed; `detail` says where and what became of the processes.
+    Failed,
+}
+
+/// One preserved tree in the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TreeReport {
+    /// Name in the Save State Map.
+    pub name: String,
+    /// Root pid before the switch.
+    pub root_pid: i32,
+    /// Every pid before the switch.
+    pub pids: Vec<i32>,
+    /// Root pid after restore.
+    pub restored_pid: Option<i32>,
+    /// Whether every pid was alive after restore.
+    pub alive: bool,
+    /// Restore time of this tree.
+    pub restore_ms: u64,
+}
+
+/// What `update` hands to the agent through the state directory (not the map: it is written
+/// after the map is loaded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    /// Update id.
+    pub id: String,
+    /// Phases measured on the old kernel (ms).
+    pub phases: BTreeMap<String, u64>,
+    /// CLOCK_REALTIME when the first tree was frozen (ns).
+    pub freeze_realtime_ns: u64,
+    /// CLOCK_REALTIME right before the jump (ns).
+    pub jump_realtime_ns: u64,
+    /// Bytes handed over.
+    pub handover_bytes: u64,
+}
+
+/// The report of one update.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Update id (also the directory name).
+    pub id: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What went wrong, when something did.
+    pub detail: Option<String>,
+    /// Kernel release before.
+    pub from: String,
+    /// Kernel release after.
+    pub to: String,
+    /// Preserved trees.
+    pub trees: Vec<TreeReport>,
+    /// Phase durations (ms): freeze_dump, write_map, kexec_load, jump_to_agent, verify_map,
+    /// restore, and blackout (freeze to end of restore).
+    pub phases: BTreeMap<String, u64>,
+    /// Bytes of the Save State Map.
+    pub handover_bytes: u64,
+    /// Freeze to end of restore (ms), the service's blackout.
+    pub blackout_ms: u64,
+    /// How the clocks of the restored trees were moved (ns offsets of their time namespace).
+    pub clock_offsets_ns: BTreeMap<String, i64>,
+    /// CRIU logs kept with this report.
+    pub logs: Vec<PathBuf>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `value` as pretty JSON, atomically (temp file + rename), readable by root only.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), ReportError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ReportError::Parse {
+        path: path.into(),
+        source,
+    })?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(&bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Reads a JSON file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| ReportError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Report {
+    /// The directory of this report in `state`.
+    pub fn dir(state: &Path, id: &str) -> PathBuf {
+        state.join("reports").join(id)
+    }
+
+    /// Writes the report into its directory and as `last-report.json`.
+    pub fn save(&self, state: &Path) -> Result<PathBuf, ReportError> {
+        let path = Report::dir(state, &self.id).join("report.json");
+        write_json(&path, self)?;
+        write_json(&state.join("last-report.json"), self)?;
+        Ok(path)
+    }
+
+    /// The newest report.
+    pub fn last(state: &Path) -> Result<Report, ReportError> {
+        let path = state.join("last-report.json");
+        if !path.exists() {
+            return Err(ReportError::NoReport(state.into()));
+        }
+        read_json(&path)
+    }
+
+    /// A text summary for people.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let outcome = match self.outcome {
+            Outcome::Resumed => "resumed on the new kernel",
+            Outcome::Failed => "FAILED",
+        };
+        out.push_str(&format!("update {}: {} → {}: {outcome}\n", self.id, self.from, self.to));
+        if let Some(detail) = &self.detail {
+            out.push_str(&format!("  {detail}\n"));
+        }
+        out.push_str(&format!(
+            "  blackout {} ms, handover {} bytes\n",
+            self.blackout_ms, self.handover_bytes
+        ));
+        for tree in &self.trees {
+            out.push_str(&format!(
+                "  {}: pid {} → {} ({} processes, {})\n",
+                tree.name,
+                tree.root_pid,
+                tree.restored_pid
+                    .map_or_else(|| "not restored".to_string(), |p| p.to_string()),
+                tree.pids.len(),
+                if tree.alive { "alive" } else { "NOT alive" }
+            ));
+        }
+        out.push_str("  phases (ms):");
+        for (name, ms) in &self.phases {
+            out.push_str(&format!(" {name}={ms}"));
+        }
+        out.push('\n');
+        out
+    }
+}

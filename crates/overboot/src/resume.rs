@@ -1,0 +1,237 @@
+//! `overboot resume`: the agent the new kernel's early userspace runs. It finds the Save State
+//! Map through the kernel command line, verifies it before restoring anything, puts carried
+//! files back, checks the preserved PIDs are free, restores every tree inside a time namespace
+//! that keeps their clocks moving forward, checks every restored process is alive, and writes
+//! the report (phases, blackout) to the state directory.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use overboot_checkpoint::{CheckpointError, Engine, NetworkLockMode, RestoreRequest};
+use overboot_handover::{HandoverError, SaveStateMap};
+
+use crate::report::{self, Outcome, Pending, Report, ReportError, TreeReport};
+use crate::timens::{self, TimensError};
+use crate::update::read_clocks;
+
+/// Why the agent could not bring the trees back.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The map could not be located from the command line.
+    #[error("cannot locate the Save State Map from the kernel command line")]
+    Locate(#[source] HandoverError),
+    /// The map is corrupt, incomplete or of an unknown version: nothing was restored.
+    #[error("the Save State Map at {path} failed verification; nothing was restored")]
+    Verify {
+        path: PathBuf,
+        #[source]
+        source: HandoverError,
+    },
+    /// A preserved pid is in use in this kernel.
+    #[error("pid {pid} of {tree} is taken in this kernel by {comm:?}; nothing was restored")]
+    PidTaken { tree: String, pid: i32, comm: String },
+    /// A carried file could not be put back.
+    #[error("cannot put back carried file {path}")]
+    CarriedFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The time namespace could not be set up.
+    #[error("clocks")]
+    Timens(#[from] TimensError),
+    /// Restoring a tree failed.
+    #[error("restore of {tree} failed")]
+    Restore {
+        tree: String,
+        #[source]
+        source: CheckpointError,
+    },
+    /// A restored process is not alive.
+    #[error("{tree}: restored pid {pid} is not alive")]
+    NotAlive { tree: String, pid: i32 },
+    /// Writing the report failed.
+    #[error("report")]
+    Report(#[from] ReportError),
+}
+
+impl ResumeError {
+    /// The exit class.
+    pub fn class(&self) -> crate::ExitClass {
+        use crate::ExitClass as E;
+        match self {
+            ResumeError::Locate(_) | ResumeError::Verify { .. } => E::Handover,
+            ResumeError::Report(_) => E::Internal,
+            _ => E::Restore,
+        }
+    }
+}
+
+/// Options of the agent.
+#[derive(Debug, Clone)]
+pub struct ResumeOptions {
+    /// The kernel command line to read the map location from (`/proc/cmdline`).
+    pub cmdline: String,
+    /// Persistent state directory.
+    pub state_dir: PathBuf,
+}
+
+fn comm_of(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs the agent. `Ok(None)` when the command line names no map (a normal boot).
+pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
+    let started = Instant::now();
+    let at_start = read_clocks();
+    let Some(location) =
+        overboot_handover::locate_from_cmdline(&options.cmdline).map_err(ResumeError::Locate)?
+    else {
+        return Ok(None);
+    };
+    let pending: Option<Pending> = report::read_json(&options.state_dir.join("pending.json")).ok();
+
+    let mut phases: BTreeMap<String, u64> = BTreeMap::new();
+    let verify_start = Instant::now();
+    let verify = |path: &Path| -> Result<SaveStateMap, HandoverError> {
+        let map = SaveStateMap::open(path)?;
+        map.verify_files()?;
+        Ok(map)
+    };
+    let map = verify(&location).map_err(|source| ResumeError::Verify {
+        path: location.clone(),
+        source,
+    })?;
+    phases.insert("verify_map".into(), ms(verify_start.elapsed()));
+    let manifest = map.manifest().clone();
+    let pending = pending.filter(|p| p.freeze_realtime_ns == manifest.clocks.realtime_ns);
+    let id = pending
+        .as_ref()
+        .map(|p| p.id.clone())
+        .unwrap_or_else(|| format!("{}-resumed", manifest.created_unix_ms / 1000));
+    for (name, value) in &manifest.phases {
+        phases.insert(name.clone(), *value);
+    }
+    if let Some(p) = &pending {
+        for (name, value) in &p.phases {
+            phases.insert(name.clone(), *value);
+        }
+        let jump_to_agent = at_start.realtime_ns.saturating_sub(p.jump_realtime_ns) / 1_000_000;
+        phases.insert("jump_to_agent".into(), jump_to_agent);
+    }
+    phases.insert("new_kernel_boot".into(), at_start.boottime_ns / 1_000_000);
+
+    // Carried files first: restored processes reopen them by path.
+    for carried in &manifest.carried_files {
+        let put_back = || -> std::io::Result<()> {
+            if let Some(parent) = carried.path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(map.path_of(&carried.stored_as), &carried.path)?;
+            std::fs::set_permissions(&carried.path, std::fs::Permissions::from_mode(carried.mode))?;
+            std::os::unix::fs::chown(&carried.path, Some(carried.uid), Some(carried.gid))
+        };
+        put_back().map_err(|source| ResumeError::CarriedFile {
+            path: carried.path.clone(),
+            source,
+        })?;
+    }
+
+    // Every preserved pid must be free before anything is restored.
+    for tree in &manifest.trees {
+        for pid in &tree.pids {
+            if let Some(comm) = comm_of(*pid) {
+                return Err(ResumeError::PidTaken {
+                    tree: tree.name.clone(),
+                    pid: *pid,
+                    comm,
+                });
+            }
+        }
+    }
+
+    let now = read_clocks();
+    let offsets = timens::offsets(&manifest.clocks, &now);
+    timens::enter_for_children(&offsets)?;
+
+    let report_dir = Report::dir(&options.state_dir, &id);
+    let restore_start = Instant::now();
+    let mut trees = Vec::new();
+    let mut logs = Vec::new();
+    let mut criu = overboot_checkpoint::Criu::default();
+    for tree in &manifest.trees {
+        let images = map.path_of(&tree.images);
+        let mut request = RestoreRequest::new(&images);
+        request.network_lock = NetworkLockMode::Nftables;
+        request.file_locks = true;
+        let tree_start = Instant::now();
+        let outcome = criu.restore(&request, &mut overboot_checkpoint::accept_all);
+        for log in ["dump.log", "restore.log"] {
+            let from = images.join(log);
+            let to = report_dir.join(format!("{}-{log}", tree.name));
+            if std::fs::create_dir_all(&report_dir).is_ok() && std::fs::copy(&from, &to).is_ok() {
+                logs.push(to);
+            }
+        }
+        let outcome = outcome.map_err(|source| ResumeError::Restore {
+            tree: tree.name.clone(),
+            source,
+        })?;
+        trees.push(TreeReport {
+            name: tree.name.clone(),
+            root_pid: tree.root_pid,
+            pids: tree.pids.clone(),
+            restored_pid: Some(outcome.pid),
+            alive: false,
+            restore_ms: ms(tree_start.elapsed()),
+        });
+    }
+    phases.insert("restore".into(), ms(restore_start.elapsed()));
+    for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
+        report.alive = tree.pids.iter().all(|pid| alive(*pid));
+        if !report.alive {
+            let pid = tree.pids.iter().copied().find(|p| !alive(*p)).unwrap_or(0);
+            return Err(ResumeError::NotAlive {
+                tree: tree.name.clone(),
+                pid,
+            });
+        }
+    }
+    let end = read_clocks();
+    let blackout_ms = end.realtime_ns.saturating_sub(manifest.clocks.realtime_ns) / 1_000_000;
+    phases.insert("agent_total".into(), ms(started.elapsed()));
+    phases.insert("blackout".into(), blackout_ms);
+    let report = Report {
+        id,
+        outcome: Outcome::Resumed,
+        detail: None,
+        from: manifest.from.release.clone(),
+        to: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        trees,
+        phases,
+        handover_bytes: pending.as_ref().map_or(0, |p| p.handover_bytes),
+        blackout_ms,
+        clock_offsets_ns: BTreeMap::from([
+            ("monotonic".to_string(), offsets.monotonic_ns),
+            ("boottime".to_string(), offsets.boottime_ns),
+        ]),
+        logs,
+    };
+    report.save(&options.state_dir)?;
+    let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
+    Ok(Some(report))
+}

@@ -1,0 +1,382 @@
+//! What `--preserve` names, and what `plan`/`update` learn about it before anything is frozen:
+//! the process tree (from `/proc`), its threads, resident memory, open files by kind, and the
+//! reasons it cannot be carried across, if any.
+//!
+//! Checks here are read-only. They refuse PID 1, overboot itself (or a tree that contains it),
+//! missing processes, and file descriptors of kinds CRIU 3.x cannot checkpoint (io_uring,
+//! pidfd, perf events, BPF objects, KVM), naming the process, the fd and its kind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+
+/// A target as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Target {
+    /// `pid:N`: the process tree rooted at N.
+    Pid(i32),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Pid(pid) => write!(f, "pid:{pid}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        let bad = || TargetError::Syntax(s.to_string());
+        match s.split_once(':') {
+            Some(("pid", n)) => n.parse().map(Target::Pid).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Why a target cannot be preserved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Not `pid:N`.
+    #[error("cannot parse target {0:?}: expected pid:N")]
+    Syntax(String),
+    /// No such process.
+    #[error("{target}: no such process")]
+    NoSuchProcess { target: String },
+    /// PID 1 is the init of this kernel: it cannot move to another.
+    #[error("{target}: pid 1 is this kernel's init and cannot be preserved")]
+    Init { target: String },
+    /// The tree contains the overboot process itself.
+    #[error("{target}: the tree contains overboot itself (pid {pid})")]
+    ContainsSelf { target: String, pid: i32 },
+    /// Two targets overlap.
+    #[error("{target}: pid {pid} is already part of {other}")]
+    Overlap {
+        target: String,
+        pid: i32,
+        other: String,
+    },
+    /// A kernel thread.
+    #[error("{target}: pid {pid} is a kernel thread")]
+    KernelThread { target: String, pid: i32 },
+    /// A file descriptor of a kind the checkpoint engine cannot carry.
+    #[error("{target}: pid {pid} ({comm}) holds fd {fd}, {kind}, which CRIU cannot checkpoint")]
+    UnsupportedFd {
+        target: String,
+        pid: i32,
+        comm: String,
+        fd: i32,
+        kind: String,
+    },
+}
+
+/// One process of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Parent pid.
+    pub ppid: i32,
+    /// `comm`.
+    pub comm: String,
+    /// Number of threads.
+    pub threads: u32,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+}
+
+/// What a target tree holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TreeInfo {
+    /// The target.
+    pub target: Target,
+    /// Name used in the Save State Map (`pid-N`).
+    pub name: String,
+    /// Root pid.
+    pub root: i32,
+    /// The root's command line, for people.
+    pub cmdline: String,
+    /// Every process, root first.
+    pub processes: Vec<ProcessInfo>,
+    /// Open file descriptors by kind (`file`, `pipe`, `socket:unix`, `socket:tcp`, ...).
+    pub fds: BTreeMap<String, u32>,
+    /// Regular files open on tmpfs, which the new kernel does not have unless carried.
+    pub tmpfs_files: BTreeSet<PathBuf>,
+}
+
+impl TreeInfo {
+    /// All pids of the tree.
+    pub fn pids(&self) -> Vec<i32> {
+        self.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// Total resident memory.
+    pub fn rss_bytes(&self) -> u64 {
+        self.processes.iter().map(|p| p.rss_bytes).sum()
+    }
+
+    /// Total threads.
+    pub fn threads(&self) -> u32 {
+        self.processes.iter().map(|p| p.threads).sum()
+    }
+}
+
+/// Reads `/proc/<pid>/stat`: (comm, ppid, threads, rss pages, flags).
+fn stat(pid: i32) -> Option<(String, i32, u32, u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    // Fields after comm: state(0) ppid(1) ... flags(6) ... num_threads(17) ... rss(21)
+    let ppid = rest.get(1)?.parse().ok()?;
+    let flags = rest.get(6)?.parse().ok()?;
+    let threads = rest.get(17)?.parse().ok()?;
+    let rss = rest.get(21)?.parse().ok()?;
+    Some((comm, ppid, threads, rss, flags))
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The tree rooted at `root`: root first, then descendants breadth-first.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for pid in all_pids() {
+        if let Some((_, ppid, ..)) = stat(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut order = vec![root];
+    let mut i = 0;
+    while i < order.len() {
+        if let Some(kids) = children.get(&order[i]) {
+            order.extend(kids);
+        }
+        i += 1;
+    }
+    order
+}
+
+/// The kind of an fd from its `/proc/<pid>/fd/<n>` link, and whether CRIU can dump it.
+pub fn fd_kind(link: &str) -> (String, bool) {
+    const UNSUPPORTED: &[(&str, &str)] = &[
+        ("anon_inode:[io_uring]", "an io_uring instance"),
+        ("anon_inode:[pidfd]", "a pidfd"),
+        ("anon_inode:[perf_event]", "a perf event"),
+        ("anon_inode:bpf-map", "a BPF map"),
+        ("anon_inode:bpf-prog", "a BPF program"),
+        ("anon_inode:bpf_link", "a BPF link"),
+        ("anon_inode:kvm-vm", "a KVM virtual machine"),
+        ("anon_inode:kvm-vcpu", "a KVM vCPU"),
+        ("/dev/kvm", "/dev/kvm"),
+        ("anon_inode:[userfaultfd]", "a userfaultfd"),
+        ("anon_inode:[secretmem]", "secret memory"),
+    ];
+    for (prefix, kind) in UNSUPPORTED {
+        if link.starts_with(prefix) {
+            return ((*kind).to_string(), false);
+        }
+    }
+    let kind = if link.starts_with("pipe:") {
+        "pipe"
+    } else if link.starts_with("socket:") {
+        "socket"
+    } else if let Some(rest) = link.strip_prefix("anon_inode:") {
+        return (format!("anon:{}", rest.trim_matches(['[', ']'])), true);
+    } else if link.starts_with("/dev/") {
+        "device"
+    } else {
+        "file"
+    };
+    (kind.to_string(), true)
+}
+
+/// Whether `path` lives on a file system that does not survive the switch (tmpfs, ramfs, the
+/// initramfs rootfs). A mount on top of it (e.g. the data disk) takes precedence.
+fn on_volatile_fs(path: &std::path::Path) -> bool {
+    let all: Vec<(PathBuf, String)> = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some((PathBuf::from(dir.replace("\\040", " ")), fstype.to_string()))
+        })
+        .collect();
+    all.iter()
+        .filter(|(dir, _)| path.starts_with(dir))
+        .max_by_key(|(dir, _)| dir.as_os_str().len())
+        .is_some_and(|(_, fstype)| matches!(fstype.as_str(), "tmpfs" | "ramfs" | "rootfs"))
+}
+
+/// Inspects a target without changing anything. `self_pid` is overboot's own pid.
+pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> {
+    let Target::Pid(root) = *target;
+    let name = target.to_string();
+    if root == 1 {
+        return Err(TargetError::Init { target: name });
+    }
+    let Some((_, _, _, _, flags)) = stat(root) else {
+        return Err(TargetError::NoSuchProcess { target: name });
+    };
+    if flags & PF_KTHREAD != 0 {
+        return Err(TargetError::KernelThread {
+            target: name,
+            pid: root,
+        });
+    }
+    let page = 4096;
+    let mut processes = Vec::new();
+    let mut fds: BTreeMap<String, u32> = BTreeMap::new();
+    let mut tmpfs_files = BTreeSet::new();
+    for pid in descendants(root) {
+        if pid == self_pid {
+            return Err(TargetError::ContainsSelf { target: name, pid });
+        }
+        let Some((comm, ppid, threads, rss, _)) = stat(pid) else {
+            continue; // exited meanwhile
+        };
+        let dir = format!("/proc/{pid}/fd");
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(-1);
+            let (kind, supported) = fd_kind(&link);
+            if !supported {
+                return Err(TargetError::UnsupportedFd {
+                    target: name,
+                    pid,
+                    comm,
+                    fd,
+                    kind,
+                });
+            }
+            if kind == "file" {
+                let path = PathBuf::from(link.trim_end_matches(" (deleted)"));
+                if on_volatile_fs(&path) && path.is_file() {
+                    tmpfs_files.insert(path);
+                }
+            }
+            *fds.entry(kind).or_default() += 1;
+        }
+        processes.push(ProcessInfo {
+            pid,
+            ppid,
+            comm,
+            threads,
+            rss_bytes: rss * page,
+        });
+    }
+    let cmdline = fs::read(format!("/proc/{root}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Ok(TreeInfo {
+        target: target.clone(),
+        name: format!("pid-{root}"),
+        root,
+        cmdline,
+        processes,
+        fds,
+        tmpfs_files,
+    })
+}
+
+/// Inspects every target and refuses overlapping ones.
+pub fn inspect_all(targets: &[Target], self_pid: i32) -> Result<Vec<TreeInfo>, TargetError> {
+    let mut trees: Vec<TreeInfo> = Vec::new();
+    for target in targets {
+        let tree = inspect(target, self_pid)?;
+        for other in &trees {
+            if let Some(pid) = tree.pids().into_iter().find(|p| other.pids().contains(p)) {
+                return Err(TargetError::Overlap {
+                    target: target.to_string(),
+                    pid,
+                    other: other.target.to_string(),
+                });
+            }
+        }
+        trees.push(tree);
+    }
+    Ok(trees)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!("pid:42".parse::<Target>(), Ok(Target::Pid(42)));
+        assert!(matches!("42".parse::<Target>(), Err(TargetError::Syntax(_))));
+        assert!(matches!("pid:x".parse::<Target>(), Err(TargetError::Syntax(_))));
+    }
+
+    #[test]
+    fn fd_kinds() {
+        assert_eq!(fd_kind("pipe:[123]"), ("pipe".into(), true));
+        assert_eq!(fd_kind("/var/log/x"), ("file".into(), true));
+        assert_eq!(
+            fd_kind("anon_inode:[io_uring]"),
+            ("an io_uring instance".into(), false)
+        );
+        assert_eq!(fd_kind("anon_inode:[eventfd]"), ("anon:eventfd".into(), true));
+    }
+
+    #[test]
+    fn pid_one_and_missing_are_refused() {
+        assert!(matches!(
+            inspect(&Target::Pid(1), 999_999),
+            Err(TargetError::Init { .. })
+        ));
+        assert!(matches!(
+            inspect(&Target::Pid(i32::MAX - 7), 999_999),
+            Err(TargetError::NoSuchProcess { .. })
+        ));
+    }
+
+    #[test]
+    fn own_tree_is_refused() {
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        assert!(matches!(
+            inspect(&Target::Pid(me), me),
+            Err(TargetError::ContainsSelf { .. })
+        ));
+    }
+
+    #[test]
+    fn a_child_is_inspected() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let tree = inspect(&Target::Pid(pid), 1);
+        let _ = child.kill();
+        let _ = child.wait();
+        let tree = tree.expect("inspect");
+        assert_eq!(tree.root, pid);
+        assert_eq!(tree.pids(), vec![pid]);
+        assert!(tree.cmdline.contains("sleep 30"));
+    }
+}

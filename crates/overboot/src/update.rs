@@ -1,0 +1,482 @@
+//! `overboot update`: check everything, then freeze and dump the preserved trees into a Save
+//! State Map in RAM, hand it to the new kernel appended to its initrd, load, and jump.
+//!
+//! ```text
+//!  checks ──► freeze+dump (per tree) ──► write map ──► publish (initrd+cpio) ──► kexec load ──► jump
+//!  (nothing      │ failure: restore the        │ failure after a dump: restore every dumped
+//!   frozen)      ▼ trees dumped so far         ▼ tree on this kernel, then report the error
+//! ```
+//!
+//! Nothing is frozen until every check has passed. Once a tree is dumped (and so stopped), any
+//! later failure restores it on the running kernel before the error is returned: a failed
+//! update leaves every preserved process running. The side effects sit behind [`Effects`] so
+//! that these decisions are unit-tested without root; [`HostEffects`] is the real system.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
+use overboot_handover::{
+    ClockReadings, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree,
+    RollbackRecipe, SaveStateMap, Store, TargetKernel,
+};
+use overboot_kexec::{KernelImage, KexecError, LoadRequest};
+
+use crate::phases::Phases;
+use crate::report::{self, Pending, ReportError};
+use crate::target::{Target, TargetError, TreeInfo};
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    /// The new kernel.
+    pub kernel: PathBuf,
+    /// Its initrd (the map is appended to a copy).
+    pub initrd: Option<PathBuf>,
+    /// The new kernel's command line (without overboot's own parameters).
+    pub cmdline: String,
+    /// Trees to carry across.
+    pub preserve: Vec<Target>,
+    /// Where the map is built: a RAM file system (default `/run/overboot`).
+    pub work_dir: PathBuf,
+    /// Persistent state directory (reports, pending).
+    pub state_dir: PathBuf,
+    /// How to go back: the running kernel's image, initrd and command line.
+    pub rollback: RollbackRecipe,
+}
+
+/// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
+/// back on the running kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// A target cannot be preserved (nothing was frozen).
+    #[error("target refused before anything was frozen")]
+    Target(#[from] TargetError),
+    /// The new kernel cannot be loaded (nothing was frozen).
+    #[error("the new kernel {path} was refused before anything was frozen")]
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: KexecError,
+    },
+    /// An initrd given does not exist.
+    #[error("initrd {0} does not exist (nothing was frozen)")]
+    MissingInitrd(PathBuf),
+    /// No tree to preserve.
+    #[error("nothing to preserve: give at least one --preserve")]
+    NoTargets,
+    /// CRIU is missing or does not work on this kernel (nothing was frozen).
+    #[error("the checkpoint engine cannot run here (nothing was frozen)")]
+    Engine(#[source] CheckpointError),
+    /// Dumping a tree failed; CRIU resumed it, and every tree dumped before was restored.
+    #[error("checkpoint of {tree} failed; {recovery}")]
+    Dump {
+        tree: String,
+        recovery: String,
+        #[source]
+        source: CheckpointError,
+    },
+    /// Building or publishing the map failed; the dumped trees were restored here.
+    #[error("writing the Save State Map failed; {recovery}")]
+    Handover {
+        recovery: String,
+        #[source]
+        source: HandoverError,
+    },
+    /// Loading or jumping failed after the dump; the dumped trees were restored here.
+    #[error("the kernel switch failed; {recovery}")]
+    Switch {
+        recovery: String,
+        #[source]
+        source: KexecError,
+    },
+    /// State directory or work directory error.
+    #[error("state")]
+    State(#[from] ReportError),
+    /// Work directory error.
+    #[error("work directory {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpdateError {
+    /// The exit class.
+    pub fn class(&self) -> crate::ExitClass {
+        use crate::ExitClass as E;
+        match self {
+            UpdateError::Target(_) | UpdateError::MissingInitrd(_) | UpdateError::NoTargets => {
+                E::BadInput
+            }
+            UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
+                source.class().into()
+            }
+            UpdateError::Engine(_) | UpdateError::Dump { .. } => E::Checkpoint,
+            UpdateError::Handover { .. } => E::Handover,
+            UpdateError::State(_) | UpdateError::Io { .. } => E::Internal,
+        }
+    }
+}
+
+/// The side effects of an update.
+pub trait Effects {
+    /// Checks the host allows kexec (root, sysctl).
+    fn kexec_preflight(&mut self) -> Result<(), KexecError>;
+    /// Inspects the new kernel image.
+    fn inspect_kernel(&mut self, path: &Path) -> Result<KernelImage, KexecError>;
+    /// Inspects the targets (read-only).
+    fn inspect_targets(&mut self, targets: &[Target]) -> Result<Vec<TreeInfo>, TargetError>;
+    /// Checks that the engine runs; returns its version.
+    fn probe_engine(&mut self) -> Result<String, CheckpointError>;
+    /// Clock readings now.
+    fn clocks(&mut self) -> ClockReadings;
+    /// Freezes and dumps a tree into `images` (the tree is stopped afterwards).
+    fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError>;
+    /// Restores a tree on this kernel from `images`; returns its root pid.
+    fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError>;
+    /// Loads the new kernel.
+    fn load(&mut self, request: &LoadRequest) -> Result<KernelImage, KexecError>;
+    /// Jumps into the loaded kernel. Returns only on failure in reality; `Ok` in tests.
+    fn jump(&mut self) -> Result<(), KexecError>;
+}
+
+/// The real system: `overboot-kexec`, CRIU, `/proc`.
+#[derive(Debug)]
+pub struct HostEffects {
+    /// The CRIU client.
+    pub criu: overboot_checkpoint::Criu,
+}
+
+impl Default for HostEffects {
+    fn default() -> Self {
+        HostEffects {
+            criu: overboot_checkpoint::Criu::default(),
+        }
+    }
+}
+
+fn ns(ts: nix::sys::time::TimeSpec) -> u64 {
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+}
+
+/// Reads a clock in nanoseconds (0 if unavailable).
+pub fn clock_ns(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map(ns).unwrap_or(0)
+}
+
+/// CLOCK_REALTIME, CLOCK_MONOTONIC and CLOCK_BOOTTIME now.
+pub fn read_clocks() -> ClockReadings {
+    use nix::time::ClockId;
+    ClockReadings {
+        realtime_ns: clock_ns(ClockId::CLOCK_REALTIME),
+        monotonic_ns: clock_ns(ClockId::CLOCK_MONOTONIC),
+        boottime_ns: clock_ns(ClockId::CLOCK_BOOTTIME),
+    }
+}
+
+impl Effects for HostEffects {
+    fn kexec_preflight(&mut self) -> Result<(), KexecError> {
+        overboot_kexec::preflight()
+    }
+
+    fn inspect_kernel(&mut self, path: &Path) -> Result<KernelImage, KexecError> {
+        overboot_kexec::inspect(path)
+    }
+
+    fn inspect_targets(&mut self, targets: &[Target]) -> Result<Vec<TreeInfo>, TargetError> {
+        let me = nix::unistd::getpid().as_raw();
+        crate::target::inspect_all(targets, me)
+    }
+
+    fn probe_engine(&mut self) -> Result<String, CheckpointError> {
+        let version = self.criu.version()?;
+        self.criu.check()?;
+        Ok(version.to_string())
+    }
+
+    fn clocks(&mut self) -> ClockReadings {
+        read_clocks()
+    }
+
+    fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError> {
+        let mut request = DumpRequest::new(tree.root, images);
+        request.network_lock = NetworkLockMode::Nftables;
+        request.file_locks = true;
+        self.criu
+            .dump(&request, &mut overboot_checkpoint::accept_all)
+            .map(|_| ())
+    }
+
+    fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
+        let mut request = RestoreRequest::new(images);
+        request.log_file = "rollback-restore.log".into();
+        request.network_lock = NetworkLockMode::Nftables;
+        request.file_locks = true;
+        self.criu
+            .restore(&request, &mut overboot_checkpoint::accept_all)
+            .map(|o| o.pid)
+    }
+
+    fn load(&mut self, request: &LoadRequest) -> Result<KernelImage, KexecError> {
+        overboot_kexec::load(request)
+    }
+
+    fn jump(&mut self) -> Result<(), KexecError> {
+        overboot_kexec::jump().map(|never| match never {})
+    }
+}
+
+/// What an update returns when a (mock) jump returns: only in tests.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// Update id.
+    pub id: String,
+    /// The map directory.
+    pub map_dir: PathBuf,
+    /// The initrd with the map appended.
+    pub initrd: PathBuf,
+    /// The command line given to the new kernel.
+    pub cmdline: String,
+    /// Bytes handed over.
+    pub handover_bytes: u64,
+    /// Phase timings so far.
+    pub phases: BTreeMap<String, u64>,
+    /// The trees carried.
+    pub trees: Vec<TreeInfo>,
+}
+
+/// A new update id: UTC seconds and the pid, sortable.
+pub fn new_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs}-{}", std::process::id())
+}
+
+/// Everything `update` checks before freezing anything. Shared with `plan`.
+pub fn check(
+    effects: &mut dyn Effects,
+    options: &UpdateOptions,
+) -> Result<(KernelImage, Vec<TreeInfo>, String), UpdateError> {
+    if options.preserve.is_empty() {
+        return Err(UpdateError::NoTargets);
+    }
+    let kernel_err = |source| UpdateError::Kernel {
+        path: options.kernel.clone(),
+        source,
+    };
+    effects.kexec_preflight().map_err(kernel_err)?;
+    let image = effects.inspect_kernel(&options.kernel).map_err(kernel_err)?;
+    if let Some(initrd) = &options.initrd {
+        if !initrd.is_file() {
+            return Err(UpdateError::MissingInitrd(initrd.clone()));
+        }
+    }
+    let trees = effects.inspect_targets(&options.preserve)?;
+    let engine = effects.probe_engine().map_err(UpdateError::Engine)?;
+    Ok((image, trees, engine))
+}
+
+/// Restores every dumped tree on the running kernel; returns a sentence for the error.
+fn restore_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -> String {
+    if dumped.is_empty() {
+        return "no tree had been stopped".into();
+    }
+    let mut back = Vec::new();
+    let mut lost = Vec::new();
+    for (name, images) in dumped {
+        match effects.restore(images) {
+            Ok(pid) => back.push(format!("{name} (pid {pid})")),
+            Err(e) => {
+                tracing::error!(tree = %name, error = %overboot_checkpoint::error_chain(&e), "local restore failed");
+                lost.push(format!("{name}: {e} (images kept in {})", images.display()));
+            }
+        }
+    }
+    let mut text = String::new();
+    if !back.is_empty() {
+        text.push_str(&format!("restored on this kernel: {}", back.join(", ")));
+    }
+    if !lost.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!("NOT restored: {}", lost.join("; ")));
+    }
+    text
+}
+
+/// Runs an update. Returns only if it failed, or when a mock jump returns.
+pub fn run(
+    effects: &mut dyn Effects,
+    options: &UpdateOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Staged, UpdateError> {
+    let mut phases = Phases::default();
+    progress("checking the new kernel, the targets and CRIU");
+    let (image, trees, engine) = phases.run("check", || check(effects, options))?;
+    tracing::info!(release = %image.release, engine = %engine, trees = trees.len(), "checks passed");
+
+    let id = new_id();
+    let map_dir = options.work_dir.join(&id).join("map");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpdateError::Io { path, source }
+    };
+    let mut writer = SaveStateMap::create(&map_dir).map_err(|source| UpdateError::Handover {
+        recovery: "no tree had been stopped".into(),
+        source,
+    })?;
+
+    // Freeze and dump, tree by tree. From here on, failures restore what was dumped.
+    let clocks = effects.clocks();
+    let mut dumped: Vec<(String, PathBuf)> = Vec::new();
+    let mut preserved = Vec::new();
+    for tree in &trees {
+        progress(&format!(
+            "freezing and dumping {} ({} processes, {} MiB resident)",
+            tree.target,
+            tree.processes.len(),
+            tree.rss_bytes() >> 20
+        ));
+        let rel = format!("trees/{}", tree.name);
+        let images = writer.create_dir(&rel).map_err(|source| UpdateError::Handover {
+            recovery: restore_here(effects, &dumped),
+            source,
+        })?;
+        if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images)) {
+            return Err(UpdateError::Dump {
+                tree: tree.target.to_string(),
+                recovery: format!(
+                    "{} was resumed by CRIU; {}",
+                    tree.target,
+                    restore_here(effects, &dumped)
+                ),
+                source,
+            });
+        }
+        dumped.push((tree.name.clone(), images));
+        preserved.push(PreservedTree {
+            name: tree.name.clone(),
+            root_pid: tree.root,
+            pids: tree.pids(),
+            images: rel,
+            cmdline: tree.cmdline.clone(),
+        });
+    }
+
+    // The map: images hashed, tmpfs files carried, manifest and header written.
+    progress("writing the Save State Map");
+    let old_phases = phases.map().clone();
+    let map = phases.run("write_map", || -> Result<SaveStateMap, HandoverError> {
+        let mut carried = Vec::new();
+        for (i, path) in trees.iter().flat_map(|t| t.tmpfs_files.iter()).enumerate() {
+            carried.push(writer.carry_file(path, &format!("files/{i}"))?);
+        }
+        for (_, images) in &dumped {
+            let rel = images
+                .strip_prefix(writer.dir())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            writer.adopt_tree(&rel)?;
+        }
+        let manifest = Manifest {
+            created_unix_ms: clocks.realtime_ns / 1_000_000,
+            from: KernelInfo {
+                release: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            },
+            to: TargetKernel {
+                release: image.release.clone(),
+                boot_id: None,
+            },
+            clocks,
+            trees: preserved.clone(),
+            carried_files: carried,
+            rollback: options.rollback.clone(),
+            phases: old_phases,
+            ..Manifest::default()
+        };
+        writer.finish(manifest)
+    });
+    let map = match map {
+        Ok(map) => map,
+        Err(source) => {
+            return Err(UpdateError::Handover {
+                recovery: restore_here(effects, &dumped),
+                source,
+            })
+        }
+    };
+
+    progress("appending the map to the new kernel's initrd");
+    let out = options.work_dir.join(&id).join("initrd-with-map.img");
+    let store = InitrdStore::new(options.initrd.clone(), &out);
+    let published = match phases.run("publish", || store.publish(&map)) {
+        Ok(p) => p,
+        Err(source) => {
+            return Err(UpdateError::Handover {
+                recovery: restore_here(effects, &dumped),
+                source,
+            })
+        }
+    };
+    let cmdline = format!("{} {}", options.cmdline.trim(), published.cmdline_param)
+        .trim()
+        .to_string();
+    let initrd = published.initrd.clone().unwrap_or(out);
+
+    progress(&format!("loading {} with kexec_file_load", image.release));
+    let request = LoadRequest {
+        kernel: options.kernel.clone(),
+        initrd: Some(initrd.clone()),
+        cmdline: cmdline.clone(),
+    };
+    if let Err(source) = phases.run("kexec_load", || effects.load(&request)) {
+        return Err(UpdateError::Switch {
+            recovery: restore_here(effects, &dumped),
+            source,
+        });
+    }
+    // The kernel holds its own copy of the segments now.
+    let _ = std::fs::remove_file(&initrd).map_err(io(&initrd));
+
+    let staged = Staged {
+        id: id.clone(),
+        map_dir: map_dir.clone(),
+        initrd,
+        cmdline,
+        handover_bytes: published.bytes,
+        phases: phases.map().clone(),
+        trees,
+    };
+    let pending = Pending {
+        id,
+        phases: phases.map().clone(),
+        freeze_realtime_ns: clocks.realtime_ns,
+        jump_realtime_ns: effects.clocks().realtime_ns,
+        handover_bytes: published.bytes,
+    };
+    report::write_json(&options.state_dir.join("pending.json"), &pending)?;
+    progress(&format!("jumping into {}", image.release));
+    match effects.jump() {
+        Ok(()) => Ok(staged),
+        Err(source) => {
+            let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
+            Err(UpdateError::Switch {
+                recovery: restore_here(effects, &dumped),
+                source,
+            })
+        }
+    }
+}
