@@ -35,6 +35,10 @@ const SPECIAL_SECTIONS: [(&str, usize); 4] = [
     (".altinstructions", 12),
 ];
 
+/// Code sections of alternatives, copied whole: replacement instructions and the slow paths of
+/// `static_cpu_has()`.
+const ALTERNATIVE_CODE: [&str; 2] = [".altinstr_replacement", ".altinstr_aux"];
+
 /// `SHF_ALLOC`, `SHF_WRITE`, `SHF_EXECINSTR`.
 const SHF_WRITE: u64 = 0x1;
 const SHF_ALLOC: u64 = 0x2;
@@ -118,6 +122,8 @@ struct Emitter<'a, 'd> {
     copied: HashMap<SectionIndex, SectionId>,
     functions: BTreeMap<String, SymbolId>,
     klp_symbols: BTreeSet<String>,
+    /// Offsets of livepatch relocations, per output section.
+    klp_sites: HashMap<SectionId, Vec<u64>>,
 }
 
 /// Writes the patch object of one unit.
@@ -138,6 +144,7 @@ pub fn emit(
         copied: HashMap::new(),
         functions: BTreeMap::new(),
         klp_symbols: BTreeSet::new(),
+        klp_sites: HashMap::new(),
     };
     let fns = after.functions();
     // First the code sections and their symbols, so references between them resolve.
@@ -203,6 +210,49 @@ pub fn emit(
 }
 
 impl Emitter<'_, '_> {
+    fn klp_symbols_contains(&self, symbol: SymbolId) -> bool {
+        self.out.symbol(symbol).name.starts_with(b".klp.sym.")
+    }
+
+    /// Refuses carried `.altinstructions` entries whose replacement needs a livepatch
+    /// relocation: the loader patches them in before livepatch resolves anything.
+    fn check_replacements(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), EmitError> {
+        let Some(section) = self.after.file.section_by_name(".altinstr_replacement") else {
+            return Ok(());
+        };
+        let Some(copy) = self.copied.get(&section.index()) else {
+            return Ok(());
+        };
+        let Some(sites) = self.klp_sites.get(copy) else {
+            return Ok(());
+        };
+        let alt = self
+            .after
+            .file
+            .section_by_name(".altinstructions")
+            .ok_or(EmitError::Unresolvable {
+                section: ".altinstructions".into(),
+                addend: 0,
+            })?;
+        for (start, entry) in entries {
+            let len = u64::from(entry.get(11).copied().unwrap_or(0));
+            // repl_offset is the second field: a PC-relative reference into the replacements.
+            let Some((_, rel)) = alt.relocations().find(|(o, _)| *o == start + 4) else {
+                continue;
+            };
+            let Ok(from) = u64::try_from(rel.addend()) else {
+                continue;
+            };
+            if sites.iter().any(|s| (from..from + len).contains(s)) {
+                return Err(EmitError::LoadTimeReference {
+                    section: ".altinstr_replacement".into(),
+                    symbol: "an unexported kernel symbol".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn sympos(&self, name: &str) -> Result<u64, EmitError> {
         match self.symbols.counts.as_ref().and_then(|c| c.get(name)) {
             Some(n) if *n > 1 => Err(EmitError::Ambiguous(name.into())),
@@ -267,6 +317,9 @@ impl Emitter<'_, '_> {
             };
             let (symbol, addend) = self.resolve(rel.target(), rel.addend(), r_type, load_time)?;
             let offset = offset.wrapping_add_signed(shift);
+            if self.klp_symbols_contains(symbol) {
+                self.klp_sites.entry(to).or_default().push(offset);
+            }
             self.out
                 .add_relocation(
                     to,
@@ -308,7 +361,7 @@ impl Emitter<'_, '_> {
             return Ok((self.out.section_symbol(copy), addend));
         }
         let section_name = self.after.section_name(section);
-        if self.after.is_merged(section) || section_name == ".altinstr_replacement" {
+        if self.after.is_merged(section) || ALTERNATIVE_CODE.contains(&section_name.as_str()) {
             let copy = self.copy_section(section, load_time)?;
             let value = if sym.kind() == SymbolKind::Section {
                 0
@@ -342,8 +395,8 @@ impl Emitter<'_, '_> {
             return Ok((id, addend));
         }
         let flags = self.after.section_flags(section);
-        if flags & SHF_EXECINSTR != 0 || self.before_objects.contains(name) {
-            // Unchanged code or data of the running kernel.
+        if flags & SHF_EXECINSTR != 0 {
+            // Unchanged code of the running kernel.
             return Ok((self.kernel_symbol(name, load_time)?, addend));
         }
         let read_only = flags & SHF_WRITE == 0;
@@ -353,9 +406,19 @@ impl Emitter<'_, '_> {
             .section_by_index(section)
             .map(|s| s.relocations().next().is_some())
             .unwrap_or(true);
-        if name.contains('.') && (!read_only || !has_relocs) && flags & SHF_ALLOC != 0 {
-            // A compiler-numbered static the running kernel may not have under this name:
-            // the new code gets its own copy.
+        let numbered = name.contains('.') && flags & SHF_ALLOC != 0;
+        if numbered && read_only && !has_relocs {
+            // A compiler-numbered constant (`zeros.0`, `__func__.3`): its name may be ambiguous
+            // or differ in the running kernel, and a copy means the same.
+            let copy = self.copy_section(section, load_time)?;
+            return Ok((self.out.section_symbol(copy), addend));
+        }
+        if self.before_objects.contains(name) {
+            // Unchanged data of the running kernel.
+            return Ok((self.kernel_symbol(name, load_time)?, addend));
+        }
+        if numbered && !read_only {
+            // A static the patch adds: the new code gets its own.
             let copy = self.copy_section(section, load_time)?;
             return Ok((self.out.section_symbol(copy), addend));
         }
@@ -401,8 +464,10 @@ impl Emitter<'_, '_> {
             self.out.section_mut(id).set_data(data.to_vec(), section.align());
         }
         self.copied.insert(index, id);
-        let context = if name == ".altinstr_replacement" {
-            Some(".altinstr_replacement")
+        // Replacement code of other functions may refer anywhere; what the carried
+        // `.altinstructions` entries use is checked in `carry_table`.
+        let context = if ALTERNATIVE_CODE.contains(&name.as_str()) {
+            None
         } else {
             load_time
         };
@@ -450,6 +515,7 @@ impl Emitter<'_, '_> {
         if kept.is_empty() {
             return Ok(());
         }
+        let kept_copy = kept.clone();
         let flags = self.after.section_flags(index);
         let kind = if flags & SHF_WRITE != 0 {
             SectionKind::Data
@@ -470,6 +536,9 @@ impl Emitter<'_, '_> {
         for (from, to) in moves {
             let shift = i64::try_from(to).unwrap_or(0) - i64::try_from(from).unwrap_or(0);
             self.copy_relocations(index, id, from, from + entry as u64, shift, Some(name))?;
+        }
+        if name == ".altinstructions" {
+            self.check_replacements(&kept_copy)?;
         }
         Ok(())
     }

@@ -185,17 +185,22 @@ impl SourcePatch {
                 fs::copy(&orig, &dest).map_err(io(&orig))?;
             }
         }
+        let file = fs::canonicalize(&self.file).map_err(io(&self.file))?;
         let out = Command::new("patch")
             .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d"])
             .arg(&after)
             .arg("-i")
-            .arg(&self.file)
+            .arg(&file)
             .output()
             .map_err(io(Path::new("patch")))?;
         if !out.status.success() {
             return Err(SourcePatchError::DoesNotApply {
                 release: release.into(),
-                detail: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
         for t in &self.touched {
