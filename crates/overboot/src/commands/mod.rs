@@ -2,6 +2,7 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod kexec;
+mod patch;
 mod resume;
 mod status;
 mod update;
@@ -29,6 +30,8 @@ pub struct Cli {
 enum Verb {
     /// Boot a new kernel over the running one (no services preserved).
     Kexec(kexec::Args),
+    /// Live patches: build, apply, list, revert, replace (no kernel switch).
+    Patch(patch::Args),
     /// Carry process trees onto a new kernel: check, freeze, dump, hand over, kexec.
     Update(update::Args),
     /// The agent of the new kernel: verify the Save State Map and restore its trees.
@@ -52,6 +55,12 @@ pub enum CommandError {
     /// No report to show.
     #[error(transparent)]
     Report(#[from] overboot::report::ReportError),
+    /// Building a live patch failed or the patch was refused.
+    #[error(transparent)]
+    PatchBuild(#[from] overboot_livepatch::BuildError),
+    /// Applying, listing or removing a live patch failed.
+    #[error(transparent)]
+    Patch(#[from] overboot_livepatch::RuntimeError),
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
@@ -69,6 +78,8 @@ impl CommandError {
             CommandError::Resume(e) => e.class(),
             CommandError::Report(overboot::report::ReportError::NoReport(_)) => ExitClass::Nothing,
             CommandError::Report(_) => ExitClass::Internal,
+            CommandError::PatchBuild(e) => patch::build_class(e),
+            CommandError::Patch(e) => patch::runtime_class(e),
             CommandError::Usage(_) => ExitClass::Usage,
             CommandError::Output(_) => ExitClass::Internal,
         }
@@ -79,6 +90,7 @@ impl CommandError {
 pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Verb::Kexec(args) => kexec::run(args, cli.json),
+        Verb::Patch(args) => patch::run(args, cli.json),
         Verb::Update(args) => update::run(args, cli.json),
         Verb::Resume(args) => resume::run(args, cli.json),
         Verb::Status(args) => status::run(args, cli.json),
