@@ -20,10 +20,22 @@ fn patches_dir() -> PathBuf {
 }
 
 /// Runs `overboot patch build` on the host; returns (exit code, stdout + stderr).
-fn build(overboot: &Path, release: &str, patch: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+fn build(
+    overboot: &Path,
+    release: &str,
+    patch: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (i32, String) {
     let cache = overboot_lab::host::cache_dir().join("livepatch");
     let output = Command::new(overboot)
-        .args(["patch", "build", "--kernel-release", release, "--source-patch"])
+        .args([
+            "patch",
+            "build",
+            "--kernel-release",
+            release,
+            "--source-patch",
+        ])
         .arg(patch)
         .arg("--output")
         .arg(out)
@@ -65,7 +77,10 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
         &[],
     );
     assert!(text.contains("patches version_proc_show"), "{text}");
-    assert!(text.contains("linux_proc_banner"), "no livepatch relocation: {text}");
+    assert!(
+        text.contains("linux_proc_banner"),
+        "no livepatch relocation: {text}"
+    );
     let stat_ko = work.join("stat.ko");
     let text = build_ok(
         &overboot,
@@ -138,15 +153,24 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
     let mut guest = lab.boot(&config).expect("boot A");
     let mut sh = |cmd: &str| guest.run_ok(cmd, CMD).expect(cmd).text();
 
-    assert!(!sh("cat /proc/version").contains(MARKER), "marker before patching");
+    assert!(
+        !sh("cat /proc/version").contains(MARKER),
+        "marker before patching"
+    );
     assert!(!sh("cat /proc/stat").contains(STAT_LINE));
     assert!(sh("overboot patch list").contains("no live patches"));
 
     // apply: behaviour changes at once; list says so.
     let out = sh("overboot patch apply /lab/lp/version.ko");
-    assert!(out.contains("applied livepatch_proc_version_banner"), "{out}");
+    assert!(
+        out.contains("applied livepatch_proc_version_banner"),
+        "{out}"
+    );
     let version = sh("cat /proc/version");
-    assert!(version.starts_with(MARKER), "/proc/version not patched: {version}");
+    assert!(
+        version.starts_with(MARKER),
+        "/proc/version not patched: {version}"
+    );
     assert!(version.contains("6.1.170"), "{version}");
     let list = sh("overboot patch list");
     assert!(
@@ -173,7 +197,10 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
         "get_iowait_time gave {value}, cpu0 shows {cpu0_iowait}"
     );
     let list = sh("overboot patch list");
-    assert!(list.contains("livepatch_stat_static_call enabled vmlinux:show_stat"), "{list}");
+    assert!(
+        list.contains("livepatch_stat_static_call enabled vmlinux:show_stat"),
+        "{list}"
+    );
 
     // A module built for another release is refused before loading.
     let out = guest
@@ -189,15 +216,24 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
 
     // revert: behaviour restored, module gone, list right.
     sh("overboot patch revert livepatch_proc_version_banner");
-    assert!(!sh("cat /proc/version").contains(MARKER), "revert did not restore");
-    assert!(sh("cat /proc/stat").contains(STAT_LINE), "the other patch went too");
+    assert!(
+        !sh("cat /proc/version").contains(MARKER),
+        "revert did not restore"
+    );
+    assert!(
+        sh("cat /proc/stat").contains(STAT_LINE),
+        "the other patch went too"
+    );
     assert!(!sh("cat /proc/modules").contains("livepatch_proc_version_banner"));
     let list = sh("overboot patch list");
     assert!(!list.contains("livepatch_proc_version_banner"), "{list}");
 
     // replace: one cumulative patch takes over atomically; the replaced module is unloaded.
     let out = sh("overboot patch replace /lab/lp/cumulative.ko");
-    assert!(out.contains("replacing livepatch_stat_static_call"), "{out}");
+    assert!(
+        out.contains("replacing livepatch_stat_static_call"),
+        "{out}"
+    );
     assert!(sh("cat /proc/version").starts_with(MARKER));
     assert!(sh("cat /proc/stat").contains(STAT_LINE));
     let list = sh("overboot patch list");

@@ -155,7 +155,11 @@ pub fn build(request: &BuildRequest) -> Result<BuildReport, BuildError> {
     };
     let units: Vec<PathBuf> = patch.touched.iter().map(|t| t.path.clone()).collect();
     tree.extract(&units)?;
-    let work = request.cache.join(&request.release).join("work").join(&name);
+    let work = request
+        .cache
+        .join(&request.release)
+        .join("work")
+        .join(&name);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(io(&work))?;
     let (before_src, after_src) = patch.apply(&tree.source, &request.release, &work)?;
@@ -197,12 +201,16 @@ pub fn build(request: &BuildRequest) -> Result<BuildReport, BuildError> {
         let new = Unit::parse(&after_bytes, "after").map_err(compare_err)?;
         let diff = compare::diff(&old, &new).map_err(compare_err)?;
         tracing::info!(patched = ?diff.patched, included = ?diff.included, "changed functions");
-        let object = emit::emit(&old, &new, &diff, &symbols).map_err(|source| BuildError::Emit {
-            unit: unit.clone(),
-            source,
-        })?;
+        let object =
+            emit::emit(&old, &new, &diff, &symbols).map_err(|source| BuildError::Emit {
+                unit: unit.clone(),
+                source,
+            })?;
         for f in &object.funcs {
-            if functions.iter().any(|g: &KlpFunc| g.new_symbol == f.new_symbol) {
+            if functions
+                .iter()
+                .any(|g: &KlpFunc| g.new_symbol == f.new_symbol)
+            {
                 return Err(BuildError::Emit {
                     unit: unit.clone(),
                     source: EmitError::DuplicateFunction(f.old_name.clone()),
@@ -221,7 +229,11 @@ pub fn build(request: &BuildRequest) -> Result<BuildReport, BuildError> {
         origin: &request.patch.display().to_string(),
     };
     let (ko, conversion) = module::build(&tree, &spec, &work.join("module"))?;
-    if let Some(dir) = request.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = request
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
     fs::write(&request.output, ko).map_err(io(&request.output))?;

@@ -42,7 +42,9 @@ pub enum CompareError {
     #[error("refused: the patch changes `{0}`, an __init/__exit function that has already run or never runs in a live kernel")]
     InitFunction(String),
     /// The function cannot be redirected by livepatch.
-    #[error("refused: `{0}` has no __fentry__ call (notrace or noinstr); livepatch cannot redirect it")]
+    #[error(
+        "refused: `{0}` has no __fentry__ call (notrace or noinstr); livepatch cannot redirect it"
+    )]
     NotTraceable(String),
     /// Nothing to patch.
     #[error("refused: the patch changes no function's code (changes outside function bodies, or none that reach the object)")]
@@ -102,7 +104,8 @@ pub struct Defined {
 impl<'d> Unit<'d> {
     /// Parses an object.
     pub fn parse(data: &'d [u8], side: &'static str) -> Result<Unit<'d>, CompareError> {
-        let file = object::File::parse(data).map_err(|source| CompareError::Parse { side, source })?;
+        let file =
+            object::File::parse(data).map_err(|source| CompareError::Parse { side, source })?;
         Ok(Unit { file })
     }
 

@@ -20,9 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use object::write::{self, Mangling, SectionId, SymbolId, SymbolSection};
 use object::{
-    Architecture, BinaryFormat, Endianness, Object, ObjectSection, ObjectSymbol,
-    RelocationFlags, RelocationTarget, SectionIndex, SectionKind, SymbolFlags, SymbolKind,
-    SymbolScope,
+    Architecture, BinaryFormat, Endianness, Object, ObjectSection, ObjectSymbol, RelocationFlags,
+    RelocationTarget, SectionIndex, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
 };
 
 use crate::compare::{Unit, UnitDiff};
@@ -167,7 +166,9 @@ pub fn emit(
             format!(".text.{sym_name}").into_bytes(),
             SectionKind::Text,
         );
-        e.out.section_mut(id).set_data(data.to_vec(), section.align());
+        e.out
+            .section_mut(id)
+            .set_data(data.to_vec(), section.align());
         e.copied.insert(def.section, id);
         let sym = e.out.add_symbol(write::Symbol {
             name: sym_name.into_bytes(),
@@ -226,14 +227,14 @@ impl Emitter<'_, '_> {
         let Some(sites) = self.klp_sites.get(copy) else {
             return Ok(());
         };
-        let alt = self
-            .after
-            .file
-            .section_by_name(".altinstructions")
-            .ok_or(EmitError::Unresolvable {
-                section: ".altinstructions".into(),
-                addend: 0,
-            })?;
+        let alt =
+            self.after
+                .file
+                .section_by_name(".altinstructions")
+                .ok_or(EmitError::Unresolvable {
+                    section: ".altinstructions".into(),
+                    addend: 0,
+                })?;
         for (start, entry) in entries {
             let len = u64::from(entry.get(11).copied().unwrap_or(0));
             // repl_offset is the second field: a PC-relative reference into the replacements.
@@ -277,7 +278,11 @@ impl Emitter<'_, '_> {
     }
 
     /// A reference to the running kernel's `name`: plain when exported, else livepatch.
-    fn kernel_symbol(&mut self, name: &str, load_time: Option<&str>) -> Result<SymbolId, EmitError> {
+    fn kernel_symbol(
+        &mut self,
+        name: &str,
+        load_time: Option<&str>,
+    ) -> Result<SymbolId, EmitError> {
         if self.symbols.exported.contains(name) {
             return Ok(self.undefined(name));
         }
@@ -461,7 +466,9 @@ impl Emitter<'_, '_> {
                 .append_bss(section.size(), section.align());
         } else {
             let data = section.data().map_err(EmitError::Read)?;
-            self.out.section_mut(id).set_data(data.to_vec(), section.align());
+            self.out
+                .section_mut(id)
+                .set_data(data.to_vec(), section.align());
         }
         self.copied.insert(index, id);
         // Replacement code of other functions may refer anywhere; what the carried
@@ -482,7 +489,7 @@ impl Emitter<'_, '_> {
         };
         let index = section.index();
         let data = section.data().map_err(EmitError::Read)?.to_vec();
-        if data.len() % entry != 0 {
+        if data.len().next_multiple_of(entry) != data.len() {
             return Err(EmitError::TableLayout {
                 section: name.into(),
                 size: data.len() as u64,

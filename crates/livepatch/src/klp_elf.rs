@@ -65,9 +65,7 @@ fn c_str(data: &[u8], offset: usize) -> String {
 }
 
 fn pad_to(data: &mut Vec<u8>, align: usize) {
-    while data.len() % align != 0 {
-        data.push(0);
-    }
+    data.resize(data.len().next_multiple_of(align), 0);
 }
 
 /// Converts `ko` in place; returns what changed (nothing when the module needs no livepatch
@@ -93,7 +91,10 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         .ok_or(KlpElfError::Malformed("section names out of file"))?
         .to_vec();
     let section_name = |s: &SectionHeader64<LE>, names: &[u8]| {
-        c_str(names, usize::try_from(s.sh_name.get(LE)).unwrap_or(usize::MAX))
+        c_str(
+            names,
+            usize::try_from(s.sh_name.get(LE)).unwrap_or(usize::MAX),
+        )
     };
 
     let symtab_index = sections
@@ -144,7 +145,10 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         if moved.is_empty() {
             continue;
         }
-        let mut bytes: Vec<u8> = kept.iter().flat_map(|r| pod::bytes_of(r).to_vec()).collect();
+        let mut bytes: Vec<u8> = kept
+            .iter()
+            .flat_map(|r| pod::bytes_of(r).to_vec())
+            .collect();
         bytes.resize(count * 24, 0);
         ko[at..at + count * 24].copy_from_slice(&bytes);
         section.sh_size = U64::new(LE, (kept.len() * 24) as u64);
@@ -172,7 +176,10 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         };
         appended.push((
             header,
-            moved.iter().flat_map(|r| pod::bytes_of(r).to_vec()).collect(),
+            moved
+                .iter()
+                .flat_map(|r| pod::bytes_of(r).to_vec())
+                .collect(),
         ));
         conversion.sections.push(name);
     }

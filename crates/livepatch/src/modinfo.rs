@@ -75,7 +75,9 @@ pub fn read(path: &Path) -> Result<Modinfo, ModinfoError> {
         source,
     };
     let file = object::File::parse(&*data).map_err(|e| not_module(Some(e)))?;
-    let section = file.section_by_name(".modinfo").ok_or_else(|| not_module(None))?;
+    let section = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| not_module(None))?;
     let bytes = section.data().map_err(|e| not_module(Some(e)))?;
     Ok(parse(bytes))
 }

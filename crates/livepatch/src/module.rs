@@ -122,8 +122,11 @@ pub fn build(
         fs::write(&path, bytes).map_err(io(&path))?;
         // modpost reads each object's .cmd file (for the srcversion checksum).
         let cmd = dir.join(format!(".{name}.cmd"));
-        fs::write(&cmd, format!("cmd_{0} := overboot patch build\n", path.display()))
-            .map_err(io(&cmd))?;
+        fs::write(
+            &cmd,
+            format!("cmd_{0} := overboot patch build\n", path.display()),
+        )
+        .map_err(io(&cmd))?;
         parts.push(name);
     }
     let kbuild = format!(

@@ -62,7 +62,9 @@ pub enum RuntimeError {
     #[error("no live patch named {0}")]
     NoSuchPatch(String),
     /// The transition did not finish.
-    #[error("patch {patch}: transition to {target} not finished after {secs} s; blocked by {blockers}")]
+    #[error(
+        "patch {patch}: transition to {target} not finished after {secs} s; blocked by {blockers}"
+    )]
     Stalled {
         patch: String,
         target: &'static str,
@@ -153,7 +155,10 @@ impl LivePatch {
 }
 
 fn read_trim(path: &Path) -> Result<String, RuntimeError> {
-    Ok(fs::read_to_string(path).map_err(io(path))?.trim().to_string())
+    Ok(fs::read_to_string(path)
+        .map_err(io(path))?
+        .trim()
+        .to_string())
 }
 
 fn sorted_dirs(path: &Path) -> Result<Vec<PathBuf>, RuntimeError> {

@@ -187,7 +187,13 @@ impl SourcePatch {
         }
         let file = fs::canonicalize(&self.file).map_err(io(&self.file))?;
         let out = Command::new("patch")
-            .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d"])
+            .args([
+                "-p1",
+                "--batch",
+                "--forward",
+                "--no-backup-if-mismatch",
+                "-d",
+            ])
             .arg(&after)
             .arg("-i")
             .arg(&file)

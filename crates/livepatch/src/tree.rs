@@ -20,7 +20,9 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
     /// The release is not a Debian kernel release the archive knows.
-    #[error("no Debian package linux-headers-{release} in the archive (is it a Debian kernel release?)")]
+    #[error(
+        "no Debian package linux-headers-{release} in the archive (is it a Debian kernel release?)"
+    )]
     UnknownRelease { release: String },
     /// The release string does not look like `6.1.0-47-cloud-amd64`.
     #[error("cannot read the kernel series from release {0:?}")]
@@ -120,10 +122,9 @@ fn archive_has(package: &str, version: &str) -> Result<bool, TreeError> {
 
 /// The packages `linux-headers-<release>` depends on that we need (common headers, kbuild).
 fn header_dependencies(release: &str, version: &str) -> Result<Vec<String>, TreeError> {
-    let out = run_tool(Command::new("apt-cache").args([
-        "show",
-        &format!("linux-headers-{release}={version}"),
-    ]))?;
+    let out = run_tool(
+        Command::new("apt-cache").args(["show", &format!("linux-headers-{release}={version}")]),
+    )?;
     let depends = out
         .lines()
         .find_map(|l| l.strip_prefix("Depends:"))
@@ -136,7 +137,11 @@ fn header_dependencies(release: &str, version: &str) -> Result<Vec<String>, Tree
         .collect())
 }
 
-fn find_deb(dir: &Path, package: &str, version: Option<&str>) -> Result<Option<PathBuf>, TreeError> {
+fn find_deb(
+    dir: &Path,
+    package: &str,
+    version: Option<&str>,
+) -> Result<Option<PathBuf>, TreeError> {
     let prefix = match version {
         Some(v) => format!("{package}_{}_", v.replace(':', "%3a")),
         None => format!("{package}_"),
@@ -206,7 +211,10 @@ impl KernelTree {
         // The headers' Makefile includes the common headers by absolute path: point it here.
         let makefile = headers.join("Makefile");
         let text = fs::read_to_string(&makefile).map_err(io(&makefile))?;
-        let fixed = text.replace("include /usr/src/", &format!("include {}/usr/src/", root.display()));
+        let fixed = text.replace(
+            "include /usr/src/",
+            &format!("include {}/usr/src/", root.display()),
+        );
         if fixed != text {
             fs::write(&makefile, fixed).map_err(io(&makefile))?;
         }
