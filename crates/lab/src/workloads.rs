@@ -65,7 +65,10 @@ fn same_pid(verdict: &mut Verdict, pid: i32, line: &str) -> Result<(), String> {
         verdict.pid = pid;
     }
     if verdict.pid != pid {
-        return Err(format!("pid changed from {} to {pid} at {line:?}", verdict.pid));
+        return Err(format!(
+            "pid changed from {} to {pid} at {line:?}",
+            verdict.pid
+        ));
     }
     Ok(())
 }
@@ -94,7 +97,9 @@ pub fn verify_mem(log: &str, threads: usize) -> Result<Verdict, String> {
         }
         last = counter;
         if field(line, "checksum") != expected.as_deref() {
-            return Err(format!("checksum changed: {line:?} (expected {expected:?})"));
+            return Err(format!(
+                "checksum changed: {line:?} (expected {expected:?})"
+            ));
         }
         if num::<u64>(line, "bad")? != 0 {
             return Err(format!("a thread saw a bad checksum: {line:?}"));
@@ -105,7 +110,8 @@ pub fn verify_mem(log: &str, threads: usize) -> Result<Verdict, String> {
         }
         v.records += 1;
     }
-    v.facts.insert("checksum".into(), expected.unwrap_or_default());
+    v.facts
+        .insert("checksum".into(), expected.unwrap_or_default());
     v.facts.insert("last_counter".into(), last.to_string());
     Ok(v)
 }
@@ -150,7 +156,11 @@ pub fn verify_append(data: &str) -> Result<Verdict, String> {
                 i + 1
             ));
         }
-        same_pid(&mut v, pid.parse().map_err(|_| format!("bad pid {line:?}"))?, line)?;
+        same_pid(
+            &mut v,
+            pid.parse().map_err(|_| format!("bad pid {line:?}"))?,
+            line,
+        )?;
         offset += line.len();
         v.records += 1;
     }

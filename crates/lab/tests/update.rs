@@ -15,8 +15,14 @@ const HEAP_MIB: u32 = 256;
 
 fn workloads() -> Vec<(Workload, &'static str)> {
     vec![
-        (Workload::new("mem1", "mem", &format!("{HEAP_MIB} 1")), "mem1"),
-        (Workload::new("mem8", "mem", &format!("{HEAP_MIB} 8")), "mem8"),
+        (
+            Workload::new("mem1", "mem", &format!("{HEAP_MIB} 1")),
+            "mem1",
+        ),
+        (
+            Workload::new("mem8", "mem", &format!("{HEAP_MIB} 8")),
+            "mem8",
+        ),
         (Workload::new("pipes", "pipes", ""), "seq"),
         (Workload::new("unix", "unix", ""), "pong"),
         (Workload::new("clock", "clock", ""), "clock"),
@@ -72,11 +78,16 @@ fn carry_across(to: &str) {
 
     // Services run with PIDs above the early-boot range of any kernel, as on a real server.
     guest
-        .run_ok("mkdir -p /lab/wl && echo 3000 > /proc/sys/kernel/ns_last_pid", CMD)
+        .run_ok(
+            "mkdir -p /lab/wl && echo 3000 > /proc/sys/kernel/ns_last_pid",
+            CMD,
+        )
         .expect("setup");
     let mut pids: BTreeMap<String, i32> = BTreeMap::new();
     for (w, _) in workloads() {
-        let out = guest.run_ok(&w.start_command(), CMD).expect("start workload");
+        let out = guest
+            .run_ok(&w.start_command(), CMD)
+            .expect("start workload");
         let pid = out
             .lines
             .iter()
@@ -93,7 +104,10 @@ fn carry_across(to: &str) {
         .map(|(w, _)| (w.name.clone(), line_count(&mut guest, &w.log)))
         .collect();
 
-    let preserve: String = pids.values().map(|p| format!(" --preserve pid:{p}")).collect();
+    let preserve: String = pids
+        .values()
+        .map(|p| format!(" --preserve pid:{p}"))
+        .collect();
     guest
         .send(&format!(
             "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
@@ -102,13 +116,22 @@ fn carry_across(to: &str) {
         ))
         .expect("send update");
     guest
-        .wait_for(&format!("jumping into {release_to}"), Duration::from_secs(600))
+        .wait_for(
+            &format!("jumping into {release_to}"),
+            Duration::from_secs(600),
+        )
         .expect("update reached the jump");
     let done = guest
         .wait_for("@@LAB resume-done", BOOT_TIMEOUT + Duration::from_secs(300))
         .expect("resume agent finished");
-    assert!(done.contains("rc=0"), "resume failed: {done}\nlog: {}", guest.log_path().display());
-    guest.wait_for("@@LAB booted", BOOT_TIMEOUT).expect("booted");
+    assert!(
+        done.contains("rc=0"),
+        "resume failed: {done}\nlog: {}",
+        guest.log_path().display()
+    );
+    guest
+        .wait_for("@@LAB booted", BOOT_TIMEOUT)
+        .expect("booted");
     let uname = guest.run_ok("uname -r", CMD).expect("uname");
     assert_eq!(uname.text().trim(), release_to, "not on the new kernel");
 
@@ -117,12 +140,18 @@ fn carry_across(to: &str) {
         let pid = pids[&w.name];
         guest
             .run_ok(&format!("kill -0 {pid}"), CMD)
-            .unwrap_or_else(|e| panic!("{} (pid {pid}) is not alive after the switch: {e}", w.name));
+            .unwrap_or_else(|e| {
+                panic!("{} (pid {pid}) is not alive after the switch: {e}", w.name)
+            });
         wait_lines(&mut guest, &w.log, before[&w.name] + 5);
     }
     let status = guest.run_ok("overboot status --json", CMD).expect("status");
     let report: serde_json::Value = serde_json::from_str(
-        status.lines.iter().find(|l| l.starts_with('{')).expect("json line"),
+        status
+            .lines
+            .iter()
+            .find(|l| l.starts_with('{'))
+            .expect("json line"),
     )
     .expect("status json");
     for phase in [
@@ -141,7 +170,7 @@ fn carry_across(to: &str) {
             "phase {phase} missing in the report: {report}"
         );
     }
-    assert!(report["handover_bytes"].as_u64().unwrap_or(0) > 2 * u64::from(HEAP_MIB) << 20);
+    assert!(report["handover_bytes"].as_u64().unwrap_or(0) > (2 * u64::from(HEAP_MIB)) << 20);
     assert_eq!(report["outcome"], "resumed");
     let restored: Vec<i64> = report["trees"]
         .as_array()
@@ -150,7 +179,10 @@ fn carry_across(to: &str) {
         .map(|t| t["restored_pid"].as_i64().unwrap_or(0))
         .collect();
     for pid in pids.values() {
-        assert!(restored.contains(&i64::from(*pid)), "pid {pid} not restored as itself");
+        assert!(
+            restored.contains(&i64::from(*pid)),
+            "pid {pid} not restored as itself"
+        );
     }
     // CLOCK_REALTIME is right after resume (the RTC has one-second resolution).
     let guest_now: i64 = guest
@@ -162,9 +194,13 @@ fn carry_across(to: &str) {
         .expect("date");
     let host_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
-    assert!((guest_now - host_now).abs() <= 3, "guest realtime off by {}s", guest_now - host_now);
+    assert!(
+        (guest_now - host_now).abs() <= 3,
+        "guest realtime off by {}s",
+        guest_now - host_now
+    );
 
     // The tmpfs file was carried: copy it to the disk to judge it with the others.
     guest
@@ -193,15 +229,25 @@ fn carry_across(to: &str) {
     // The pipe sink and the unix ping side are the tree's children/root: pids checked by log.
     let pipes = workloads::verify_sequence(&read("/wl/pipes.log"), "seq")
         .unwrap_or_else(|e| panic!("pipes: {e}"));
-    assert!(pipes.records > before["pipes"], "pipes: nothing after the switch");
-    check("unix", workloads::verify_sequence(&read("/wl/unix.log"), "pong"));
+    assert!(
+        pipes.records > before["pipes"],
+        "pipes: nothing after the switch"
+    );
+    check(
+        "unix",
+        workloads::verify_sequence(&read("/wl/unix.log"), "pong"),
+    );
     check("append", workloads::verify_append(&read("/wl/append.dat")));
     check("tmpfs", workloads::verify_append(&read("/wl/tmpfs.dat")));
     let clock = check("clock", workloads::verify_clock(&read("/wl/clock.log")));
     // At the switch, CLOCK_MONOTONIC jumped forward by about the blackout.
     let real: i64 = clock.facts["max_gap_real_ms"].parse().unwrap_or(0);
     let mono: i64 = clock.facts["max_gap_mono_ms"].parse().unwrap_or(0);
-    assert!(real > 1000, "no blackout visible in the clock log: {:?}", clock.facts);
+    assert!(
+        real > 1000,
+        "no blackout visible in the clock log: {:?}",
+        clock.facts
+    );
     assert!(
         (mono - real).abs() <= 2500,
         "CLOCK_MONOTONIC advanced {mono} ms while CLOCK_REALTIME advanced {real} ms"
@@ -222,12 +268,18 @@ fn update_a_to_c_carries_every_workload() {
 #[test]
 fn update_refuses_bad_targets_before_freezing() {
     let lab = Lab::prepare(&["A", "B"]).expect("prepare lab");
-    let scenario = lab.scenario("update-bad-input", &["A", "B"], 256).expect("scenario");
-    let mut guest = lab.boot(&lab.guest_config(&scenario, "A").expect("config")).expect("boot");
+    let scenario = lab
+        .scenario("update-bad-input", &["A", "B"], 256)
+        .expect("scenario");
+    let mut guest = lab
+        .boot(&lab.guest_config(&scenario, "A").expect("config"))
+        .expect("boot");
     let release_a = lab.kernel("A").expect("A").release.clone();
     guest.run_ok("mkdir -p /lab/wl", CMD).expect("mkdir");
     let uring = Workload::new("uring", "uring", "");
-    let out = guest.run_ok(&uring.start_command(), CMD).expect("start uring");
+    let out = guest
+        .run_ok(&uring.start_command(), CMD)
+        .expect("start uring");
     let pid: i32 = out
         .lines
         .iter()
@@ -251,17 +303,32 @@ fn update_refuses_bad_targets_before_freezing() {
         let out = guest.run(&update(target), CMD).expect("run update");
         assert_eq!(out.status, 5, "exit code for {target}: {}", out.text());
         assert!(out.text().contains(message), "{target}: {}", out.text());
-        assert!(out.text().contains("before anything was frozen"), "{}", out.text());
+        assert!(
+            out.text().contains("before anything was frozen"),
+            "{}",
+            out.text()
+        );
     }
     // The refusal is warranted: CRIU 3.17 itself cannot dump an io_uring (tried with
     // --leave-running, so the process goes on).
     let criu = guest
-        .run(&format!("criu dump -t {pid} -D /tmp --leave-running -o criu.log; tail -3 /tmp/criu.log"), CMD)
+        .run(
+            &format!(
+                "criu dump -t {pid} -D /tmp --leave-running -o criu.log; tail -3 /tmp/criu.log"
+            ),
+            CMD,
+        )
         .expect("criu");
-    assert!(criu.text().contains("Error"), "CRIU dumped an io_uring: {}", criu.text());
+    assert!(
+        criu.text().contains("Error"),
+        "CRIU dumped an io_uring: {}",
+        criu.text()
+    );
     // Nothing was frozen or stopped: the process still runs and logs, on A.
     let n = line_count(&mut guest, &uring.log);
-    guest.run_ok(&format!("kill -0 {pid}"), CMD).expect("uring process alive");
+    guest
+        .run_ok(&format!("kill -0 {pid}"), CMD)
+        .expect("uring process alive");
     wait_lines(&mut guest, &uring.log, n + 2);
     let state = guest
         .run_ok(&format!("cut -d' ' -f3 /proc/{pid}/stat"), CMD)
@@ -269,6 +336,8 @@ fn update_refuses_bad_targets_before_freezing() {
     assert_ne!(state.text().trim(), "T", "the process was left stopped");
     let uname = guest.run_ok("uname -r", CMD).expect("uname");
     assert_eq!(uname.text().trim(), release_a);
-    let loaded = guest.run_ok("cat /sys/kernel/kexec_loaded", CMD).expect("loaded");
+    let loaded = guest
+        .run_ok("cat /sys/kernel/kexec_loaded", CMD)
+        .expect("loaded");
     assert_eq!(loaded.text().trim(), "0", "a kernel was left loaded");
 }

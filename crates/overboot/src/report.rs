@@ -186,7 +186,10 @@ impl Report {
             Outcome::Resumed => "resumed on the new kernel",
             Outcome::Failed => "FAILED",
         };
-        out.push_str(&format!("update {}: {} → {}: {outcome}\n", self.id, self.from, self.to));
+        out.push_str(&format!(
+            "update {}: {} → {}: {outcome}\n",
+            self.id, self.from, self.to
+        ));
         if let Some(detail) = &self.detail {
             out.push_str(&format!("  {detail}\n"));
         }

@@ -13,7 +13,7 @@ use overboot_checkpoint::{CheckpointError, Engine, NetworkLockMode, RestoreReque
 use overboot_handover::{HandoverError, SaveStateMap};
 
 use crate::report::{self, Outcome, Pending, Report, ReportError, TreeReport};
-use crate::timens::{self, TimensError};
+use crate::timens;
 use crate::update::read_clocks;
 
 /// Why the agent could not bring the trees back.
@@ -31,7 +31,11 @@ pub enum ResumeError {
     },
     /// A preserved pid is in use in this kernel.
     #[error("pid {pid} of {tree} is taken in this kernel by {comm:?}; nothing was restored")]
-    PidTaken { tree: String, pid: i32, comm: String },
+    PidTaken {
+        tree: String,
+        pid: i32,
+        comm: String,
+    },
     /// A carried file could not be put back.
     #[error("cannot put back carried file {path}")]
     CarriedFile {
@@ -39,15 +43,12 @@ pub enum ResumeError {
         #[source]
         source: std::io::Error,
     },
-    /// The time namespace could not be set up.
-    #[error("clocks")]
-    Timens(#[from] TimensError),
     /// Restoring a tree failed.
     #[error("restore of {tree} failed")]
     Restore {
         tree: String,
         #[source]
-        source: CheckpointError,
+        source: Box<CheckpointError>,
     },
     /// A restored process is not alive.
     #[error("{tree}: restored pid {pid} is not alive")]
@@ -164,13 +165,13 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
 
     let now = read_clocks();
     let offsets = timens::offsets(&manifest.clocks, &now);
-    timens::enter_for_children(&offsets)?;
 
     let report_dir = Report::dir(&options.state_dir, &id);
     let restore_start = Instant::now();
     let mut trees = Vec::new();
     let mut logs = Vec::new();
-    let mut criu = overboot_checkpoint::Criu::default();
+    let mut criu =
+        overboot_checkpoint::Criu::default().with_time_offsets(&timens::offsets_text(&offsets));
     for tree in &manifest.trees {
         let images = map.path_of(&tree.images);
         let mut request = RestoreRequest::new(&images);
@@ -187,7 +188,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         }
         let outcome = outcome.map_err(|source| ResumeError::Restore {
             tree: tree.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         trees.push(TreeReport {
             name: tree.name.clone(),

@@ -328,8 +328,14 @@ mod tests {
     #[test]
     fn targets_parse() {
         assert_eq!("pid:42".parse::<Target>(), Ok(Target::Pid(42)));
-        assert!(matches!("42".parse::<Target>(), Err(TargetError::Syntax(_))));
-        assert!(matches!("pid:x".parse::<Target>(), Err(TargetError::Syntax(_))));
+        assert!(matches!(
+            "42".parse::<Target>(),
+            Err(TargetError::Syntax(_))
+        ));
+        assert!(matches!(
+            "pid:x".parse::<Target>(),
+            Err(TargetError::Syntax(_))
+        ));
     }
 
     #[test]
@@ -340,7 +346,10 @@ mod tests {
             fd_kind("anon_inode:[io_uring]"),
             ("an io_uring instance".into(), false)
         );
-        assert_eq!(fd_kind("anon_inode:[eventfd]"), ("anon:eventfd".into(), true));
+        assert_eq!(
+            fd_kind("anon_inode:[eventfd]"),
+            ("anon:eventfd".into(), true)
+        );
     }
 
     #[test]

@@ -4,28 +4,11 @@
 //! advanced by the blackout (measured with CLOCK_REALTIME, which the new kernel reads from the
 //! RTC). CLOCK_REALTIME itself is not namespaced and is simply right.
 //!
-//! `unshare(CLONE_NEWTIME)` puts only the agent's future children (CRIU, and so the restored
-//! trees) into the namespace; its offsets are written to `/proc/self/timens_offsets` before the
-//! first child is created.
-
-use std::path::PathBuf;
+//! The namespace is made for CRIU alone, between its fork and exec (see
+//! `overboot_checkpoint::Criu::with_time_offsets`): a process that unshared `CLONE_NEWTIME`
+//! can no longer create threads, so the agent itself never does.
 
 use overboot_handover::ClockReadings;
-
-/// Errors setting up the time namespace.
-#[derive(Debug, thiserror::Error)]
-pub enum TimensError {
-    /// unshare(CLONE_NEWTIME) failed (kernel without CONFIG_TIME_NS?).
-    #[error("cannot create a time namespace")]
-    Unshare(#[source] nix::Error),
-    /// Writing the offsets failed.
-    #[error("cannot write {path}")]
-    Offsets {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// Offsets (ns) to apply to CLOCK_MONOTONIC and CLOCK_BOOTTIME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,22 +33,13 @@ pub fn offsets(frozen: &ClockReadings, now: &ClockReadings) -> ClockOffsets {
 }
 
 /// `timens_offsets` text: `<clock> <secs> <nanos>` with nanos in 0..1e9.
-fn offsets_text(offsets: &ClockOffsets) -> String {
+pub fn offsets_text(offsets: &ClockOffsets) -> String {
     let line = |name: &str, ns: i64| {
         let secs = ns.div_euclid(1_000_000_000);
         let nanos = ns.rem_euclid(1_000_000_000);
         format!("{name} {secs} {nanos}\n")
     };
     line("monotonic", offsets.monotonic_ns) + &line("boottime", offsets.boottime_ns)
-}
-
-/// Creates the time namespace for the agent's children with these offsets.
-pub fn enter_for_children(offsets: &ClockOffsets) -> Result<(), TimensError> {
-    let flags = nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
-    nix::sched::unshare(flags).map_err(TimensError::Unshare)?;
-    let path = PathBuf::from("/proc/self/timens_offsets");
-    std::fs::write(&path, offsets_text(offsets))
-        .map_err(|source| TimensError::Offsets { path, source })
 }
 
 #[cfg(test)]
@@ -85,8 +59,8 @@ mod tests {
             boottime_ns: 3_000_000_000,
         };
         let o = offsets(&frozen, &now);
-        assert_eq!(now.monotonic_ns as i64 + o.monotonic_ns, 57_000_000_000);
-        assert_eq!(now.boottime_ns as i64 + o.boottime_ns, 58_000_000_000);
+        assert_eq!(signed(now.monotonic_ns) + o.monotonic_ns, 57_000_000_000);
+        assert_eq!(signed(now.boottime_ns) + o.boottime_ns, 58_000_000_000);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{
-    ClockReadings, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree,
-    RollbackRecipe, SaveStateMap, Store, TargetKernel,
+    ClockReadings, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree, RollbackRecipe,
+    SaveStateMap, Store, TargetKernel,
 };
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
@@ -68,14 +68,14 @@ pub enum UpdateError {
     NoTargets,
     /// CRIU is missing or does not work on this kernel (nothing was frozen).
     #[error("the checkpoint engine cannot run here (nothing was frozen)")]
-    Engine(#[source] CheckpointError),
+    Engine(#[source] Box<CheckpointError>),
     /// Dumping a tree failed; CRIU resumed it, and every tree dumped before was restored.
     #[error("checkpoint of {tree} failed; {recovery}")]
     Dump {
         tree: String,
         recovery: String,
         #[source]
-        source: CheckpointError,
+        source: Box<CheckpointError>,
     },
     /// Building or publishing the map failed; the dumped trees were restored here.
     #[error("writing the Save State Map failed; {recovery}")]
@@ -144,18 +144,10 @@ pub trait Effects {
 }
 
 /// The real system: `overboot-kexec`, CRIU, `/proc`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct HostEffects {
     /// The CRIU client.
     pub criu: overboot_checkpoint::Criu,
-}
-
-impl Default for HostEffects {
-    fn default() -> Self {
-        HostEffects {
-            criu: overboot_checkpoint::Criu::default(),
-        }
-    }
 }
 
 fn ns(ts: nix::sys::time::TimeSpec) -> u64 {
@@ -271,14 +263,18 @@ pub fn check(
         source,
     };
     effects.kexec_preflight().map_err(kernel_err)?;
-    let image = effects.inspect_kernel(&options.kernel).map_err(kernel_err)?;
+    let image = effects
+        .inspect_kernel(&options.kernel)
+        .map_err(kernel_err)?;
     if let Some(initrd) = &options.initrd {
         if !initrd.is_file() {
             return Err(UpdateError::MissingInitrd(initrd.clone()));
         }
     }
     let trees = effects.inspect_targets(&options.preserve)?;
-    let engine = effects.probe_engine().map_err(UpdateError::Engine)?;
+    let engine = effects
+        .probe_engine()
+        .map_err(|e| UpdateError::Engine(Box::new(e)))?;
     Ok((image, trees, engine))
 }
 
@@ -345,10 +341,12 @@ pub fn run(
             tree.rss_bytes() >> 20
         ));
         let rel = format!("trees/{}", tree.name);
-        let images = writer.create_dir(&rel).map_err(|source| UpdateError::Handover {
-            recovery: restore_here(effects, &dumped),
-            source,
-        })?;
+        let images = writer
+            .create_dir(&rel)
+            .map_err(|source| UpdateError::Handover {
+                recovery: restore_here(effects, &dumped),
+                source,
+            })?;
         if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images)) {
             return Err(UpdateError::Dump {
                 tree: tree.target.to_string(),
@@ -357,7 +355,7 @@ pub fn run(
                     tree.target,
                     restore_here(effects, &dumped)
                 ),
-                source,
+                source: Box::new(source),
             });
         }
         dumped.push((tree.name.clone(), images));

@@ -272,9 +272,7 @@ mod sys {
         let mut params = [0u8; 120];
         // SAFETY: io_uring_setup reads and writes `params`, a live buffer of the size the kernel
         // expects; it returns a new fd or -1 and touches no other memory of ours.
-        let ret = unsafe {
-            libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr())
-        };
+        let ret = unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr()) };
         if ret < 0 {
             return Err(std::io::Error::last_os_error());
         }

@@ -25,7 +25,11 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         state_dir: args.state_dir.unwrap_or_else(state_dir),
     };
     match resume::run(&options)? {
-        None => print(json, "no Save State Map on the command line: nothing to resume", &serde_json::json!({"resumed": false})),
+        None => print(
+            json,
+            "no Save State Map on the command line: nothing to resume",
+            &serde_json::json!({"resumed": false}),
+        ),
         Some(report) => print(json, report.human().trim_end(), &report),
     }
 }
