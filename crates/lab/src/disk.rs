@@ -57,9 +57,35 @@ pub fn build(image: &Path, contents: &Path, size_mib: u64) -> Result<(), DiskErr
     Ok(())
 }
 
+/// Replays the ext4 journal of an image whose guest was killed without unmounting it (as every
+/// lab guest is): until then the newest metadata lives only in the journal, which debugfs
+/// does not read.
+pub fn replay_journal(image: &Path) -> Result<(), DiskError> {
+    let status = Command::new("e2fsck")
+        .args(["-p", "-E", "journal_only"])
+        .arg(image)
+        .output()
+        .map_err(|source| DiskError::Io {
+            path: image.display().to_string(),
+            source,
+        })?;
+    // 0: clean, 1: errors corrected (the journal was replayed).
+    match status.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(DiskError::Io {
+            path: image.display().to_string(),
+            source: std::io::Error::other(format!(
+                "e2fsck journal replay failed: {}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            )),
+        }),
+    }
+}
+
 /// Reads a file from an ext4 image without mounting it (`debugfs -R cat`), e.g. a workload's
-/// log after the guest is gone.
+/// log after the guest is gone. The guest must be dead; its journal is replayed first.
 pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
+    replay_journal(image)?;
     let out = Command::new("debugfs")
         .arg("-R")
         .arg(format!("cat {path}"))

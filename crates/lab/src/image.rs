@@ -38,6 +38,18 @@ if [ -f /etc/lab/modules ]; then
   done < /etc/lab/modules
 fi
 ip link set lo up
+# QEMU user networking: the guest is 10.0.2.15, the host (and the gateway) 10.0.2.2. A kernel
+# booted by `overboot update` leaves eth0 down: `overboot resume` re-applies the carried
+# configuration under the network lock, before the preserved sockets come back.
+if [ -e /sys/class/net/eth0 ]; then
+  if grep -q 'overboot.handover=' /proc/cmdline; then
+    echo "@@LAB net eth0 left-down (handover)"
+  elif ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2; then
+    echo "@@LAB net eth0 10.0.2.15/24 via 10.0.2.2"
+  else
+    echo "@@LAB net-failed eth0"
+  fi
+fi
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.1; done
 if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /lab || echo "@@LAB mount-failed /dev/vda"
@@ -71,10 +83,20 @@ fi
 "#;
 
 /// The kernel modules every lab guest loads when its kernel has them (virtio devices, the socket
-/// diagnostics CRIU needs to dump sockets, nftables for the network lock).
+/// diagnostics CRIU needs to dump sockets, nftables for the network lock). Dependencies come
+/// from `modules.dep` (e.g. `failover` and `net_failover` before `virtio_net` on 6.1).
+///
+/// CRIU 3.17's lock of TCP connections in the root network namespace is a table
+/// `inet CRIU-<pid>` with `filter` chains on `input`/`output`, a `meta mark` accept rule and a
+/// concatenated set (`ipv4_addr . inet_service . ipv4_addr . inet_service`) looked up with
+/// `drop`: all of that is in `nf_tables` itself (sets, lookup, meta, payload are built in).
+/// `nft_ct`/`nf_conntrack` and `nft_reject_inet` serve rules that match connection state or
+/// refuse new SYNs while a listener is being carried.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
+    "failover",
+    "net_failover",
     "virtio_net",
     "virtio_console",
     "inet_diag",
@@ -85,8 +107,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "af_packet_diag",
     "packet_diag",
     "nf_tables",
-    "nft_ct",
     "nf_conntrack",
+    "nft_ct",
+    "nft_reject_inet",
 ];
 
 /// Errors while building a guest image.

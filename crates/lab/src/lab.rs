@@ -47,6 +47,9 @@ pub enum LabError {
     /// Building our binaries failed.
     #[error("building {what}: {detail}")]
     Build { what: String, detail: String },
+    /// No free host port for a forward.
+    #[error("host network")]
+    Net(#[from] crate::net::NetError),
     /// Filesystem error.
     #[error("lab i/o at {path}")]
     Io {
@@ -137,6 +140,9 @@ impl Lab {
         image.add_binary(&self.binaries.overboot, "/usr/sbin/overboot")?;
         image.add_binary(&self.binaries.workload, "/usr/bin/lab-workload")?;
         image.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")?;
+        // The network scenarios' service, and nft to inspect or carry CRIU's lock table.
+        image.add_binary(Path::new("/usr/bin/redis-server"), "/usr/bin/redis-server")?;
+        image.add_binary(Path::new("/usr/sbin/nft"), "/usr/sbin/nft")?;
         image.add_resume_hook()?;
         let size = image.build(out)?;
         let _ = fs::remove_dir_all(staging);
@@ -208,6 +214,21 @@ impl Lab {
         config.append = BASE_CMDLINE.into();
         config.disk = Some(scenario.disk.clone());
         Ok(config)
+    }
+
+    /// Like [`Lab::guest_config`], with a virtio-net NIC on QEMU's user network (the guest's
+    /// init configures it as 10.0.2.15/24 via 10.0.2.2) and, for each guest port, a free port of
+    /// 127.0.0.1 forwarded to it. Returns the config and the host ports, in the same order.
+    pub fn guest_config_net(
+        &self,
+        scenario: &Scenario,
+        label: &str,
+        guest_ports: &[u16],
+    ) -> Result<(GuestConfig, Vec<u16>), LabError> {
+        let mut config = self.guest_config(scenario, label)?;
+        let host_ports = crate::net::free_ports(guest_ports.len())?;
+        config.net = Some(host_ports.iter().copied().zip(guest_ports.iter().copied()).collect());
+        Ok((config, host_ports))
     }
 
     /// Boots a guest and waits until its shell is ready.

@@ -10,8 +10,12 @@ pub mod disk;
 pub mod guest;
 pub mod host;
 pub mod image;
+pub mod incr;
 pub mod kernels;
 pub mod lab;
+pub mod net;
+pub mod redis;
+pub mod service;
 pub mod workloads;
 
 pub use guest::{Guest, GuestConfig, GuestError};

@@ -11,6 +11,8 @@
 //! lab-workload unix   LOG               ping/pong over a unix socketpair between two processes
 //! lab-workload clock  LOG               CLOCK_MONOTONIC/BOOTTIME/REALTIME every 10 ms
 //! lab-workload uring  LOG               holds an io_uring instance (CRIU 3.17 cannot dump it)
+//! lab-workload tcpout LOG HOST PORT     one outbound TCP connection exchanging numbered lines
+//!                                       with an echo server (never reconnects)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -293,9 +295,56 @@ fn uring(log: &str) {
     }
 }
 
+/// One outbound connection to an echo server: send `line N`, expect it back, log
+/// `echo N ok=<bool> pid=P` every 50 ms. A reset, EOF or a wrong echo is logged and ends the
+/// process: it never reconnects, so an unbroken sequence with one pid proves the connection
+/// itself survived.
+fn tcpout(log: &str, host: &str, port: u16) -> ExitCode {
+    let mut out = log_file(log);
+    let pid = std::process::id();
+    let stream = match std::net::TcpStream::connect((host, port)) {
+        Ok(s) => s,
+        Err(e) => {
+            writeln!(out, "error connect {host}:{port}: {e} pid={pid}").ok();
+            return ExitCode::FAILURE;
+        }
+    };
+    stream.set_nodelay(true).ok();
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut line = String::new();
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        if let Err(e) = writeln!(writer, "line {n}") {
+            writeln!(out, "error send {n}: {e} pid={pid}").ok();
+            return ExitCode::FAILURE;
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                writeln!(out, "error eof at {n} pid={pid}").ok();
+                return ExitCode::FAILURE;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                writeln!(out, "error recv {n}: {e} pid={pid}").ok();
+                return ExitCode::FAILURE;
+            }
+        }
+        let ok = line.trim_end() == format!("line {n}");
+        writeln!(out, "echo {n} ok={ok} pid={pid}").ok();
+        if !ok {
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: lab-workload mem LOG MIB THREADS | pipes LOG | append FILE | unix LOG | clock LOG"
+        "usage: lab-workload mem LOG MIB THREADS | pipes LOG | append FILE | unix LOG | clock LOG \
+         | uring LOG | tcpout LOG HOST PORT"
     );
     ExitCode::from(2)
 }
@@ -314,6 +363,12 @@ fn main() -> ExitCode {
         (Some("unix"), Some(log)) => unix(&log),
         (Some("clock"), Some(log)) => clock(&log),
         (Some("uring"), Some(log)) => uring(&log),
+        (Some("tcpout"), Some(log)) => {
+            let (Some(host), Some(port)) = (arg(3), arg(4).and_then(|p| p.parse().ok())) else {
+                return usage();
+            };
+            return tcpout(&log, &host, port);
+        }
         _ => return usage(),
     }
     ExitCode::SUCCESS
