@@ -278,7 +278,9 @@ fn read_loop(
                 let deadline = *drain_deadline.get_or_insert(now + drain);
                 if now >= deadline {
                     let missing = s.sent.len() - s.replies.len();
-                    s.error = Some(format!("{missing} commands unanswered after the drain time"));
+                    s.error = Some(format!(
+                        "{missing} commands unanswered after the drain time"
+                    ));
                     break;
                 }
             }
@@ -384,8 +386,8 @@ mod tests {
     fn a_clean_run_with_a_pause_is_judged() {
         // Commands every 20 ms; replies stop between 40 and 1000 ms, then all arrive.
         let sent: Vec<Duration> = (0..10).map(|i| at(i * 20)).collect();
-        let mut replies: Vec<(i64, Duration)> = (0..3).map(|i| (i + 1, at(i as u64 * 20 + 1))).collect();
-        replies.extend((3..10).map(|i| (i + 1, at(1000))));
+        let mut replies: Vec<(i64, Duration)> = vec![(1, at(1)), (2, at(21)), (3, at(41))];
+        replies.extend((4..=10).map(|v| (v, at(1000))));
         let s = summarize(&sent, &replies, None);
         assert!(s.connection_survived);
         assert_eq!((s.lost, s.duplicated, s.last_value), (0, 0, 10));

@@ -227,7 +227,13 @@ impl Lab {
     ) -> Result<(GuestConfig, Vec<u16>), LabError> {
         let mut config = self.guest_config(scenario, label)?;
         let host_ports = crate::net::free_ports(guest_ports.len())?;
-        config.net = Some(host_ports.iter().copied().zip(guest_ports.iter().copied()).collect());
+        config.net = Some(
+            host_ports
+                .iter()
+                .copied()
+                .zip(guest_ports.iter().copied())
+                .collect(),
+        );
         Ok((config, host_ports))
     }
 

@@ -362,7 +362,10 @@ mod tests {
         assert_eq!(
             parse(b"*2\r\n$1\r\nx\r\n$-1\r\n"),
             Ok(Some((
-                Reply::Array(Some(vec![Reply::Bulk(Some(b"x".to_vec())), Reply::Bulk(None)])),
+                Reply::Array(Some(vec![
+                    Reply::Bulk(Some(b"x".to_vec())),
+                    Reply::Bulk(None)
+                ])),
                 16
             )))
         );

@@ -159,7 +159,9 @@ fn wait_ticking(
         let step = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1));
-        match guest.wait_until(patterns[0], step, |l| patterns.iter().any(|p| l.contains(p))) {
+        match guest.wait_until(patterns[0], step, |l| {
+            patterns.iter().any(|p| l.contains(p))
+        }) {
             Ok(mut lines) => return Ok(lines.pop().unwrap_or_default()),
             Err(GuestError::Timeout { .. }) if Instant::now() < deadline => tick(),
             Err(GuestError::Timeout { .. }) => {
