@@ -6,6 +6,7 @@
 //! `overboot-kexec`, the checkpoint engine `overboot-checkpoint`, the map `overboot-handover`.
 
 pub mod exit;
+pub mod network;
 pub mod phases;
 pub mod report;
 pub mod resume;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use overboot_checkpoint::{CheckpointError, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{HandoverError, SaveStateMap};
 
+use crate::network::NetworkState;
 use crate::report::{self, Outcome, Pending, Report, ReportError, TreeReport};
 use crate::timens;
 use crate::update::read_clocks;
@@ -50,6 +51,12 @@ pub enum ResumeError {
         #[source]
         source: Box<CheckpointError>,
     },
+    /// The network configuration could not be re-applied.
+    #[error("re-applying the network configuration under the lock")]
+    Network(#[from] crate::network::NetworkError),
+    /// The map's network section is unreadable.
+    #[error("the map's network section is not valid")]
+    NetworkState(#[source] serde_json::Error),
     /// A restored process is not alive.
     #[error("{tree}: restored pid {pid} is not alive")]
     NotAlive { tree: String, pid: i32 },
@@ -163,6 +170,20 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         }
     }
 
+    // Locks first, then the interfaces: peers get no RST until the sockets are back.
+    let network: NetworkState = match &manifest.network {
+        Some(value) => serde_json::from_value(value.clone()).map_err(ResumeError::NetworkState)?,
+        None => NetworkState::default(),
+    };
+    let network_start = Instant::now();
+    crate::network::apply(&network)?;
+    phases.insert("network".into(), ms(network_start.elapsed()));
+    let lock_mode = if network.locked {
+        NetworkLockMode::Nftables
+    } else {
+        NetworkLockMode::Skip
+    };
+
     let now = read_clocks();
     let offsets = timens::offsets(&manifest.clocks, &now);
 
@@ -175,7 +196,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     for tree in &manifest.trees {
         let images = map.path_of(&tree.images);
         let mut request = RestoreRequest::new(&images);
-        request.network_lock = NetworkLockMode::Nftables;
+        request.network_lock = lock_mode;
         request.file_locks = true;
         let tree_start = Instant::now();
         let outcome = criu.restore(&request, &mut overboot_checkpoint::accept_all);
@@ -200,6 +221,8 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         });
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
+    // Every socket is back: let new connections in.
+    crate::network::release(&network);
     for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
         report.alive = tree.pids.iter().all(|pid| alive(*pid));
         if !report.alive {

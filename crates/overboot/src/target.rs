@@ -105,6 +105,8 @@ pub struct TreeInfo {
     pub fds: BTreeMap<String, u32>,
     /// Regular files open on tmpfs, which the new kernel does not have unless carried.
     pub tmpfs_files: BTreeSet<PathBuf>,
+    /// TCP ports the tree listens on (new connections to them are held off during the switch).
+    pub listen_ports: BTreeSet<u16>,
 }
 
 impl TreeInfo {
@@ -239,6 +241,8 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
         });
     }
     let page = 4096;
+    let tcp = crate::network::tcp_sockets();
+    let mut listen_ports = BTreeSet::new();
     let mut processes = Vec::new();
     let mut fds: BTreeMap<String, u32> = BTreeMap::new();
     let mut tmpfs_files = BTreeSet::new();
@@ -256,7 +260,7 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
             };
             let link = link.to_string_lossy().into_owned();
             let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(-1);
-            let (kind, supported) = fd_kind(&link);
+            let (mut kind, supported) = fd_kind(&link);
             if !supported {
                 return Err(TargetError::UnsupportedFd {
                     target: name,
@@ -265,6 +269,19 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
                     fd,
                     kind,
                 });
+            }
+            if kind == "socket" {
+                let inode = link
+                    .trim_start_matches("socket:[")
+                    .trim_end_matches(']')
+                    .parse::<u64>()
+                    .ok();
+                if let Some((port, state)) = inode.and_then(|i| tcp.get(&i)) {
+                    kind = format!("socket:{}", state.name());
+                    if *state == crate::network::TcpState::Listen {
+                        listen_ports.insert(*port);
+                    }
+                }
             }
             if kind == "file" {
                 let path = PathBuf::from(link.trim_end_matches(" (deleted)"));
@@ -299,6 +316,7 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
         processes,
         fds,
         tmpfs_files,
+        listen_ports,
     })
 }
 

@@ -12,7 +12,7 @@
 //! update leaves every preserved process running. The side effects sit behind [`Effects`] so
 //! that these decisions are unit-tested without root; [`HostEffects`] is the real system.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,7 @@ use overboot_handover::{
 };
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
+use crate::network::{NetworkError, NetworkState};
 use crate::phases::Phases;
 use crate::report::{self, Pending, ReportError};
 use crate::target::{Target, TargetError, TreeInfo};
@@ -44,6 +45,8 @@ pub struct UpdateOptions {
     pub state_dir: PathBuf,
     /// How to go back: the running kernel's image, initrd and command line.
     pub rollback: RollbackRecipe,
+    /// Hold peers off with the network lock (off only in tests that prove it matters).
+    pub network_lock: bool,
 }
 
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
@@ -91,6 +94,16 @@ pub enum UpdateError {
         #[source]
         source: KexecError,
     },
+    /// The network lock cannot be set up (before the freeze: nothing was frozen).
+    #[error("the network lock cannot be set up (nothing was frozen)")]
+    NetworkCheck(#[source] NetworkError),
+    /// Capturing the network state after the dump failed; the trees were restored here.
+    #[error("capturing the network state failed; {recovery}")]
+    Network {
+        recovery: String,
+        #[source]
+        source: NetworkError,
+    },
     /// State directory or work directory error.
     #[error("state")]
     State(#[from] ReportError),
@@ -115,6 +128,8 @@ impl UpdateError {
                 source.class().into()
             }
             UpdateError::Engine(_) | UpdateError::Dump { .. } => E::Checkpoint,
+            UpdateError::NetworkCheck(_) => E::BadInput,
+            UpdateError::Network { .. } => E::Checkpoint,
             UpdateError::Handover { .. } => E::Handover,
             UpdateError::State(_) | UpdateError::Io { .. } => E::Internal,
         }
@@ -131,6 +146,15 @@ pub trait Effects {
     fn inspect_targets(&mut self, targets: &[Target]) -> Result<Vec<TreeInfo>, TargetError>;
     /// Checks that the engine runs; returns its version.
     fn probe_engine(&mut self) -> Result<String, CheckpointError>;
+    /// Checks the network lock can be carried for these trees (nft present when they hold
+    /// TCP sockets).
+    fn check_network(&mut self, trees: &[TreeInfo]) -> Result<(), NetworkError>;
+    /// Holds off new connections to these ports.
+    fn block_new_connections(&mut self, ports: &BTreeSet<u16>) -> Result<(), NetworkError>;
+    /// Lets new connections in again.
+    fn unblock_new_connections(&mut self);
+    /// Addresses, routes and lock tables after the dump.
+    fn capture_network(&mut self) -> Result<NetworkState, NetworkError>;
     /// Clock readings now.
     fn clocks(&mut self) -> ClockReadings;
     /// Freezes and dumps a tree into `images` (the tree is stopped afterwards).
@@ -143,11 +167,31 @@ pub trait Effects {
     fn jump(&mut self) -> Result<(), KexecError>;
 }
 
-/// The real system: `overboot-kexec`, CRIU, `/proc`.
-#[derive(Debug, Default)]
+/// The real system: `overboot-kexec`, CRIU, `/proc`, `nft`.
+#[derive(Debug)]
 pub struct HostEffects {
     /// The CRIU client.
     pub criu: overboot_checkpoint::Criu,
+    /// Whether CRIU locks the network (`nftables`) or skips it.
+    pub network_lock: bool,
+}
+
+impl HostEffects {
+    /// The real system, with or without the network lock.
+    pub fn new(network_lock: bool) -> HostEffects {
+        HostEffects {
+            criu: overboot_checkpoint::Criu::default(),
+            network_lock,
+        }
+    }
+
+    fn lock_mode(&self) -> NetworkLockMode {
+        if self.network_lock {
+            NetworkLockMode::Nftables
+        } else {
+            NetworkLockMode::Skip
+        }
+    }
 }
 
 fn ns(ts: nix::sys::time::TimeSpec) -> u64 {
@@ -190,13 +234,46 @@ impl Effects for HostEffects {
         Ok(version.to_string())
     }
 
+    fn check_network(&mut self, trees: &[TreeInfo]) -> Result<(), NetworkError> {
+        let tcp = trees
+            .iter()
+            .any(|t| t.fds.keys().any(|k| k.starts_with("socket:tcp")));
+        if self.network_lock && tcp {
+            crate::network::lock_tables().map(drop)?;
+        }
+        Ok(())
+    }
+
+    fn block_new_connections(&mut self, ports: &BTreeSet<u16>) -> Result<(), NetworkError> {
+        crate::network::block_new_connections(ports)
+    }
+
+    fn unblock_new_connections(&mut self) {
+        crate::network::unblock_new_connections();
+    }
+
+    fn capture_network(&mut self) -> Result<NetworkState, NetworkError> {
+        let (interfaces, routes) = crate::network::capture_addresses();
+        let tables = if self.network_lock {
+            crate::network::lock_tables()?
+        } else {
+            Vec::new()
+        };
+        Ok(NetworkState {
+            locked: self.network_lock,
+            interfaces,
+            routes,
+            tables,
+        })
+    }
+
     fn clocks(&mut self) -> ClockReadings {
         read_clocks()
     }
 
     fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError> {
         let mut request = DumpRequest::new(tree.root, images);
-        request.network_lock = NetworkLockMode::Nftables;
+        request.network_lock = self.lock_mode();
         request.file_locks = true;
         self.criu
             .dump(&request, &mut overboot_checkpoint::accept_all)
@@ -206,7 +283,7 @@ impl Effects for HostEffects {
     fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
         let mut request = RestoreRequest::new(images);
         request.log_file = "rollback-restore.log".into();
-        request.network_lock = NetworkLockMode::Nftables;
+        request.network_lock = self.lock_mode();
         request.file_locks = true;
         self.criu
             .restore(&request, &mut overboot_checkpoint::accept_all)
@@ -272,14 +349,26 @@ pub fn check(
         }
     }
     let trees = effects.inspect_targets(&options.preserve)?;
+    if options.network_lock {
+        effects
+            .check_network(&trees)
+            .map_err(UpdateError::NetworkCheck)?;
+    }
     let engine = effects
         .probe_engine()
         .map_err(|e| UpdateError::Engine(Box::new(e)))?;
     Ok((image, trees, engine))
 }
 
-/// Restores every dumped tree on the running kernel; returns a sentence for the error.
+/// Restores every dumped tree on the running kernel and lets new connections in again;
+/// returns a sentence for the error.
 fn restore_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -> String {
+    let sentence = restore_trees_here(effects, dumped);
+    effects.unblock_new_connections();
+    sentence
+}
+
+fn restore_trees_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -> String {
     if dumped.is_empty() {
         return "no tree had been stopped".into();
     }
@@ -329,7 +418,15 @@ pub fn run(
         source,
     })?;
 
-    // Freeze and dump, tree by tree. From here on, failures restore what was dumped.
+    // New connections to preserved listeners wait (their SYNs are dropped, clients retry)
+    // from here until the trees run again; then freeze and dump, tree by tree. From here on,
+    // failures restore what was dumped and lift the block.
+    if options.network_lock {
+        let ports: BTreeSet<u16> = trees.iter().flat_map(|t| t.listen_ports.clone()).collect();
+        effects
+            .block_new_connections(&ports)
+            .map_err(UpdateError::NetworkCheck)?;
+    }
     let clocks = effects.clocks();
     let mut dumped: Vec<(String, PathBuf)> = Vec::new();
     let mut preserved = Vec::new();
@@ -368,6 +465,16 @@ pub fn run(
         });
     }
 
+    let network = match effects.capture_network() {
+        Ok(n) => n,
+        Err(source) => {
+            return Err(UpdateError::Network {
+                recovery: restore_here(effects, &dumped),
+                source,
+            })
+        }
+    };
+
     // The map: images hashed, tmpfs files carried, manifest and header written.
     progress("writing the Save State Map");
     let old_phases = phases.map().clone();
@@ -402,6 +509,7 @@ pub fn run(
             trees: preserved.clone(),
             carried_files: carried,
             rollback: options.rollback.clone(),
+            network: serde_json::to_value(&network).ok(),
             phases: old_phases,
             ..Manifest::default()
         };

@@ -2,8 +2,10 @@
 //! is frozen before every check passed, and once a tree is dumped every later failure brings it
 //! back on the running kernel.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use overboot::network::{NetworkError, NetworkState};
 use overboot::target::{Target, TargetError, TreeInfo};
 use overboot::update::{self, Effects, UpdateError, UpdateOptions};
 use overboot_checkpoint::CheckpointError;
@@ -31,6 +33,7 @@ fn tree(pid: i32) -> TreeInfo {
         processes: Vec::new(),
         fds: Default::default(),
         tmpfs_files: Default::default(),
+        listen_ports: Default::default(),
     }
 }
 
@@ -79,6 +82,25 @@ impl Effects for Mock {
             });
         }
         Ok("3.17.1".into())
+    }
+
+    fn check_network(&mut self, _trees: &[TreeInfo]) -> Result<(), NetworkError> {
+        self.log.push("check_network".into());
+        Ok(())
+    }
+
+    fn block_new_connections(&mut self, _ports: &BTreeSet<u16>) -> Result<(), NetworkError> {
+        self.log.push("block".into());
+        Ok(())
+    }
+
+    fn unblock_new_connections(&mut self) {
+        self.log.push("unblock".into());
+    }
+
+    fn capture_network(&mut self) -> Result<NetworkState, NetworkError> {
+        self.log.push("capture_network".into());
+        Ok(NetworkState::default())
     }
 
     fn clocks(&mut self) -> ClockReadings {
@@ -130,6 +152,7 @@ fn options(work: &Path) -> UpdateOptions {
         work_dir: work.join("run"),
         state_dir: work.join("state"),
         rollback: RollbackRecipe::default(),
+        network_lock: true,
     }
 }
 
@@ -154,9 +177,12 @@ fn a_successful_update_dumps_every_tree_then_loads_then_jumps() {
             "preflight",
             "inspect_kernel",
             "inspect_targets",
+            "check_network",
             "probe_engine",
+            "block",
             "dump 100",
             "dump 200",
+            "capture_network",
             "load",
             "inspect_kernel",
             "jump"
@@ -247,6 +273,12 @@ fn a_failed_load_or_jump_restores_every_tree_here() {
             assert!(mock.log.contains(&tree.to_string()), "{:?}", mock.log);
         }
         assert!(err.to_string().contains("restored on this kernel"), "{err}");
+        assert_eq!(
+            mock.log.last().map(String::as_str),
+            Some("unblock"),
+            "{:?}",
+            mock.log
+        );
         assert!(!dir.path().join("state/pending.json").exists());
     }
 }

@@ -40,6 +40,9 @@ pub struct Args {
     /// Initrd to go back with; default /boot/initrd.img-$(uname -r) if present.
     #[arg(long)]
     rollback_initrd: Option<PathBuf>,
+    /// Test only: no network lock, so peers may see resets (proves the lock matters).
+    #[arg(long, hide = true)]
+    unsafe_no_network_lock: bool,
 }
 
 fn running_release() -> String {
@@ -77,6 +80,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             initrd: rollback_initrd,
             cmdline: strip_overboot_params(&proc_cmdline),
         },
+        network_lock: !args.unsafe_no_network_lock,
     };
     let start = Instant::now();
     let mut progress = |step: &str| {
@@ -86,7 +90,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             tracing::info!(step, "progress");
         }
     };
-    let mut effects = HostEffects::default();
+    let mut effects = HostEffects::new(options.network_lock);
     update::run(&mut effects, &options, &mut progress)?;
     Ok(())
 }

@@ -1,0 +1,350 @@
+//! The network side of an update: what preserved TCP sockets need so that peers see a pause,
+//! never a reset, and lose no byte.
+//!
+//! ```text
+//!  old kernel                                        new kernel (agent, before restore)
+//!  block SYNs to preserved listeners (nft table)     load the carried nft tables (locks)
+//!  CRIU dump: locks each connection (nft CRIU-<pid>) bring eth* up, addresses, routes
+//!  capture: addresses, routes, every lock table ───► CRIU restore (TCP_REPAIR), then CRIU
+//!                                                    deletes its lock; we drop the SYN block
+//! ```
+//!
+//! CRIU's lock for tasks in the root network namespace exists only in the old kernel's
+//! nftables; it is carried as `nft -s list table` text and loaded before the interface comes
+//! up. New connections to a preserved listener are refused silently (SYN dropped, the client
+//! retries) from before the dump until after the restore: a connection accepted into the
+//! backlog meanwhile would be lost, since CRIU keeps no backlog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// Name of our table blocking new connections to preserved listeners.
+pub const SYN_BLOCK_TABLE: &str = "overboot-syn-block";
+
+/// Errors of the network side.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A tool failed.
+    #[error("`{command}` failed: {stderr}")]
+    Tool { command: String, stderr: String },
+    /// A tool could not be run.
+    #[error("cannot run {command}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An address of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Address {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// An interface the preserved sockets may use.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Interface {
+    /// Its name (e.g. `eth0`); the new kernel must name it the same.
+    pub name: String,
+    /// Its addresses.
+    pub addresses: Vec<Address>,
+}
+
+/// An IPv4 route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Route {
+    /// Destination network.
+    pub destination: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Output interface.
+    pub device: String,
+}
+
+/// An nftables table carried as text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NftTable {
+    /// Family (`inet`, `ip`, ...).
+    pub family: String,
+    /// Name.
+    pub name: String,
+    /// `nft -s list table` output, loadable with `nft -f`.
+    pub rules: String,
+}
+
+/// What the Save State Map carries about the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkState {
+    /// Whether the network lock is in force (off only in tests proving it matters).
+    pub locked: bool,
+    /// Interfaces (not loopback) with their addresses.
+    pub interfaces: Vec<Interface>,
+    /// IPv4 routes.
+    pub routes: Vec<Route>,
+    /// Lock tables to load before the interfaces come up.
+    pub tables: Vec<NftTable>,
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetworkError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| NetworkError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| NetworkError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NetworkError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetworkError::Tool {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// TCP sockets of the system by inode: (local port, state), from `/proc/net/tcp{,6}`.
+pub fn tcp_sockets() -> BTreeMap<u64, (u16, TcpState)> {
+    let mut map = BTreeMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let state = u8::from_str_radix(state, 16).ok().map(TcpState::from_code);
+            if let (Some(port), Some(state), Ok(inode)) = (port, state, inode.parse()) {
+                map.insert(inode, (port, state));
+            }
+        }
+    }
+    map
+}
+
+/// The TCP states we distinguish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// ESTABLISHED.
+    Established,
+    /// LISTEN.
+    Listen,
+    /// Anything else (closing, time-wait, ...).
+    Other,
+}
+
+impl TcpState {
+    fn from_code(code: u8) -> TcpState {
+        match code {
+            0x01 => TcpState::Established,
+            0x0A => TcpState::Listen,
+            _ => TcpState::Other,
+        }
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "tcp-established",
+            TcpState::Listen => "tcp-listen",
+            TcpState::Other => "tcp-other",
+        }
+    }
+}
+
+/// Drops new connections (SYN without ACK) to these ports until [`unblock_new_connections`].
+pub fn block_new_connections(ports: &BTreeSet<u16>) -> Result<(), NetworkError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let rules = format!(
+        "table inet {SYN_BLOCK_TABLE} {{\n  chain input {{\n    type filter hook input priority -160; policy accept;\n    tcp dport {{ {} }} tcp flags & (syn | ack) == syn drop\n  }}\n}}\n",
+        list.join(", ")
+    );
+    run("nft", &["-f", "-"], Some(&rules)).map(drop)
+}
+
+/// Removes the SYN block (no error when it is absent).
+pub fn unblock_new_connections() {
+    let _ = run("nft", &["delete", "table", "inet", SYN_BLOCK_TABLE], None);
+}
+
+/// The tables to carry: CRIU's connection locks and our SYN block.
+pub fn lock_tables() -> Result<Vec<NftTable>, NetworkError> {
+    let list = run("nft", &["-s", "list", "tables"], None)?;
+    let mut tables = Vec::new();
+    for line in list.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("table"), Some(family), Some(name)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if name.starts_with("CRIU") || name == SYN_BLOCK_TABLE {
+            let rules = run("nft", &["-s", "list", "table", family, name], None)?;
+            tables.push(NftTable {
+                family: family.into(),
+                name: name.into(),
+                rules,
+            });
+        }
+    }
+    Ok(tables)
+}
+
+/// Addresses of every interface but loopback, and the IPv4 routes.
+pub fn capture_addresses() -> (Vec<Interface>, Vec<Route>) {
+    let mut by_name: BTreeMap<String, Vec<Address>> = BTreeMap::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            if ifa.interface_name == "lo" {
+                continue;
+            }
+            let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+                continue;
+            };
+            let entry = by_name.entry(ifa.interface_name.clone()).or_default();
+            if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                entry.push(Address {
+                    addr: IpAddr::V4(a.ip()),
+                    prefix: u8::try_from(m.ip().to_bits().count_ones()).unwrap_or(32),
+                });
+            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                if !a.ip().is_unicast_link_local() {
+                    entry.push(Address {
+                        addr: IpAddr::V6(a.ip()),
+                        prefix: u8::try_from(m.ip().to_bits().count_ones()).unwrap_or(128),
+                    });
+                }
+            }
+        }
+    }
+    let interfaces = by_name
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        .map(|(name, addresses)| Interface { name, addresses })
+        .collect();
+    (
+        interfaces,
+        parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default()),
+    )
+}
+
+/// Parses `/proc/net/route` (little-endian hex addresses).
+fn parse_routes(text: &str) -> Vec<Route> {
+    let ip = |hex: &str| {
+        u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| std::net::Ipv4Addr::from(v.swap_bytes()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dev, dest, gw, mask) =
+                (f.first()?, ip(f.get(1)?)?, ip(f.get(2)?)?, ip(f.get(7)?)?);
+            // Routes the kernel derives from an address ("proto kernel") come back with it.
+            let flags = u16::from_str_radix(f.get(3)?, 16).ok()?;
+            let gateway = (flags & 0x2 != 0).then_some(gw);
+            gateway.map(|gateway| Route {
+                destination: dest,
+                prefix: u8::try_from(mask.to_bits().count_ones()).unwrap_or(32),
+                gateway: Some(gateway),
+                device: dev.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// In the new kernel, before any restore: load the lock tables, then bring the interfaces up
+/// with their addresses and routes.
+pub fn apply(state: &NetworkState) -> Result<(), NetworkError> {
+    for table in &state.tables {
+        run("nft", &["-f", "-"], Some(&table.rules))?;
+    }
+    for iface in &state.interfaces {
+        for address in &iface.addresses {
+            let cidr = format!("{}/{}", address.addr, address.prefix);
+            run("ip", &["addr", "add", &cidr, "dev", &iface.name], None)?;
+        }
+        run("ip", &["link", "set", &iface.name, "up"], None)?;
+    }
+    for route in &state.routes {
+        let dest = format!("{}/{}", route.destination, route.prefix);
+        let mut args = vec!["route", "add", dest.as_str()];
+        let gateway = route.gateway.map(|g| g.to_string());
+        if let Some(gateway) = &gateway {
+            args.extend(["via", gateway.as_str()]);
+        }
+        args.extend(["dev", route.device.as_str()]);
+        run("ip", &args, None)?;
+    }
+    Ok(())
+}
+
+/// After every tree is restored: drop what is left of the locks we loaded (CRIU deletes its
+/// own tables when the tasks resume) and the SYN block.
+pub fn release(state: &NetworkState) {
+    for table in &state.tables {
+        let _ = run(
+            "nft",
+            &["delete", "table", &table.family, &table.name],
+            None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_a_gateway_are_carried() {
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eth0\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                    eth0\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let routes = parse_routes(text);
+        assert_eq!(
+            routes,
+            [Route {
+                destination: std::net::Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: Some(std::net::Ipv4Addr::new(10, 0, 2, 2)),
+                device: "eth0".into(),
+            }]
+        );
+    }
+}
