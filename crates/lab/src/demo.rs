@@ -96,7 +96,12 @@ pub fn run(to: &str) -> Result<DemoResult, ServiceError> {
     )?;
     // Keep the client going until it is answered steadily on the new kernel.
     let answered = incr.progress().answered;
-    incr.wait_answered(answered + 50, Duration::from_secs(60));
+    for _ in 0..60 {
+        if incr.wait_answered(answered + 50, Duration::from_secs(1)) || incr.progress().failed {
+            break;
+        }
+        tick();
+    }
     tick();
     let (summary, _) = incr.finish();
     let new_connection = redis::ping_new_connection(rg.redis, Duration::from_secs(30)).is_ok();
