@@ -44,7 +44,6 @@ pub struct Criu {
     binary: PathBuf,
     scratch_dir: PathBuf,
     timeout: Option<Duration>,
-    time_offsets: Option<std::ffi::CString>,
 }
 
 impl Default for Criu {
@@ -61,7 +60,6 @@ impl Criu {
             binary: binary.into(),
             scratch_dir: std::env::temp_dir(),
             timeout: None,
-            time_offsets: None,
         }
     }
 
@@ -75,17 +73,6 @@ impl Criu {
     /// Notification handlers run between answers and are not counted.
     pub fn with_response_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// Run criu (and so every tree it restores) in a new time namespace with these offsets,
-    /// given as `/proc/self/timens_offsets` text (`monotonic <s> <ns>\nboottime <s> <ns>\n`).
-    ///
-    /// The namespace is made in the forked child right before exec: a process that unshared
-    /// `CLONE_NEWTIME` may no longer create threads or `vfork`, so the caller must not do it
-    /// itself; `execve` then moves criu into the namespace (Linux ≥ 5.8).
-    pub fn with_time_offsets(mut self, offsets: &str) -> Self {
-        self.time_offsets = std::ffi::CString::new(offsets).ok();
         self
     }
 
@@ -120,7 +107,7 @@ impl Criu {
         talk: impl FnOnce(&Session) -> Result<T, CheckpointError>,
     ) -> Result<T, CheckpointError> {
         let _span = tracing::debug_span!("criu_swrk", binary = %self.binary.display()).entered();
-        let worker = Worker::spawn(&self.binary, self.timeout, self.time_offsets.clone())?;
+        let worker = Worker::spawn(&self.binary, self.timeout)?;
         let result = talk(&worker.session);
         worker.finish(result)
     }
@@ -164,56 +151,6 @@ impl Engine for Criu {
     }
 }
 
-/// In a forked child before exec: a new time namespace for criu, with `offsets`.
-///
-/// A process that unshared `CLONE_NEWTIME` stays in its old namespace and may no longer
-/// `clone(CLONE_VM)`, which criu needs; only its children are born inside. So this child
-/// forks once more: the grandchild (inside the namespace) goes on to exec criu, and this child
-/// closes every other fd, waits for it and exits with its status, so that the caller's
-/// [`Child`] still reports criu's exit. Allocation-free, so safe between fork and exec.
-fn enter_time_namespace(offsets: &std::ffi::CStr) -> std::io::Result<()> {
-    use nix::fcntl::{open, OFlag};
-    use nix::sys::stat::Mode;
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
-    const OFFSETS: &std::ffi::CStr = c"/proc/self/timens_offsets";
-    nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
-        libc::CLONE_NEWTIME,
-    ))?;
-    let fd = open(OFFSETS, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-    let written = nix::unistd::write(
-        // SAFETY: `fd` was just opened by us and is closed right below; nothing else uses it.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        offsets.to_bytes(),
-    );
-    let _ = nix::unistd::close(fd);
-    written?;
-    // SAFETY: we are the only thread of a freshly forked child (between fork and exec), so
-    // fork(2) cannot leave another thread's locks behind.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            Ok(())
-        }
-        ForkResult::Parent { child } => {
-            for fd in 3..4096 {
-                let _ = nix::unistd::close(fd);
-            }
-            let code = loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => break code,
-                    Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as i32,
-                    Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
-                    Err(_) => break 127,
-                }
-            };
-            // SAFETY: _exit(2) ends this intermediate process at once, without running any
-            // atexit handler or destructor inherited from the parent.
-            unsafe { libc::_exit(code) }
-        }
-    }
-}
-
 /// A running `criu swrk` and our session with it.
 #[derive(Debug)]
 struct Worker {
@@ -223,11 +160,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(
-        binary: &Path,
-        timeout: Option<Duration>,
-        time_offsets: Option<std::ffi::CString>,
-    ) -> Result<Self, CheckpointError> {
+    fn spawn(binary: &Path, timeout: Option<Duration>) -> Result<Self, CheckpointError> {
         let (ours, theirs): (OwnedFd, OwnedFd) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -243,17 +176,13 @@ impl Worker {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-        // calls are allowed: fcntl(2) on an fd number captured by value and, when asked,
-        // unshare(2), open(2), write(2) and close(2) on buffers prepared before the fork. It
+        // calls are allowed: it makes one fcntl(2) on an fd number captured by value, and
         // allocates nothing. `theirs` stays open in the parent until after spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 fcntl(their_fd, FcntlArg::F_SETFD(FdFlag::empty()))
-                    .map_err(std::io::Error::from)?;
-                if let Some(offsets) = &time_offsets {
-                    enter_time_namespace(offsets)?;
-                }
-                Ok(())
+                    .map(drop)
+                    .map_err(std::io::Error::from)
             });
         }
         let mut child = cmd.spawn().map_err(|source| CheckpointError::SpawnFailed {

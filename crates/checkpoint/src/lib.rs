@@ -15,6 +15,7 @@
 pub mod criu;
 pub mod engine;
 pub mod error;
+pub mod images;
 pub mod log;
 pub mod request;
 pub mod rpc;

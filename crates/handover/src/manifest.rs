@@ -58,7 +58,7 @@ pub enum ManifestError {
 }
 
 /// The manifest format this build writes.
-pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 1, minor: 0 };
+pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// Names at the top of a map directory that belong to the map itself, never to an image.
 pub const RESERVED_NAMES: [&str; 2] = ["HEADER", "manifest.json"];
@@ -137,6 +137,10 @@ pub struct PreservedTree {
     pub images: String,
     /// Command line of the root task, for reports.
     pub cmdline: String,
+    /// CLOCK_REALTIME (ns) right before this tree was frozen: the new kernel advances the
+    /// tree's clocks by the time elapsed since (format 1.1; 0 when absent).
+    #[serde(default)]
+    pub frozen_realtime_ns: u64,
 }
 
 /// A file (typically on a tmpfs) whose contents the new kernel would not otherwise have.
@@ -332,6 +336,7 @@ mod tests {
                 pids: vec![4242, 4243],
                 images: "trees/redis".into(),
                 cmdline: "redis-server *:6379".into(),
+                frozen_realtime_ns: 0,
             }],
             carried_files: vec![CarriedFile {
                 path: "/run/redis/redis.pid".into(),

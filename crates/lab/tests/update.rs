@@ -202,15 +202,37 @@ fn carry_across(to: &str) {
         guest_now - host_now
     );
 
-    // The tmpfs file was carried: copy it to the disk to judge it with the others.
-    guest
-        .run_ok("cp /tmp/tmpfs.dat /lab/wl/tmpfs.dat && sync", CMD)
-        .expect("copy tmpfs file");
+    // Stop every workload so the logs stop growing, copy the carried tmpfs file to the disk to
+    // judge it with the others, and note each file's size as the guest sees it.
+    let sizes = guest
+        .run_ok(
+            "for p in $(pidof lab-workload); do kill -STOP $p; done; \
+             cp /tmp/tmpfs.dat /lab/wl/tmpfs.dat && sync && \
+             for f in /lab/wl/*.log /lab/wl/*.dat; do echo \"@@SIZE $f $(wc -c < $f)\"; done",
+            CMD,
+        )
+        .expect("stop workloads and sync");
+    let sizes: BTreeMap<String, usize> = sizes
+        .lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("@@SIZE /lab"))
+        .filter_map(|l| {
+            let (path, size) = l.split_once(' ')?;
+            Some((path.to_string(), size.trim().parse().ok()?))
+        })
+        .collect();
     guest.kill();
 
     let read = |path: &str| {
-        let bytes = disk::read_file(&scenario.disk, path)
+        let mut bytes = disk::read_file(&scenario.disk, path)
             .unwrap_or_else(|e| panic!("read {path} from the data disk: {e}"));
+        let size = sizes[path];
+        assert!(
+            bytes.len() >= size,
+            "{path}: {} bytes on disk, {size} in the guest",
+            bytes.len()
+        );
+        bytes.truncate(size);
         String::from_utf8_lossy(&bytes).into_owned()
     };
     let check = |name: &str, result: Result<workloads::Verdict, String>| {

@@ -71,6 +71,9 @@ pub struct TreeReport {
     pub alive: bool,
     /// Restore time of this tree.
     pub restore_ms: u64,
+    /// The time namespace the restored root runs in (`time:[inode]`), made by CRIU.
+    #[serde(default)]
+    pub time_namespace: Option<String>,
 }
 
 /// What `update` hands to the agent through the state directory (not the map: it is written
@@ -111,7 +114,8 @@ pub struct Report {
     pub handover_bytes: u64,
     /// Freeze to end of restore (ms), the service's blackout.
     pub blackout_ms: u64,
-    /// How the clocks of the restored trees were moved (ns offsets of their time namespace).
+    /// How far each tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME were advanced past their values
+    /// at freeze (ns): the time each tree spent frozen, up to its restore.
     pub clock_offsets_ns: BTreeMap<String, i64>,
     /// CRIU logs kept with this report.
     pub logs: Vec<PathBuf>,

@@ -51,6 +51,13 @@ pub enum ResumeError {
         #[source]
         source: Box<CheckpointError>,
     },
+    /// The clock record of a tree could not be advanced.
+    #[error("advancing the clocks of {tree}")]
+    Clocks {
+        tree: String,
+        #[source]
+        source: overboot_checkpoint::images::ImageError,
+    },
     /// The network configuration could not be re-applied.
     #[error("re-applying the network configuration under the lock")]
     Network(#[from] crate::network::NetworkError),
@@ -184,15 +191,32 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         NetworkLockMode::Skip
     };
 
-    let now = read_clocks();
-    let offsets = timens::offsets(&manifest.clocks, &now);
+    // Clocks continue from their values at freeze plus the time since (see `timens`).
+    let mut clock_advance_ns = BTreeMap::new();
+    for tree in &manifest.trees {
+        let frozen = if tree.frozen_realtime_ns > 0 {
+            tree.frozen_realtime_ns
+        } else {
+            manifest.clocks.realtime_ns
+        };
+        let elapsed = timens::elapsed_since(frozen, read_clocks().realtime_ns);
+        overboot_checkpoint::images::advance_clocks(&map.path_of(&tree.images), elapsed).map_err(
+            |source| ResumeError::Clocks {
+                tree: tree.name.clone(),
+                source,
+            },
+        )?;
+        clock_advance_ns.insert(
+            tree.name.clone(),
+            i64::try_from(elapsed).unwrap_or(i64::MAX),
+        );
+    }
 
     let report_dir = Report::dir(&options.state_dir, &id);
     let restore_start = Instant::now();
     let mut trees = Vec::new();
     let mut logs = Vec::new();
-    let mut criu =
-        overboot_checkpoint::Criu::default().with_time_offsets(&timens::offsets_text(&offsets));
+    let mut criu = overboot_checkpoint::Criu::default();
     for tree in &manifest.trees {
         let images = map.path_of(&tree.images);
         let mut request = RestoreRequest::new(&images);
@@ -218,6 +242,9 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             restored_pid: Some(outcome.pid),
             alive: false,
             restore_ms: ms(tree_start.elapsed()),
+            time_namespace: std::fs::read_link(format!("/proc/{}/ns/time", outcome.pid))
+                .ok()
+                .map(|l| l.to_string_lossy().into_owned()),
         });
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
@@ -249,10 +276,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         phases,
         handover_bytes: pending.as_ref().map_or(0, |p| p.handover_bytes),
         blackout_ms,
-        clock_offsets_ns: BTreeMap::from([
-            ("monotonic".to_string(), offsets.monotonic_ns),
-            ("boottime".to_string(), offsets.boottime_ns),
-        ]),
+        clock_offsets_ns: clock_advance_ns,
         logs,
     };
     report.save(&options.state_dir)?;

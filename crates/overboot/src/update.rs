@@ -444,6 +444,7 @@ pub fn run(
                 recovery: restore_here(effects, &dumped),
                 source,
             })?;
+        let frozen_realtime_ns = effects.clocks().realtime_ns;
         if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images)) {
             return Err(UpdateError::Dump {
                 tree: tree.target.to_string(),
@@ -462,6 +463,7 @@ pub fn run(
             pids: tree.pids(),
             images: rel,
             cmdline: tree.cmdline.clone(),
+            frozen_realtime_ns,
         });
     }
 
