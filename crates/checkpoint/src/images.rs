@@ -121,7 +121,7 @@ mod tests {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
         bytes.extend_from_slice(&TIMENS_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
         bytes.extend_from_slice(&payload);
         std::fs::write(dir.join("timens-0.img"), bytes).unwrap();
     }
