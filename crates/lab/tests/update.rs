@@ -108,6 +108,25 @@ fn carry_across(to: &str) {
         .values()
         .map(|p| format!(" --preserve pid:{p}"))
         .collect();
+    // `plan` changes nothing and predicts the handover size.
+    let plan = guest
+        .run_ok(
+            &format!(
+                "overboot --json plan --kernel /lab/boot/{to}/vmlinuz \
+                 --initrd /lab/boot/{to}/initrd.img{preserve}"
+            ),
+            CMD,
+        )
+        .expect("plan");
+    let plan: serde_json::Value = serde_json::from_str(
+        plan.lines
+            .iter()
+            .find(|l| l.starts_with('{'))
+            .expect("plan json"),
+    )
+    .expect("plan json");
+    assert_eq!(plan["ok"], true, "plan refused a good update: {plan}");
+    let predicted = plan["handover_bytes"].as_u64().expect("predicted bytes");
     guest
         .send(&format!(
             "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
@@ -170,7 +189,13 @@ fn carry_across(to: &str) {
             "phase {phase} missing in the report: {report}"
         );
     }
-    assert!(report["handover_bytes"].as_u64().unwrap_or(0) > (2 * u64::from(HEAP_MIB)) << 20);
+    let actual = report["handover_bytes"].as_u64().unwrap_or(0);
+    assert!(actual > (2 * u64::from(HEAP_MIB)) << 20);
+    let error = predicted.abs_diff(actual) * 100 / actual.max(1);
+    assert!(
+        error <= 10,
+        "plan predicted {predicted} bytes, the map had {actual}"
+    );
     assert_eq!(report["outcome"], "resumed");
     let restored: Vec<i64> = report["trees"]
         .as_array()
@@ -331,6 +356,16 @@ fn update_refuses_bad_targets_before_freezing() {
             out.text()
         );
     }
+    // `plan` names the reason and exits non-zero too, without touching the process.
+    let plan = guest
+        .run(
+            &format!("overboot plan --kernel /lab/boot/B/vmlinuz --preserve pid:{pid}"),
+            CMD,
+        )
+        .expect("plan");
+    assert_eq!(plan.status, 5, "plan exit code: {}", plan.text());
+    assert!(plan.text().contains("io_uring"), "{}", plan.text());
+    assert!(plan.text().contains("update would fail"), "{}", plan.text());
     // The refusal is warranted: CRIU 3.17 itself cannot dump an io_uring (tried with
     // --leave-running, so the process goes on).
     let criu = guest

@@ -8,6 +8,7 @@
 pub mod exit;
 pub mod network;
 pub mod phases;
+pub mod plan;
 pub mod report;
 pub mod resume;
 pub mod target;

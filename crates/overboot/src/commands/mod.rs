@@ -3,6 +3,7 @@
 
 mod kexec;
 mod patch;
+mod plan;
 mod resume;
 mod status;
 mod update;
@@ -32,6 +33,8 @@ enum Verb {
     Kexec(kexec::Args),
     /// Live patches: build, apply, list, revert, replace (no kernel switch).
     Patch(patch::Args),
+    /// What `update` would do, changing nothing; exits non-zero when it would fail.
+    Plan(plan::Args),
     /// Carry process trees onto a new kernel: check, freeze, dump, hand over, kexec.
     Update(update::Args),
     /// The agent of the new kernel: verify the Save State Map and restore its trees.
@@ -61,6 +64,9 @@ pub enum CommandError {
     /// Applying, listing or removing a live patch failed.
     #[error(transparent)]
     Patch(#[from] overboot_livepatch::RuntimeError),
+    /// `plan` found reasons `update` would fail (already printed).
+    #[error("update would fail: {0} problem(s), listed above")]
+    PlanRefused(usize),
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
@@ -81,6 +87,7 @@ impl CommandError {
             CommandError::PatchBuild(e) => patch::build_class(e),
             CommandError::Patch(e) => patch::runtime_class(e),
             CommandError::Usage(_) => ExitClass::Usage,
+            CommandError::PlanRefused(_) => ExitClass::BadInput,
             CommandError::Output(_) => ExitClass::Internal,
         }
     }
@@ -91,6 +98,7 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Verb::Kexec(args) => kexec::run(args, cli.json),
         Verb::Patch(args) => patch::run(args, cli.json),
+        Verb::Plan(args) => plan::run(args, cli.json),
         Verb::Update(args) => update::run(args, cli.json),
         Verb::Resume(args) => resume::run(args, cli.json),
         Verb::Status(args) => status::run(args, cli.json),
