@@ -288,6 +288,10 @@ fn network_without_the_lock_resets_or_loses() {
         {
             panic!("overboot does not know --unsafe-no-network-lock yet:\n{output}")
         }
+        Err(e @ ServiceError::UpdateFailed { .. }) => panic!(
+            "the update without the lock failed before the jump, so it shows nothing about \
+             the lock: {e}"
+        ),
         Err(e) => eprintln!("update without the lock did not complete cleanly: {e}"),
         Ok(r) => eprintln!("update without the lock: {}", r.resume_line),
     }
