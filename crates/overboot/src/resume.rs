@@ -51,6 +51,13 @@ pub enum ResumeError {
         #[source]
         source: Box<CheckpointError>,
     },
+    /// The restore directory could not be prepared.
+    #[error("preparing {path} for the restore")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The clock record of a tree could not be advanced.
     #[error("advancing the clocks of {tree}")]
     Clocks {
@@ -91,6 +98,29 @@ pub struct ResumeOptions {
     pub cmdline: String,
     /// Persistent state directory.
     pub state_dir: PathBuf,
+    /// Scratch space in RAM for the restore (`/run/overboot`).
+    pub work_dir: PathBuf,
+}
+
+/// A directory CRIU restores from: symlinks to the map's images, except the clock record,
+/// which is copied so it can be advanced. The map itself stays byte-identical (rollback
+/// verifies it again) and CRIU's restore log lands here, not in the map.
+fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch)?;
+    }
+    std::fs::create_dir_all(scratch)?;
+    for entry in std::fs::read_dir(images)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let target = scratch.join(&name);
+        if name == "timens-0.img" {
+            std::fs::copy(entry.path(), &target)?;
+        } else {
+            std::os::unix::fs::symlink(entry.path(), &target)?;
+        }
+    }
+    Ok(scratch.to_path_buf())
 }
 
 fn comm_of(pid: i32) -> Option<String> {
@@ -191,16 +221,28 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         NetworkLockMode::Skip
     };
 
-    // Clocks continue from their values at freeze plus the time since (see `timens`).
+    let report_dir = Report::dir(&options.state_dir, &id);
+    let restore_start = Instant::now();
+    let mut trees = Vec::new();
+    let mut logs = Vec::new();
+    let mut criu = overboot_checkpoint::Criu::default();
     let mut clock_advance_ns = BTreeMap::new();
     for tree in &manifest.trees {
+        let images = map.path_of(&tree.images);
+        let scratch = options.work_dir.join(&id).join(&tree.name);
+        let restore_images =
+            restore_dir(&images, &scratch).map_err(|source| ResumeError::Scratch {
+                path: scratch.clone(),
+                source,
+            })?;
+        // Clocks continue from their values at freeze plus the time since (see `timens`).
         let frozen = if tree.frozen_realtime_ns > 0 {
             tree.frozen_realtime_ns
         } else {
             manifest.clocks.realtime_ns
         };
         let elapsed = timens::elapsed_since(frozen, read_clocks().realtime_ns);
-        overboot_checkpoint::images::advance_clocks(&map.path_of(&tree.images), elapsed).map_err(
+        overboot_checkpoint::images::advance_clocks(&restore_images, elapsed).map_err(
             |source| ResumeError::Clocks {
                 tree: tree.name.clone(),
                 source,
@@ -210,22 +252,13 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             tree.name.clone(),
             i64::try_from(elapsed).unwrap_or(i64::MAX),
         );
-    }
-
-    let report_dir = Report::dir(&options.state_dir, &id);
-    let restore_start = Instant::now();
-    let mut trees = Vec::new();
-    let mut logs = Vec::new();
-    let mut criu = overboot_checkpoint::Criu::default();
-    for tree in &manifest.trees {
-        let images = map.path_of(&tree.images);
-        let mut request = RestoreRequest::new(&images);
+        let mut request = RestoreRequest::new(&restore_images);
         request.network_lock = lock_mode;
         request.file_locks = true;
         let tree_start = Instant::now();
         let outcome = criu.restore(&request, &mut overboot_checkpoint::accept_all);
-        for log in ["dump.log", "restore.log"] {
-            let from = images.join(log);
+        for (dir, log) in [(&images, "dump.log"), (&restore_images, "restore.log")] {
+            let from = dir.join(log);
             let to = report_dir.join(format!("{}-{log}", tree.name));
             if std::fs::create_dir_all(&report_dir).is_ok() && std::fs::copy(&from, &to).is_ok() {
                 logs.push(to);

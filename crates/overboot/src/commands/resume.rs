@@ -16,6 +16,9 @@ pub struct Args {
     /// Persistent state directory (reports); default $OVERBOOT_STATE_DIR or /var/lib/overboot.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Scratch space in RAM for the restore.
+    #[arg(long, default_value = "/run/overboot")]
+    work_dir: PathBuf,
 }
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
@@ -23,6 +26,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let options = ResumeOptions {
         cmdline,
         state_dir: args.state_dir.unwrap_or_else(state_dir),
+        work_dir: args.work_dir,
     };
     match resume::run(&options)? {
         None => print(
