@@ -137,10 +137,11 @@ pub struct PreservedTree {
     pub images: String,
     /// Command line of the root task, for reports.
     pub cmdline: String,
-    /// CLOCK_REALTIME (ns) right before this tree was frozen: the new kernel advances the
-    /// tree's clocks by the time elapsed since (format 1.1; 0 when absent).
+    /// CLOCK_REALTIME (ns) when CRIU recorded this tree's CLOCK_MONOTONIC/BOOTTIME (at the end
+    /// of its dump): the new kernel advances those clocks by the time elapsed since (format
+    /// 1.1; 0 when absent).
     #[serde(default)]
-    pub frozen_realtime_ns: u64,
+    pub clocks_realtime_ns: u64,
 }
 
 /// A file (typically on a tmpfs) whose contents the new kernel would not otherwise have.
@@ -336,7 +337,7 @@ mod tests {
                 pids: vec![4242, 4243],
                 images: "trees/redis".into(),
                 cmdline: "redis-server *:6379".into(),
-                frozen_realtime_ns: 0,
+                clocks_realtime_ns: 0,
             }],
             carried_files: vec![CarriedFile {
                 path: "/run/redis/redis.pid".into(),

@@ -34,7 +34,7 @@ fn tree(name: &str, pid: i32, images: &str) -> PreservedTree {
         pids: vec![pid, pid + 1],
         images: images.into(),
         cmdline: format!("{name} --serve"),
-        frozen_realtime_ns: 0,
+        clocks_realtime_ns: 0,
     }
 }
 

@@ -295,8 +295,10 @@ fn carry_across(to: &str) {
         "no blackout visible in the clock log: {:?}",
         clock.facts
     );
+    // CRIU records the clocks at the end of the dump and the tree runs again at the end of
+    // its restore: the jump is the blackout less those two, never more than the blackout.
     assert!(
-        (mono - real).abs() <= 2500,
+        mono <= real + 2000 && mono >= real * 3 / 4,
         "CLOCK_MONOTONIC advanced {mono} ms while CLOCK_REALTIME advanced {real} ms"
     );
 }

@@ -236,12 +236,12 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
                 source,
             })?;
         // Clocks continue from their values at freeze plus the time since (see `timens`).
-        let frozen = if tree.frozen_realtime_ns > 0 {
-            tree.frozen_realtime_ns
+        let recorded = if tree.clocks_realtime_ns > 0 {
+            tree.clocks_realtime_ns
         } else {
             manifest.clocks.realtime_ns
         };
-        let elapsed = timens::elapsed_since(frozen, read_clocks().realtime_ns);
+        let elapsed = timens::elapsed_since(recorded, read_clocks().realtime_ns);
         overboot_checkpoint::images::advance_clocks(&restore_images, elapsed).map_err(
             |source| ResumeError::Clocks {
                 tree: tree.name.clone(),

@@ -444,7 +444,6 @@ pub fn run(
                 recovery: restore_here(effects, &dumped),
                 source,
             })?;
-        let frozen_realtime_ns = effects.clocks().realtime_ns;
         if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images)) {
             return Err(UpdateError::Dump {
                 tree: tree.target.to_string(),
@@ -456,6 +455,8 @@ pub fn run(
                 source: Box::new(source),
             });
         }
+        // CRIU records the tree's clocks at the end of its dump.
+        let clocks_realtime_ns = effects.clocks().realtime_ns;
         dumped.push((tree.name.clone(), images));
         preserved.push(PreservedTree {
             name: tree.name.clone(),
@@ -463,7 +464,7 @@ pub fn run(
             pids: tree.pids(),
             images: rel,
             cmdline: tree.cmdline.clone(),
-            frozen_realtime_ns,
+            clocks_realtime_ns,
         });
     }
 
