@@ -6,11 +6,13 @@
 //! `overboot-kexec`, the checkpoint engine `overboot-checkpoint`, the map `overboot-handover`.
 
 pub mod exit;
+pub mod fault;
 pub mod network;
 pub mod phases;
 pub mod plan;
 pub mod report;
 pub mod resume;
+pub mod rollback;
 pub mod target;
 pub mod timens;
 pub mod update;

@@ -52,6 +52,8 @@ pub enum ReportError {
 pub enum Outcome {
     /// Every tree runs on the new kernel.
     Resumed,
+    /// The new kernel could not take the trees; they run again on the old kernel.
+    RolledBack,
     /// The update failed; `detail` says where and what became of the processes.
     Failed,
 }
@@ -188,6 +190,7 @@ impl Report {
         let mut out = String::new();
         let outcome = match self.outcome {
             Outcome::Resumed => "resumed on the new kernel",
+            Outcome::RolledBack => "ROLLED BACK: every tree runs again on the old kernel",
             Outcome::Failed => "FAILED",
         };
         out.push_str(&format!(

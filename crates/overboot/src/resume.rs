@@ -12,6 +12,7 @@ use std::time::Instant;
 use overboot_checkpoint::{CheckpointError, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{HandoverError, SaveStateMap};
 
+use crate::fault::{self, Fault};
 use crate::network::NetworkState;
 use crate::report::{self, Outcome, Pending, Report, ReportError, TreeReport};
 use crate::timens;
@@ -71,6 +72,9 @@ pub enum ResumeError {
     /// The map's network section is unreadable.
     #[error("the map's network section is not valid")]
     NetworkState(#[source] serde_json::Error),
+    /// A fault injected for a test.
+    #[error("injected fault: the restore of {tree} fails (overboot.fault)")]
+    Injected { tree: String },
     /// A restored process is not alive.
     #[error("{tree}: restored pid {pid} is not alive")]
     NotAlive { tree: String, pid: i32 },
@@ -100,7 +104,15 @@ pub struct ResumeOptions {
     pub state_dir: PathBuf,
     /// Scratch space in RAM for the restore (`/run/overboot`).
     pub work_dir: PathBuf,
+    /// A fault to inject (tests only; from the kernel command line).
+    pub fault: Option<Fault>,
+    /// This boot is a rollback onto the old kernel.
+    pub rollback: bool,
 }
+
+/// File in the work dir listing the trees restored so far (`name pid pid ...` per line), so
+/// that a rollback can stop exactly what this update restored.
+pub const RESTORED_LIST: &str = "restored";
 
 /// A directory CRIU restores from: symlinks to the map's images, except the clock record,
 /// which is copied so it can be advanced. The map itself stays byte-identical (rollback
@@ -121,6 +133,23 @@ fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(scratch.to_path_buf())
+}
+
+/// Appends a restored tree to the work dir's list (best effort: the list only helps a rollback
+/// stop what was restored).
+fn note_restored(work_dir: &Path, name: &str, pids: &[i32]) {
+    use std::io::Write;
+    let line = pids
+        .iter()
+        .fold(name.to_string(), |l, p| format!("{l} {p}"));
+    let _ = std::fs::create_dir_all(work_dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work_dir.join(RESTORED_LIST))
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 fn comm_of(pid: i32) -> Option<String> {
@@ -155,7 +184,21 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         map.verify_files()?;
         Ok(map)
     };
-    let map = verify(&location).map_err(|source| ResumeError::Verify {
+    let flipped = match &options.fault {
+        Some(Fault::FlipByte(tree)) => {
+            let dir = SaveStateMap::open(&location)
+                .ok()
+                .and_then(|m| m.manifest().tree(tree).map(|t| m.path_of(&t.images)));
+            dir.and_then(|d| fault::flip_byte(&d).ok())
+        }
+        _ => None,
+    };
+    let verified = verify(&location);
+    if let Some((path, original)) = &flipped {
+        // The injected corruption stands for one in transit: the data at rest is good.
+        let _ = fault::unflip_byte(path, *original);
+    }
+    let map = verified.map_err(|source| ResumeError::Verify {
         path: location.clone(),
         source,
     })?;
@@ -256,6 +299,11 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         request.network_lock = lock_mode;
         request.file_locks = true;
         let tree_start = Instant::now();
+        if options.fault == Some(Fault::RestoreFail(tree.name.clone())) {
+            return Err(ResumeError::Injected {
+                tree: tree.name.clone(),
+            });
+        }
         let outcome = criu.restore(&request, &mut overboot_checkpoint::accept_all);
         for (dir, log) in [(&images, "dump.log"), (&restore_images, "restore.log")] {
             let from = dir.join(log);
@@ -268,6 +316,11 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             tree: tree.name.clone(),
             source: Box::new(source),
         })?;
+        note_restored(&options.work_dir, &tree.name, &tree.pids);
+        if options.fault == Some(Fault::KillAgent) {
+            tracing::warn!("injected fault: killing the agent in the middle of the restore");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
         trees.push(TreeReport {
             name: tree.name.clone(),
             root_pid: tree.root_pid,
@@ -297,10 +350,23 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let blackout_ms = end.realtime_ns.saturating_sub(manifest.clocks.realtime_ns) / 1_000_000;
     phases.insert("agent_total".into(), ms(started.elapsed()));
     phases.insert("blackout".into(), blackout_ms);
+    let (outcome, detail) = if options.rollback {
+        let reason: Option<crate::rollback::RollbackRecord> =
+            report::read_json(&options.state_dir.join(crate::rollback::RECORD)).ok();
+        (
+            Outcome::RolledBack,
+            Some(reason.map_or_else(
+                || "rolled back to the old kernel".to_string(),
+                |r| format!("rolled back from {}: {}", r.failed_on, r.reason),
+            )),
+        )
+    } else {
+        (Outcome::Resumed, None)
+    };
     let report = Report {
         id,
-        outcome: Outcome::Resumed,
-        detail: None,
+        outcome,
+        detail,
         from: manifest.from.release.clone(),
         to: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -314,5 +380,6 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     };
     report.save(&options.state_dir)?;
     let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
+    let _ = std::fs::remove_file(options.state_dir.join(crate::rollback::RECORD));
     Ok(Some(report))
 }

@@ -55,6 +55,9 @@ pub enum CommandError {
     /// The resume agent failed.
     #[error("resume failed")]
     Resume(#[from] overboot::resume::ResumeError),
+    /// The agent could neither restore nor roll back.
+    #[error("resume failed and could not roll back")]
+    Rollback(#[from] overboot::rollback::RollbackError),
     /// No report to show.
     #[error(transparent)]
     Report(#[from] overboot::report::ReportError),
@@ -82,6 +85,7 @@ impl CommandError {
             CommandError::Kexec(e) => e.class().into(),
             CommandError::Update(e) => e.class(),
             CommandError::Resume(e) => e.class(),
+            CommandError::Rollback(_) => ExitClass::Restore,
             CommandError::Report(overboot::report::ReportError::NoReport(_)) => ExitClass::Nothing,
             CommandError::Report(_) => ExitClass::Internal,
             CommandError::PatchBuild(e) => patch::build_class(e),

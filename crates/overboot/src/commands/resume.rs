@@ -1,9 +1,13 @@
-//! `overboot resume`: the agent run by the new kernel's early userspace.
+//! `overboot resume`: the agent run by the new kernel's early userspace. It supervises a
+//! worker (`overboot resume --worker`) that does the restore, and rolls back when it fails.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use overboot::report::state_dir;
 use overboot::resume::{self, ResumeOptions};
+use overboot::rollback::{self, Supervised};
 
 use super::{print, CommandError};
 
@@ -19,21 +23,52 @@ pub struct Args {
     /// Scratch space in RAM for the restore.
     #[arg(long, default_value = "/run/overboot")]
     work_dir: PathBuf,
+    /// Do the restore itself (run by the supervising agent; no rollback here).
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
+    let state = args.state_dir.clone().unwrap_or_else(state_dir);
     let options = ResumeOptions {
+        fault: overboot::fault::from_cmdline(&cmdline),
+        rollback: rollback::is_rollback(&cmdline),
         cmdline,
-        state_dir: args.state_dir.unwrap_or_else(state_dir),
-        work_dir: args.work_dir,
+        state_dir: state.clone(),
+        work_dir: args.work_dir.clone(),
     };
-    match resume::run(&options)? {
-        None => print(
-            json,
-            "no Save State Map on the command line: nothing to resume",
-            &serde_json::json!({"resumed": false}),
-        ),
-        Some(report) => print(json, report.human().trim_end(), &report),
+    if args.worker {
+        return match resume::run(&options)? {
+            None => print(
+                json,
+                "no Save State Map on the command line: nothing to resume",
+                &serde_json::json!({"resumed": false}),
+            ),
+            Some(report) => print(json, report.human().trim_end(), &report),
+        };
+    }
+    let mut worker = || {
+        let mut cmd = Command::new(rollback::worker_program());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.args(["resume", "--worker", "--cmdline-file"])
+            .arg(&args.cmdline_file)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--work-dir")
+            .arg(&args.work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
+        let output = cmd.output()?;
+        // Show the worker's errors as they are, then act on them.
+        let _ = std::io::stderr().write_all(&output.stderr);
+        Ok(output)
+    };
+    let mut say = |line: &str| eprintln!("overboot resume: {line}");
+    match rollback::supervise(&options, &mut worker, &mut say)? {
+        Supervised::NoMap | Supervised::Resumed => Ok(()),
     }
 }

@@ -1,0 +1,340 @@
+//! Rollback: the resume agent runs the restore in a worker process and supervises it. If the
+//! worker fails — a tree cannot be restored, a restored tree is not alive, the map does not
+//! verify, or the worker dies — the supervisor stops what the worker restored, hands the same
+//! Save State Map back to the old kernel (its image, initrd and command line are in the map's
+//! rollback recipe) and jumps there; the old kernel's agent restores every tree.
+//!
+//! ```text
+//!  new kernel: supervisor ─► worker (verify, restore) ─ ok ─► report "resumed"
+//!                               │ fails / dies
+//!                               ▼
+//!              kill what was restored, record why, map → old initrd, kexec old kernel
+//!  old kernel: supervisor ─► worker ─ ok ─► report "rolled_back" (with the reason)
+//!                               │ fails too
+//!                               ▼
+//!              stop: copy the map to the state dir, report "failed" loudly, exit 9
+//! ```
+//!
+//! A rollback boot carries `overboot.rollback=1` and never rolls back again.
+
+use std::path::{Path, PathBuf};
+
+use overboot_handover::{DirectoryStore, InitrdStore, SaveStateMap, Store};
+use overboot_kexec::LoadRequest;
+
+use crate::report::{self, Outcome, Report};
+use crate::resume::{ResumeOptions, RESTORED_LIST};
+
+/// Record in the state directory of why an update is being rolled back.
+pub const RECORD: &str = "rollback.json";
+
+/// The command-line marker of a rollback boot.
+pub const ROLLBACK_PARAM: &str = "overboot.rollback=1";
+
+/// Why an update was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RollbackRecord {
+    /// Release of the kernel where the restore failed.
+    pub failed_on: String,
+    /// What failed (the worker's error chain).
+    pub reason: String,
+}
+
+/// Why the supervisor stopped without the trees running anywhere.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The restore failed on the old kernel too: the map was kept.
+    #[error(
+        "restore failed on the old kernel too; the Save State Map is kept at {kept}: {reason}"
+    )]
+    AlsoFailed { kept: String, reason: String },
+    /// Going back failed: the map was kept.
+    #[error("cannot roll back ({step}); the Save State Map is kept at {kept}: {reason}")]
+    CannotRollBack {
+        step: String,
+        kept: String,
+        reason: String,
+    },
+    /// The worker could not be started.
+    #[error("cannot start the resume worker")]
+    Worker(#[source] std::io::Error),
+}
+
+/// What the supervisor achieved (when it returns at all: a rollback jumps away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supervised {
+    /// No map on the command line: a normal boot.
+    NoMap,
+    /// The worker restored every tree.
+    Resumed,
+}
+
+fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The worker's failure as one line: its error chain, or the signal that killed it.
+fn failure_reason(output: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let chain: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("overboot: error:") || l.starts_with("caused by:"))
+        .collect();
+    match (output.status.signal(), chain.is_empty()) {
+        (Some(sig), _) => format!("the resume worker was killed by signal {sig}"),
+        (None, false) => chain.join(" / "),
+        (None, true) => format!("the resume worker exited with {}", output.status),
+    }
+}
+
+/// Copies the map to the persistent state directory so nothing is lost; returns where.
+fn keep_map(location: &Path, state_dir: &Path) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dest = state_dir.join("kept-maps").join(secs.to_string());
+    let kept = SaveStateMap::open(location)
+        .and_then(|map| DirectoryStore { path: dest.clone() }.publish(&map));
+    match kept {
+        Ok(_) => dest.display().to_string(),
+        Err(e) => format!(
+            "{} (copying it to {} failed: {e})",
+            location.display(),
+            dest.display()
+        ),
+    }
+}
+
+/// Stops every process of the trees the worker listed as restored.
+fn stop_restored(work_dir: &Path) {
+    let list = std::fs::read_to_string(work_dir.join(RESTORED_LIST)).unwrap_or_default();
+    for pid in list
+        .lines()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
+    let report = Report {
+        id: format!("{}-failed", std::process::id()),
+        outcome: Outcome::Failed,
+        detail: Some(detail),
+        from: from.to_string(),
+        to: release(),
+        trees: Vec::new(),
+        phases: Default::default(),
+        handover_bytes: 0,
+        blackout_ms: 0,
+        clock_offsets_ns: Default::default(),
+        logs: Vec::new(),
+    };
+    if let Err(e) = report.save(&options.state_dir) {
+        tracing::error!(error = %e, "cannot write the failure report");
+    }
+}
+
+/// Runs the worker and, when it fails, rolls back (or, on a rollback boot, stops loudly).
+pub fn supervise(
+    options: &ResumeOptions,
+    worker: &mut dyn FnMut() -> std::io::Result<std::process::Output>,
+    say: &mut dyn FnMut(&str),
+) -> Result<Supervised, RollbackError> {
+    let Ok(Some(location)) = overboot_handover::locate_from_cmdline(&options.cmdline) else {
+        // No map, or a malformed parameter: the worker reports the latter.
+        let output = worker().map_err(RollbackError::Worker)?;
+        return match output.status.success() {
+            true => Ok(Supervised::NoMap),
+            false => Err(RollbackError::CannotRollBack {
+                step: "locating the map".into(),
+                kept: "(no map)".into(),
+                reason: failure_reason(&output),
+            }),
+        };
+    };
+    let _ = std::fs::remove_file(options.work_dir.join(RESTORED_LIST));
+    let output = worker().map_err(RollbackError::Worker)?;
+    if output.status.success() {
+        return Ok(Supervised::Resumed);
+    }
+    let reason = failure_reason(&output);
+    stop_restored(&options.work_dir);
+    let from = SaveStateMap::open(&location)
+        .map(|m| m.manifest().from.release.clone())
+        .unwrap_or_default();
+    if options.rollback {
+        let kept = keep_map(&location, &options.state_dir);
+        save_failed(
+            options,
+            &from,
+            format!("RESTORE FAILED ON THE OLD KERNEL TOO; the Save State Map is kept at {kept}; nothing runs: {reason}"),
+        );
+        return Err(RollbackError::AlsoFailed { kept, reason });
+    }
+    say(&format!("restore failed on {}: {reason}", release()));
+    let fail = |step: &str, why: String| {
+        let kept = keep_map(&location, &options.state_dir);
+        save_failed(
+            options,
+            &from,
+            format!("rollback failed at {step}: {why}; the Save State Map is kept at {kept}; first failure: {reason}"),
+        );
+        RollbackError::CannotRollBack {
+            step: step.into(),
+            kept,
+            reason: why,
+        }
+    };
+    let map = SaveStateMap::open(&location).map_err(|e| fail("opening the map", e.to_string()))?;
+    let recipe = map.manifest().rollback.clone();
+    let record = RollbackRecord {
+        failed_on: release(),
+        reason: reason.clone(),
+    };
+    report::write_json(&options.state_dir.join(RECORD), &record)
+        .map_err(|e| fail("recording why", e.to_string()))?;
+    save_failed(
+        options,
+        &from,
+        format!(
+            "restore failed on {}: {reason}; rolling back to {from}",
+            release()
+        ),
+    );
+    let out = options.work_dir.join("rollback-initrd.img");
+    let published = InitrdStore::new(recipe.initrd.clone(), &out)
+        .publish(&map)
+        .map_err(|e| fail("appending the map to the old initrd", e.to_string()))?;
+    let cmdline = format!(
+        "{} {} {ROLLBACK_PARAM}",
+        recipe.cmdline, published.cmdline_param
+    );
+    say(&format!(
+        "rolling back to {from} ({})",
+        recipe.kernel.display()
+    ));
+    overboot_kexec::load(&LoadRequest {
+        kernel: recipe.kernel.clone(),
+        initrd: Some(published.initrd.unwrap_or(out)),
+        cmdline: cmdline.trim().to_string(),
+    })
+    .map_err(|e| fail("loading the old kernel", e.to_string()))?;
+    say(&format!("jumping back into {from}"));
+    match overboot_kexec::jump() {
+        Ok(never) => match never {},
+        Err(e) => Err(fail("jumping into the old kernel", e.to_string())),
+    }
+}
+
+/// Whether a command line is a rollback boot's.
+pub fn is_rollback(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == ROLLBACK_PARAM)
+}
+
+/// The current executable, to run the worker.
+pub fn worker_program() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("overboot"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn output(code: i32, stderr: &str) -> std::process::Output {
+        std::process::Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_reason_is_the_workers_error_chain() {
+        let out = output(
+            9,
+            "noise\noverboot: error: resume failed\n  caused by: restore of pid-7 failed\n",
+        );
+        assert_eq!(
+            failure_reason(&out),
+            "overboot: error: resume failed / caused by: restore of pid-7 failed"
+        );
+        let killed = std::process::Output {
+            status: std::process::ExitStatus::from_raw(9),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        assert!(failure_reason(&killed).contains("signal 9"));
+        assert!(is_rollback("console=ttyS0 overboot.rollback=1"));
+        assert!(!is_rollback("console=ttyS0"));
+    }
+
+    #[test]
+    fn a_failed_restore_on_the_old_kernel_keeps_the_map_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let map_dir = dir.path().join("ssm");
+        let mut writer = SaveStateMap::create(&map_dir).unwrap();
+        writer
+            .add_bytes("trees/pid-7/core-7.img", b"image")
+            .unwrap();
+        writer
+            .finish(overboot_handover::Manifest::default())
+            .unwrap();
+        let state = dir.path().join("state");
+        let options = ResumeOptions {
+            cmdline: format!(
+                "console=ttyS0 overboot.handover=dir:{} {ROLLBACK_PARAM}",
+                map_dir.display()
+            ),
+            state_dir: state.clone(),
+            work_dir: dir.path().join("run"),
+            fault: None,
+            rollback: true,
+        };
+        let mut calls = 0;
+        let mut worker = || {
+            calls += 1;
+            Ok(output(
+                9,
+                "overboot: error: resume failed\n  caused by: criu said no\n",
+            ))
+        };
+        let err = supervise(&options, &mut worker, &mut |_| {}).unwrap_err();
+        assert_eq!(calls, 1, "a rollback boot must not retry");
+        let RollbackError::AlsoFailed { kept, reason } = err else {
+            panic!("expected AlsoFailed");
+        };
+        assert!(reason.contains("criu said no"));
+        SaveStateMap::open(&kept).unwrap().verify_files().unwrap();
+        let report = Report::last(&state).unwrap();
+        assert_eq!(report.outcome, Outcome::Failed);
+        assert!(report.detail.unwrap().contains("OLD KERNEL TOO"));
+    }
+
+    #[test]
+    fn no_map_means_a_normal_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ResumeOptions {
+            cmdline: "console=ttyS0".into(),
+            state_dir: dir.path().join("state"),
+            work_dir: dir.path().join("run"),
+            fault: None,
+            rollback: false,
+        };
+        let mut worker = || Ok(output(0, ""));
+        assert_eq!(
+            supervise(&options, &mut worker, &mut |_| {}).unwrap(),
+            Supervised::NoMap
+        );
+    }
+}
