@@ -2,69 +2,23 @@
 //! and to C (6.12) through one update each, every workload asserted separately afterwards;
 //! and bad input refused before anything is frozen.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use overboot_lab::disk;
+use overboot_lab::carry::{self, Running};
 use overboot_lab::lab::{Lab, BASE_CMDLINE, BOOT_TIMEOUT};
-use overboot_lab::workloads::{self, Workload};
+use overboot_lab::workloads::Workload;
 use overboot_lab::Guest;
 
 const CMD: Duration = Duration::from_secs(120);
 const HEAP_MIB: u32 = 256;
 
-fn workloads() -> Vec<(Workload, &'static str)> {
-    vec![
-        (
-            Workload::new("mem1", "mem", &format!("{HEAP_MIB} 1")),
-            "mem1",
-        ),
-        (
-            Workload::new("mem8", "mem", &format!("{HEAP_MIB} 8")),
-            "mem8",
-        ),
-        (Workload::new("pipes", "pipes", ""), "seq"),
-        (Workload::new("unix", "unix", ""), "pong"),
-        (Workload::new("clock", "clock", ""), "clock"),
-        (
-            Workload {
-                name: "append".into(),
-                args: "append /lab/wl/append.dat".into(),
-                log: "/lab/wl/append.dat".into(),
-            },
-            "rec",
-        ),
-        (
-            Workload {
-                name: "tmpfs".into(),
-                args: "append /tmp/tmpfs.dat".into(),
-                log: "/tmp/tmpfs.dat".into(),
-            },
-            "rec",
-        ),
-    ]
-}
-
 /// Waits (in the guest, polling the file) until `path` has at least `lines` lines.
 fn wait_lines(guest: &mut Guest, path: &str, lines: u64) {
-    guest
-        .run_ok(
-            &format!(
-                "timeout 300 sh -c 'until [ \"$(wc -l < {path} 2>/dev/null || echo 0)\" -ge {lines} ]; do sleep 0.2; done'"
-            ),
-            Duration::from_secs(330),
-        )
-        .unwrap_or_else(|e| panic!("{path} did not reach {lines} lines: {e}"));
+    carry::wait_lines(guest, path, lines).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn line_count(guest: &mut Guest, path: &str) -> u64 {
-    guest
-        .run_ok(&format!("wc -l < {path}"), CMD)
-        .expect("wc")
-        .text()
-        .trim()
-        .parse()
-        .expect("line count")
+    carry::line_count(guest, path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn carry_across(to: &str) {
@@ -76,38 +30,9 @@ fn carry_across(to: &str) {
     let mut guest = lab.boot(&config).expect("boot A");
     let release_to = lab.kernel(to).expect("kernel").release.clone();
 
-    // Services run with PIDs above the early-boot range of any kernel, as on a real server.
-    guest
-        .run_ok(
-            "mkdir -p /lab/wl && echo 3000 > /proc/sys/kernel/ns_last_pid",
-            CMD,
-        )
-        .expect("setup");
-    let mut pids: BTreeMap<String, i32> = BTreeMap::new();
-    for (w, _) in workloads() {
-        let out = guest
-            .run_ok(&w.start_command(), CMD)
-            .expect("start workload");
-        let pid = out
-            .lines
-            .iter()
-            .find_map(|l| l.strip_prefix(&format!("@@PID {} ", w.name)))
-            .and_then(|p| p.trim().parse().ok())
-            .expect("pid of workload");
-        pids.insert(w.name.clone(), pid);
-    }
-    for (w, _) in workloads() {
-        wait_lines(&mut guest, &w.log, 3);
-    }
-    let before: BTreeMap<String, u64> = workloads()
-        .into_iter()
-        .map(|(w, _)| (w.name.clone(), line_count(&mut guest, &w.log)))
-        .collect();
-
-    let preserve: String = pids
-        .values()
-        .map(|p| format!(" --preserve pid:{p}"))
-        .collect();
+    let running = Running::start(&mut guest, carry::standard(HEAP_MIB)).expect("workloads");
+    let preserve = running.preserve_args();
+    let pids = running.pids.clone();
     // `plan` changes nothing and predicts the handover size.
     let plan = guest
         .run_ok(
@@ -155,15 +80,9 @@ fn carry_across(to: &str) {
     assert_eq!(uname.text().trim(), release_to, "not on the new kernel");
 
     // Every preserved process is alive with its pid, and kept working after the switch.
-    for (w, _) in workloads() {
-        let pid = pids[&w.name];
-        guest
-            .run_ok(&format!("kill -0 {pid}"), CMD)
-            .unwrap_or_else(|e| {
-                panic!("{} (pid {pid}) is not alive after the switch: {e}", w.name)
-            });
-        wait_lines(&mut guest, &w.log, before[&w.name] + 5);
-    }
+    running
+        .check_alive_and_progressing(&mut guest)
+        .unwrap_or_else(|e| panic!("after the switch: {e}"));
     let status = guest.run_ok("overboot status --json", CMD).expect("status");
     let report: serde_json::Value = serde_json::from_str(
         status
@@ -227,66 +146,13 @@ fn carry_across(to: &str) {
         guest_now - host_now
     );
 
-    // Stop every workload so the logs stop growing, copy the carried tmpfs file to the disk to
-    // judge it with the others, and note each file's size as the guest sees it.
-    let sizes = guest
-        .run_ok(
-            "for p in $(pidof lab-workload); do kill -STOP $p; done; \
-             cp /tmp/tmpfs.dat /lab/wl/tmpfs.dat && sync && \
-             for f in /lab/wl/*.log /lab/wl/*.dat; do echo \"@@SIZE $f $(wc -c < $f)\"; done",
-            CMD,
-        )
-        .expect("stop workloads and sync");
-    let sizes: BTreeMap<String, usize> = sizes
-        .lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("@@SIZE /lab"))
-        .filter_map(|l| {
-            let (path, size) = l.split_once(' ')?;
-            Some((path.to_string(), size.trim().parse().ok()?))
-        })
-        .collect();
+    // Stop every workload, then judge every log from the disk.
+    let sizes = running.stop_and_sync(&mut guest).expect("stop and sync");
     guest.kill();
-
-    let read = |path: &str| {
-        let mut bytes = disk::read_file(&scenario.disk, path)
-            .unwrap_or_else(|e| panic!("read {path} from the data disk: {e}"));
-        let size = sizes[path];
-        assert!(
-            bytes.len() >= size,
-            "{path}: {} bytes on disk, {size} in the guest",
-            bytes.len()
-        );
-        bytes.truncate(size);
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    let check = |name: &str, result: Result<workloads::Verdict, String>| {
-        let verdict = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(verdict.pid, pids[name], "{name}: records carry another pid");
-        assert!(
-            verdict.records > before[name],
-            "{name}: no record after the switch ({} ≤ {})",
-            verdict.records,
-            before[name]
-        );
-        verdict
-    };
-    check("mem1", workloads::verify_mem(&read("/wl/mem1.log"), 1));
-    check("mem8", workloads::verify_mem(&read("/wl/mem8.log"), 8));
-    // The pipe sink and the unix ping side are the tree's children/root: pids checked by log.
-    let pipes = workloads::verify_sequence(&read("/wl/pipes.log"), "seq")
-        .unwrap_or_else(|e| panic!("pipes: {e}"));
-    assert!(
-        pipes.records > before["pipes"],
-        "pipes: nothing after the switch"
-    );
-    check(
-        "unix",
-        workloads::verify_sequence(&read("/wl/unix.log"), "pong"),
-    );
-    check("append", workloads::verify_append(&read("/wl/append.dat")));
-    check("tmpfs", workloads::verify_append(&read("/wl/tmpfs.dat")));
-    let clock = check("clock", workloads::verify_clock(&read("/wl/clock.log")));
+    let verdicts = running
+        .judge(&scenario.disk, &sizes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let clock = &verdicts["clock"];
     // At the switch, CLOCK_MONOTONIC jumped forward by about the blackout.
     let real: i64 = clock.facts["max_gap_real_ms"].parse().unwrap_or(0);
     let mono: i64 = clock.facts["max_gap_mono_ms"].parse().unwrap_or(0);
