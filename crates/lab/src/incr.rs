@@ -78,6 +78,9 @@ pub struct IncrSummary {
     pub sent_during_blackout: u64,
     /// Of those, how many were answered (necessarily after the gap).
     pub answered_after_blackout: u64,
+    /// The longest time one `INCR` took to write: the client was held back by full socket
+    /// buffers (the peer's window closed) for that long.
+    pub longest_write_ms: u64,
     /// How the connection ended, if it did.
     pub error: Option<String>,
 }
@@ -106,6 +109,7 @@ struct State {
     error: Option<String>,
     sending_done: bool,
     longest_gap: Duration,
+    longest_write: Duration,
 }
 
 /// A running `INCR` loop on one connection.
@@ -198,7 +202,8 @@ impl IncrLoop {
             let _ = t.join();
         }
         let state = lock(&self.state);
-        let summary = summarize(&state.sent, &state.replies, state.error.clone());
+        let mut summary = summarize(&state.sent, &state.replies, state.error.clone());
+        summary.longest_write_ms = ms(state.longest_write);
         let samples = state
             .sent
             .iter()
@@ -233,23 +238,29 @@ fn send_loop(
     redis::encode(&[b"INCR", config.key.as_bytes()], &mut command);
     let interval = config.interval.max(Duration::from_millis(1));
     let max_count = config.max_duration.as_nanos() / interval.as_nanos() + 1;
-    let mut n: u32 = 0;
-    while u128::from(n) < max_count && !stop.load(Ordering::SeqCst) {
+    let deadline = start + config.max_duration;
+    let mut due = start;
+    let mut n: u128 = 0;
+    while n < max_count && Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
         if lock(state).error.is_some() {
             break;
         }
+        let before = start.elapsed();
         if let Err(e) = stream.write_all(&command) {
             lock(state).error.get_or_insert(format!("write: {e}"));
             break;
         }
-        lock(state).sent.push(start.elapsed());
-        n += 1;
-        // A fixed rate: the next command is due at start + n × interval.
-        let due = start + interval * n;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        let after = start.elapsed();
+        {
+            let mut s = lock(state);
+            s.sent.push(after);
+            s.longest_write = s.longest_write.max(after.saturating_sub(before));
         }
+        n += 1;
+        // Every interval; ticks missed while a write was blocked (full socket buffers) are
+        // skipped, not sent in a burst afterwards.
+        due = (due + interval).max(Instant::now());
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     lock(state).sending_done = true;
 }
