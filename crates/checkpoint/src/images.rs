@@ -6,9 +6,19 @@
 //! blackout. [`advance_clocks`] adds the elapsed time to the recorded values, so the clocks
 //! jump forward by about the blackout, as they do for a process that was merely paused.
 //!
+//! A TCP connection whose peer never negotiated window scaling is dumped without the
+//! `TCPI_OPT_WSCALE` bit, and CRIU then restores it without a window option: the new socket
+//! keeps the receive scale the new kernel picked at connect time and advertises its window
+//! shifted by it — a peer that does not scale reads a window of a few bytes and the connection
+//! crawls. [`pin_unscaled_windows`] marks such connections as scaled by 0 in both directions,
+//! which is exactly what the peer assumes, so CRIU sets the window option and the kernel stops
+//! shifting. Connections that negotiated scaling are left alone.
+//!
 //! ```text
-//! timens-0.img:  u32 IMG_COMMON_MAGIC 0x54564319 | u32 TIMENS_MAGIC 0x43114433
-//!                u32 len | timens_entry { monotonic: timespec{sec,nsec}, boottime: timespec }
+//! timens-0.img:      u32 IMG_COMMON_MAGIC 0x54564319 | u32 TIMENS_MAGIC 0x43114433
+//!                    u32 len | timens_entry { monotonic: timespec{sec,nsec}, boottime: timespec }
+//! tcp-stream-*.img:  u32 IMG_COMMON_MAGIC | u32 TCP_STREAM_MAGIC 0x51465506
+//!                    u32 len | tcp_stream_entry {..} | receive queue bytes | send queue bytes
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,7 +27,66 @@ use prost::Message;
 
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const TIMENS_MAGIC: u32 = 0x4311_4433;
+const TCP_STREAM_MAGIC: u32 = 0x5146_5506;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
+/// `TCPI_OPT_WSCALE` of `linux/tcp.h`.
+const TCPI_OPT_WSCALE: u32 = 4;
+
+/// `tcp_stream_entry` of `images/tcp-stream.proto` (every field, so a rewrite loses nothing).
+#[derive(Clone, PartialEq, Message)]
+pub struct TcpStreamEntry {
+    /// Bytes in the receive queue.
+    #[prost(uint32, required, tag = "1")]
+    pub inq_len: u32,
+    /// Receive sequence.
+    #[prost(uint32, required, tag = "2")]
+    pub inq_seq: u32,
+    /// Bytes in the send queue.
+    #[prost(uint32, required, tag = "3")]
+    pub outq_len: u32,
+    /// Send sequence.
+    #[prost(uint32, required, tag = "4")]
+    pub outq_seq: u32,
+    /// `TCPI_OPT_*` bits.
+    #[prost(uint32, required, tag = "5")]
+    pub opt_mask: u32,
+    /// Send window scale.
+    #[prost(uint32, required, tag = "6")]
+    pub snd_wscale: u32,
+    /// MSS clamp.
+    #[prost(uint32, required, tag = "7")]
+    pub mss_clamp: u32,
+    /// Receive window scale.
+    #[prost(uint32, optional, tag = "8")]
+    pub rcv_wscale: Option<u32>,
+    /// Timestamp.
+    #[prost(uint32, optional, tag = "9")]
+    pub timestamp: Option<u32>,
+    /// TCP_CORK.
+    #[prost(bool, optional, tag = "10")]
+    pub cork: Option<bool>,
+    /// TCP_NODELAY.
+    #[prost(bool, optional, tag = "11")]
+    pub nodelay: Option<bool>,
+    /// Unsent bytes of the send queue.
+    #[prost(uint32, optional, tag = "12")]
+    pub unsq_len: Option<u32>,
+    /// `snd_wl1`.
+    #[prost(uint32, optional, tag = "13")]
+    pub snd_wl1: Option<u32>,
+    /// `snd_wnd`.
+    #[prost(uint32, optional, tag = "14")]
+    pub snd_wnd: Option<u32>,
+    /// `max_window`.
+    #[prost(uint32, optional, tag = "15")]
+    pub max_window: Option<u32>,
+    /// `rcv_wnd`.
+    #[prost(uint32, optional, tag = "16")]
+    pub rcv_wnd: Option<u32>,
+    /// `rcv_wup`.
+    #[prost(uint32, optional, tag = "17")]
+    pub rcv_wup: Option<u32>,
+}
 
 /// `timespec` of `images/timens.proto`.
 #[derive(Clone, PartialEq, Message)]
@@ -83,19 +152,8 @@ pub fn advance_clocks(images: &Path, elapsed_ns: u64) -> Result<Option<TimensEnt
         path: path.clone(),
         reason: reason.into(),
     };
-    let word = |at: usize| -> Option<u32> {
-        bytes
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
-    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(TIMENS_MAGIC) {
-        return Err(format("bad magic"));
-    }
-    let len = word(8).ok_or_else(|| format("no entry"))? as usize;
-    let body = bytes
-        .get(12..12 + len)
-        .ok_or_else(|| format("truncated entry"))?;
+    let (range, _) = split_entry(&path, &bytes, TIMENS_MAGIC)?;
+    let body = &bytes[range];
     let entry = TimensEntry::decode(body).map_err(|e| format(&e.to_string()))?;
     let advanced = TimensEntry {
         monotonic: entry.monotonic.add_ns(elapsed_ns),
@@ -110,6 +168,78 @@ pub fn advance_clocks(images: &Path, elapsed_ns: u64) -> Result<Option<TimensEnt
     out.extend_from_slice(&payload);
     std::fs::write(&path, out).map_err(io)?;
     Ok(Some(advanced))
+}
+
+/// Splits an image into its first entry and what follows, checking the magic.
+fn split_entry(
+    path: &Path,
+    bytes: &[u8],
+    magic: u32,
+) -> Result<(std::ops::Range<usize>, usize), ImageError> {
+    let format = |reason: &str| ImageError::Format {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let word = |at: usize| -> Option<u32> {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(magic) {
+        return Err(format("bad magic"));
+    }
+    let len = word(8).ok_or_else(|| format("no entry"))? as usize;
+    if bytes.len() < 12 + len {
+        return Err(format("truncated entry"));
+    }
+    Ok((12..12 + len, 12 + len))
+}
+
+/// Marks every connection in `images` whose peer did not negotiate window scaling as scaled
+/// by 0 both ways (see the module doc). Returns the images changed.
+pub fn pin_unscaled_windows(images: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let mut changed = Vec::new();
+    let entries = std::fs::read_dir(images).map_err(|source| ImageError::Io {
+        path: images.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("tcp-stream-") {
+            continue;
+        }
+        let path = entry.path();
+        let io = |source| ImageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let (body, rest) = split_entry(&path, &bytes, TCP_STREAM_MAGIC)?;
+        let mut tse = TcpStreamEntry::decode(&bytes[body]).map_err(|e| ImageError::Format {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if tse.opt_mask & TCPI_OPT_WSCALE != 0 {
+            continue;
+        }
+        tse.opt_mask |= TCPI_OPT_WSCALE;
+        tse.snd_wscale = 0;
+        tse.rcv_wscale = Some(0);
+        let payload = tse.encode_to_vec();
+        let payload_len = u32::try_from(payload.len()).map_err(|_| ImageError::Format {
+            path: path.clone(),
+            reason: "entry too large".into(),
+        })?;
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        out.extend_from_slice(&bytes[..8]);
+        out.extend_from_slice(&payload_len.to_le_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&bytes[rest..]);
+        std::fs::write(&path, out).map_err(io)?;
+        changed.push(path);
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -158,6 +288,60 @@ mod tests {
         // Written back in CRIU's layout: reading it again gives the same values.
         let again = advance_clocks(dir.path(), 0).unwrap().unwrap();
         assert_eq!(again, advanced);
+    }
+
+    fn stream(dir: &Path, name: &str, tse: &TcpStreamEntry, queues: &[u8]) {
+        let payload = tse.encode_to_vec();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&TCP_STREAM_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(queues);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    fn read_stream(path: &Path) -> (TcpStreamEntry, Vec<u8>) {
+        let bytes = std::fs::read(path).unwrap();
+        let (body, rest) = split_entry(path, &bytes, TCP_STREAM_MAGIC).unwrap();
+        (
+            TcpStreamEntry::decode(&bytes[body]).unwrap(),
+            bytes[rest..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn unscaled_connections_are_pinned_and_scaled_ones_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let unscaled = TcpStreamEntry {
+            inq_len: 3,
+            outq_len: 2,
+            opt_mask: 1 | 2,
+            mss_clamp: 1460,
+            unsq_len: Some(0),
+            timestamp: Some(77),
+            ..TcpStreamEntry::default()
+        };
+        let scaled = TcpStreamEntry {
+            opt_mask: 1 | 2 | TCPI_OPT_WSCALE,
+            snd_wscale: 7,
+            rcv_wscale: Some(7),
+            ..unscaled.clone()
+        };
+        stream(dir.path(), "tcp-stream-a.img", &unscaled, b"abcxy");
+        stream(dir.path(), "tcp-stream-b.img", &scaled, b"abcxy");
+        let changed = pin_unscaled_windows(dir.path()).unwrap();
+        assert_eq!(changed, [dir.path().join("tcp-stream-a.img")]);
+        let (a, queues) = read_stream(&dir.path().join("tcp-stream-a.img"));
+        assert_eq!(a.opt_mask, 1 | 2 | TCPI_OPT_WSCALE);
+        assert_eq!((a.snd_wscale, a.rcv_wscale), (0, Some(0)));
+        assert_eq!((a.timestamp, a.inq_len, a.mss_clamp), (Some(77), 3, 1460));
+        assert_eq!(
+            queues, b"abcxy",
+            "the queued bytes must survive the rewrite"
+        );
+        let (b, _) = read_stream(&dir.path().join("tcp-stream-b.img"));
+        assert_eq!(b, scaled);
     }
 
     #[test]

@@ -59,9 +59,9 @@ pub enum ResumeError {
         #[source]
         source: std::io::Error,
     },
-    /// The clock record of a tree could not be advanced.
-    #[error("advancing the clocks of {tree}")]
-    Clocks {
+    /// An image of a tree could not be prepared (clock record, TCP stream record).
+    #[error("preparing the images of {tree}")]
+    Images {
         tree: String,
         #[source]
         source: overboot_checkpoint::images::ImageError,
@@ -114,8 +114,9 @@ pub struct ResumeOptions {
 /// that a rollback can stop exactly what this update restored.
 pub const RESTORED_LIST: &str = "restored";
 
-/// A directory CRIU restores from: symlinks to the map's images, except the clock record,
-/// which is copied so it can be advanced. The map itself stays byte-identical (rollback
+/// A directory CRIU restores from: symlinks to the map's images, except the clock record and
+/// the TCP stream records, which are copied so they can be edited (clocks advanced, windows of
+/// unscaled connections pinned). The map itself stays byte-identical (rollback
 /// verifies it again) and CRIU's restore log lands here, not in the map.
 fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
     if scratch.exists() {
@@ -126,7 +127,7 @@ fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
         let entry = entry?;
         let name = entry.file_name();
         let target = scratch.join(&name);
-        if name == "timens-0.img" {
+        if name == "timens-0.img" || name.to_string_lossy().starts_with("tcp-stream-") {
             std::fs::copy(entry.path(), &target)?;
         } else {
             std::os::unix::fs::symlink(entry.path(), &target)?;
@@ -286,7 +287,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         };
         let elapsed = timens::elapsed_since(recorded, read_clocks().realtime_ns);
         overboot_checkpoint::images::advance_clocks(&restore_images, elapsed).map_err(
-            |source| ResumeError::Clocks {
+            |source| ResumeError::Images {
                 tree: tree.name.clone(),
                 source,
             },
@@ -295,6 +296,15 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             tree.name.clone(),
             i64::try_from(elapsed).unwrap_or(i64::MAX),
         );
+        let pinned = overboot_checkpoint::images::pin_unscaled_windows(&restore_images).map_err(
+            |source| ResumeError::Images {
+                tree: tree.name.clone(),
+                source,
+            },
+        )?;
+        if !pinned.is_empty() {
+            tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
+        }
         let mut request = RestoreRequest::new(&restore_images);
         request.network_lock = lock_mode;
         request.file_locks = true;
