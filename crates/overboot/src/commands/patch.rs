@@ -2,7 +2,6 @@
 //! patch for an exact Debian kernel release, `apply` it, `list` patches, `revert` one, or
 //! `replace` them all with a cumulative patch.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -121,7 +120,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
                 .iter()
                 .map(|f| f.old_name.as_str())
                 .collect();
-            say(
+            super::print(
                 json,
                 &format!(
                     "built {} for {} ({}): patches {}; livepatch relocations to {}",
@@ -140,7 +139,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         }
         Action::Apply { module, timeout } => {
             let info = runtime::apply(&module, &root, Duration::from_secs(timeout))?;
-            say(
+            super::print(
                 json,
                 &format!("applied {} ({})", info.name, info.release()),
                 &serde_json::json!({ "applied": info.name, "release": info.release() }),
@@ -157,11 +156,11 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
                     .collect::<Vec<_>>()
                     .join("\n")
             };
-            say(json, &human, &patches)
+            super::print(json, &human, &patches)
         }
         Action::Revert { name, timeout } => {
             runtime::revert(&name, &root, Duration::from_secs(timeout))?;
-            say(
+            super::print(
                 json,
                 &format!("reverted {name}"),
                 &serde_json::json!({ "reverted": name }),
@@ -169,7 +168,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         }
         Action::Replace { module, timeout } => {
             let (info, replaced) = runtime::replace(&module, &root, Duration::from_secs(timeout))?;
-            say(
+            super::print(
                 json,
                 &format!(
                     "applied {} replacing {}",
@@ -188,18 +187,6 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
 
 fn human_line(p: &LivePatch) -> String {
     format!("{} {} {}", p.name, p.state(), p.functions.join(" "))
-}
-
-fn say(json: bool, human: &str, machine: &impl serde::Serialize) -> Result<(), CommandError> {
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        serde_json::to_string(machine).map_err(|e| CommandError::Output(e.into()))?
-    } else {
-        human.to_string()
-    };
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
-        .map_err(CommandError::Output)
 }
 
 /// Exit class of a failed build: refusals of the patch are bad input.
