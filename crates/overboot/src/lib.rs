@@ -11,6 +11,7 @@ pub mod network;
 pub mod phases;
 pub mod plan;
 pub mod report;
+pub mod restore;
 pub mod resume;
 pub mod rollback;
 pub mod target;

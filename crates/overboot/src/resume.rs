@@ -9,12 +9,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use overboot_checkpoint::{CheckpointError, Engine, NetworkLockMode, RestoreRequest};
+use overboot_checkpoint::NetworkLockMode;
 use overboot_handover::{HandoverError, SaveStateMap};
 
 use crate::fault::{self, Fault};
 use crate::network::NetworkState;
 use crate::report::{self, Outcome, Pending, Report, ReportError, TreeReport};
+use crate::restore::{TreeFailure, TreeJob};
 use crate::timens;
 use crate::update::read_clocks;
 
@@ -45,12 +46,12 @@ pub enum ResumeError {
         #[source]
         source: std::io::Error,
     },
-    /// Restoring a tree failed.
-    #[error("restore of {tree} failed")]
+    /// Restoring a tree failed (every tree was then aborted before running).
+    #[error("restore of {tree} failed; no restored task ran")]
     Restore {
         tree: String,
         #[source]
-        source: Box<CheckpointError>,
+        source: Box<TreeFailure>,
     },
     /// The restore directory could not be prepared.
     #[error("preparing {path} for the restore")]
@@ -72,9 +73,6 @@ pub enum ResumeError {
     /// The map's network section is unreadable.
     #[error("the map's network section is not valid")]
     NetworkState(#[source] serde_json::Error),
-    /// A fault injected for a test.
-    #[error("injected fault: the restore of {tree} fails (overboot.fault)")]
-    Injected { tree: String },
     /// A restored process is not alive.
     #[error("{tree}: restored pid {pid} is not alive")]
     NotAlive { tree: String, pid: i32 },
@@ -267,10 +265,9 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
 
     let report_dir = Report::dir(&options.state_dir, &id);
     let restore_start = Instant::now();
-    let mut trees = Vec::new();
     let mut logs = Vec::new();
-    let mut criu = overboot_checkpoint::Criu::default();
     let mut clock_advance_ns = BTreeMap::new();
+    let mut jobs = Vec::new();
     for tree in &manifest.trees {
         let images = map.path_of(&tree.images);
         let scratch = options.work_dir.join(&id).join(&tree.name);
@@ -286,62 +283,86 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             manifest.clocks.realtime_ns
         };
         let elapsed = timens::elapsed_since(recorded, read_clocks().realtime_ns);
-        overboot_checkpoint::images::advance_clocks(&restore_images, elapsed).map_err(
-            |source| ResumeError::Images {
-                tree: tree.name.clone(),
-                source,
-            },
-        )?;
+        let images_error = |source| ResumeError::Images {
+            tree: tree.name.clone(),
+            source,
+        };
+        overboot_checkpoint::images::advance_clocks(&restore_images, elapsed)
+            .map_err(images_error)?;
         clock_advance_ns.insert(
             tree.name.clone(),
             i64::try_from(elapsed).unwrap_or(i64::MAX),
         );
-        let pinned = overboot_checkpoint::images::pin_unscaled_windows(&restore_images).map_err(
-            |source| ResumeError::Images {
-                tree: tree.name.clone(),
-                source,
-            },
-        )?;
+        let pinned = overboot_checkpoint::images::pin_unscaled_windows(&restore_images)
+            .map_err(images_error)?;
         if !pinned.is_empty() {
             tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
         }
-        let mut request = RestoreRequest::new(&restore_images);
-        request.network_lock = lock_mode;
-        request.file_locks = true;
-        let tree_start = Instant::now();
-        if options.fault == Some(Fault::RestoreFail(tree.name.clone())) {
-            return Err(ResumeError::Injected {
-                tree: tree.name.clone(),
-            });
-        }
-        let outcome = criu.restore(&request, &mut overboot_checkpoint::accept_all);
-        for (dir, log) in [(&images, "dump.log"), (&restore_images, "restore.log")] {
-            let from = dir.join(log);
-            let to = report_dir.join(format!("{}-{log}", tree.name));
-            if std::fs::create_dir_all(&report_dir).is_ok() && std::fs::copy(&from, &to).is_ok() {
-                logs.push(to);
-            }
-        }
-        let outcome = outcome.map_err(|source| ResumeError::Restore {
-            tree: tree.name.clone(),
-            source: Box::new(source),
-        })?;
-        note_restored(&options.work_dir, &tree.name, &tree.pids);
-        if options.fault == Some(Fault::KillAgent) {
+        jobs.push(TreeJob {
+            name: tree.name.clone(),
+            images: restore_images,
+            lock: lock_mode,
+            inject_failure: options.fault == Some(Fault::RestoreFail(tree.name.clone())),
+        });
+    }
+    let kill_agent = options.fault == Some(Fault::KillAgent);
+    let results = crate::restore::restore_all(&jobs, &|| {
+        if kill_agent {
             tracing::warn!("injected fault: killing the agent in the middle of the restore");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
-        trees.push(TreeReport {
-            name: tree.name.clone(),
-            root_pid: tree.root_pid,
-            pids: tree.pids.clone(),
-            restored_pid: Some(outcome.pid),
-            alive: false,
-            restore_ms: ms(tree_start.elapsed()),
-            time_namespace: std::fs::read_link(format!("/proc/{}/ns/time", outcome.pid))
-                .ok()
-                .map(|l| l.to_string_lossy().into_owned()),
-        });
+    });
+    let mut trees = Vec::new();
+    let mut first_failure = None;
+    for ((tree, job), result) in manifest.trees.iter().zip(&jobs).zip(results) {
+        for (dir, log) in [
+            (&map.path_of(&tree.images), "dump.log"),
+            (&job.images, "restore.log"),
+        ] {
+            let to = report_dir.join(format!("{}-{log}", tree.name));
+            if std::fs::create_dir_all(&report_dir).is_ok()
+                && std::fs::copy(dir.join(log), &to).is_ok()
+            {
+                logs.push(to);
+            }
+        }
+        match result.outcome {
+            Ok(outcome) => {
+                note_restored(&options.work_dir, &tree.name, &tree.pids);
+                trees.push(TreeReport {
+                    name: tree.name.clone(),
+                    root_pid: tree.root_pid,
+                    pids: tree.pids.clone(),
+                    restored_pid: Some(outcome.pid),
+                    alive: false,
+                    restore_ms: result.ms,
+                    time_namespace: std::fs::read_link(format!("/proc/{}/ns/time", outcome.pid))
+                        .ok()
+                        .map(|l| l.to_string_lossy().into_owned()),
+                });
+            }
+            Err(failure) => {
+                // The first tree that failed on its own, not one aborted because of it.
+                let aborted = matches!(
+                    &failure,
+                    TreeFailure::Criu(overboot_checkpoint::CheckpointError::HookFailed { .. })
+                );
+                if first_failure.is_none()
+                    || (!aborted && first_failure.as_ref().is_some_and(|(_, a)| *a))
+                {
+                    first_failure = Some((
+                        ResumeError::Restore {
+                            tree: tree.name.clone(),
+                            source: Box::new(failure),
+                        },
+                        aborted,
+                    ));
+                }
+            }
+        }
+    }
+    if let Some((error, _)) = first_failure {
+        return Err(error);
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
     // Every socket is back: let new connections in.

@@ -1,0 +1,212 @@
+//! All-or-nothing restore: every tree is restored by its own CRIU at the same time, and each
+//! CRIU waits in its `post-restore` hook — tasks rebuilt, not yet run, network still locked —
+//! until every other tree got there too. Only then do they all resume. If any tree fails
+//! before that point, every CRIU is told to abort at `post-restore`, which kills its tasks
+//! before they ran a single instruction and before the network lock was lifted: nothing wrote
+//! to a file or a socket on the new kernel, so a rollback finds the world as it was dumped.
+//!
+//! ```text
+//!  tree a: criu restore ───────────► post-restore ─┐ wait ┌─► unlock, resume
+//!  tree b: criu restore ──► post-restore ──────────┤      │
+//!  tree c: criu restore ──────► post-restore ──────┘ all  └─► (or: abort, tasks killed)
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use overboot_checkpoint::{
+    CheckpointError, Engine, NetworkLockMode, Notification, RestoreOutcome, RestoreRequest,
+};
+
+/// One tree to restore.
+#[derive(Debug, Clone)]
+pub struct TreeJob {
+    /// Name in the map.
+    pub name: String,
+    /// Directory CRIU restores from.
+    pub images: PathBuf,
+    /// Network lock mode.
+    pub lock: NetworkLockMode,
+    /// Test fault: fail this tree without calling CRIU.
+    pub inject_failure: bool,
+}
+
+/// Why a tree was not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeFailure {
+    /// CRIU failed.
+    #[error(transparent)]
+    Criu(#[from] CheckpointError),
+    /// An injected fault.
+    #[error("injected fault: the restore of this tree fails (overboot.fault)")]
+    Injected,
+}
+
+/// What became of one tree.
+#[derive(Debug)]
+pub struct TreeResult {
+    /// Name in the map.
+    pub name: String,
+    /// The restored root, or why not.
+    pub outcome: Result<RestoreOutcome, TreeFailure>,
+    /// Time from the start of the restore to its end.
+    pub ms: u64,
+}
+
+/// A barrier that also counts failures: everybody waits until each participant arrived or
+/// failed, and learns whether all arrived.
+#[derive(Debug)]
+pub struct AllOrNothing {
+    state: Mutex<(usize, usize)>,
+    all: Condvar,
+    participants: usize,
+}
+
+impl AllOrNothing {
+    /// A barrier for `participants`.
+    pub fn new(participants: usize) -> AllOrNothing {
+        AllOrNothing {
+            state: Mutex::new((0, 0)),
+            all: Condvar::new(),
+            participants,
+        }
+    }
+
+    /// Arrives and waits for everybody; true when nobody failed.
+    pub fn arrive(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += 1;
+        self.all.notify_all();
+        while state.0 + state.1 < self.participants {
+            state = self.all.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.1 == 0
+    }
+
+    /// Reports a participant that will never arrive.
+    pub fn fail(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        self.all.notify_all();
+    }
+}
+
+fn ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Restores every job at once, all or nothing. `on_first_arrival` runs when the first tree
+/// reaches `post-restore` (the kill-agent fault uses it).
+pub fn restore_all(jobs: &[TreeJob], on_first_arrival: &(dyn Fn() + Sync)) -> Vec<TreeResult> {
+    let barrier = AllOrNothing::new(jobs.len());
+    let first = std::sync::Once::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                let barrier = &barrier;
+                let first = &first;
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    if job.inject_failure {
+                        barrier.fail();
+                        return TreeResult {
+                            name: job.name.clone(),
+                            outcome: Err(TreeFailure::Injected),
+                            ms: ms(start),
+                        };
+                    }
+                    let mut request = RestoreRequest::new(&job.images);
+                    request.network_lock = job.lock;
+                    request.file_locks = true;
+                    let mut arrived = false;
+                    let mut hook = |n: &Notification| -> Result<(), String> {
+                        if n.script != "post-restore" {
+                            return Ok(());
+                        }
+                        arrived = true;
+                        first.call_once(on_first_arrival);
+                        if barrier.arrive() {
+                            Ok(())
+                        } else {
+                            Err(
+                                "another tree failed to restore: aborting before any task runs"
+                                    .into(),
+                            )
+                        }
+                    };
+                    let outcome = overboot_checkpoint::Criu::default().restore(&request, &mut hook);
+                    if outcome.is_err() && !arrived {
+                        barrier.fail();
+                    }
+                    TreeResult {
+                        name: job.name.clone(),
+                        outcome: outcome.map_err(TreeFailure::from),
+                        ms: ms(start),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(jobs)
+            .map(|(h, job)| {
+                h.join().unwrap_or_else(|_| TreeResult {
+                    name: job.name.clone(),
+                    outcome: Err(TreeFailure::Injected),
+                    ms: 0,
+                })
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn everybody_passes_when_all_arrive() {
+        let barrier = Arc::new(AllOrNothing::new(3));
+        let results: Vec<bool> = (0..3)
+            .map(|_| {
+                let b = Arc::clone(&barrier);
+                std::thread::spawn(move || b.arrive())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(results, [true, true, true]);
+    }
+
+    #[test]
+    fn one_failure_aborts_everybody() {
+        let barrier = Arc::new(AllOrNothing::new(3));
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let b = Arc::clone(&barrier);
+                std::thread::spawn(move || b.arrive())
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        barrier.fail();
+        for h in waiting {
+            assert!(!h.join().unwrap());
+        }
+    }
+
+    #[test]
+    fn an_injected_failure_needs_no_criu() {
+        let jobs = [TreeJob {
+            name: "pid-1".into(),
+            images: PathBuf::from("/nonexistent"),
+            lock: NetworkLockMode::Nftables,
+            inject_failure: true,
+        }];
+        let results = restore_all(&jobs, &|| {});
+        assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
+    }
+}
