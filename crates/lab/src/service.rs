@@ -126,10 +126,15 @@ pub fn update_command(to: &str, preserve: &[i32], extra: &str) -> String {
         .iter()
         .map(|p| format!(" --preserve pid:{p}"))
         .collect();
+    // Rollback goes to A unless `extra` names another kernel.
+    let rollback = if extra.contains("--rollback-kernel") {
+        ""
+    } else {
+        " --rollback-kernel /lab/boot/A/vmlinuz --rollback-initrd /lab/boot/A/initrd.img"
+    };
     format!(
         "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
-         --append '{BASE_CMDLINE}' --rollback-kernel /lab/boot/A/vmlinuz \
-         --rollback-initrd /lab/boot/A/initrd.img{preserve} {extra}"
+         --append '{BASE_CMDLINE}'{rollback}{preserve} {extra}"
     )
 }
 
