@@ -211,6 +211,8 @@ pub fn supervise(
             release()
         ),
     );
+    std::fs::create_dir_all(&options.work_dir)
+        .map_err(|e| fail("creating the work directory", e.to_string()))?;
     let out = options.work_dir.join("rollback-initrd.img");
     let published = InitrdStore::new(recipe.initrd.clone(), &out)
         .publish(&map)
