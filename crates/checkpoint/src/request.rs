@@ -24,7 +24,7 @@ pub enum NetworkLockMode {
     Iptables,
     /// An nftables table `inet CRIU-<pid>`; the table is what we carry across kexec.
     Nftables,
-    /// No lock from CRIU: we lock ourselves (e.g. from the `network-lock` notification).
+    /// No lock from CRIU (`SKIP`, CRIU ≥ 3.18: 3.17 answers "Invalid request code").
     Skip,
 }
 

@@ -257,11 +257,8 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let network_start = Instant::now();
     crate::network::apply(&network)?;
     phases.insert("network".into(), ms(network_start.elapsed()));
-    let lock_mode = if network.locked {
-        NetworkLockMode::Nftables
-    } else {
-        NetworkLockMode::Skip
-    };
+    // CRIU deletes its lock table when the tasks resume (none is there when the lock was off).
+    let lock_mode = NetworkLockMode::Nftables;
 
     let report_dir = Report::dir(&options.state_dir, &id);
     let restore_start = Instant::now();

@@ -172,7 +172,8 @@ pub trait Effects {
 pub struct HostEffects {
     /// The CRIU client.
     pub criu: overboot_checkpoint::Criu,
-    /// Whether CRIU locks the network (`nftables`) or skips it.
+    /// Whether the network lock is carried to the new kernel (off only in tests proving it
+    /// matters: CRIU's lock is then lifted right after the dump).
     pub network_lock: bool,
 }
 
@@ -185,12 +186,10 @@ impl HostEffects {
         }
     }
 
+    /// CRIU 3.17 cannot dump TCP without locking it; "no lock" (tests only) therefore means
+    /// lifting CRIU's lock right after the dump and carrying none (see `capture_network`).
     fn lock_mode(&self) -> NetworkLockMode {
-        if self.network_lock {
-            NetworkLockMode::Nftables
-        } else {
-            NetworkLockMode::Skip
-        }
+        NetworkLockMode::Nftables
     }
 }
 
@@ -254,13 +253,24 @@ impl Effects for HostEffects {
 
     fn capture_network(&mut self) -> Result<NetworkState, NetworkError> {
         let (interfaces, routes) = crate::network::capture_addresses();
-        let tables = if self.network_lock {
-            crate::network::lock_tables()?
-        } else {
-            Vec::new()
-        };
+        let tables = crate::network::lock_tables()?;
+        if !self.network_lock {
+            // Test mode: the connections are left unguarded from here on, as they would be
+            // without a lock; peers get RSTs from this kernel and from the next.
+            tracing::warn!("network lock off: lifting CRIU's lock after the dump");
+            crate::network::release(&NetworkState {
+                tables,
+                ..NetworkState::default()
+            });
+            return Ok(NetworkState {
+                locked: false,
+                interfaces,
+                routes,
+                tables: Vec::new(),
+            });
+        }
         Ok(NetworkState {
-            locked: self.network_lock,
+            locked: true,
             interfaces,
             routes,
             tables,
