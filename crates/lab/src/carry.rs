@@ -66,21 +66,10 @@ pub fn standard(heap_mib: u32) -> Vec<Carried> {
         Carried::new(Workload::new("unix", "unix", ""), Check::Sequence("pong")),
         Carried::new(Workload::new("clock", "clock", ""), Check::Clock),
         Carried::new(
-            Workload {
-                name: "append".into(),
-                args: "append /lab/wl/append.dat".into(),
-                log: "/lab/wl/append.dat".into(),
-            },
+            Workload::append("append", "/lab/wl/append.dat"),
             Check::Append,
         ),
-        Carried::new(
-            Workload {
-                name: "tmpfs".into(),
-                args: "append /tmp/tmpfs.dat".into(),
-                log: "/tmp/tmpfs.dat".into(),
-            },
-            Check::Append,
-        ),
+        Carried::new(Workload::append("tmpfs", "/tmp/tmpfs.dat"), Check::Append),
     ]
 }
 

@@ -29,6 +29,15 @@ impl Workload {
         }
     }
 
+    /// `lab-workload append` writing numbered records to `path` (its own log).
+    pub fn append(name: &str, path: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            args: format!("append {path}"),
+            log: path.into(),
+        }
+    }
+
     /// The shell command that starts it detached and prints its pid.
     pub fn start_command(&self) -> String {
         format!(

@@ -20,11 +20,7 @@ fn small_set() -> Vec<Carried> {
         },
         Carried::new(Workload::new("clock", "clock", ""), Check::Clock),
         Carried::new(
-            Workload {
-                name: "append".into(),
-                args: "append /lab/wl/append.dat".into(),
-                log: "/lab/wl/append.dat".into(),
-            },
+            Workload::append("append", "/lab/wl/append.dat"),
             Check::Append,
         ),
     ]
@@ -78,15 +74,7 @@ fn rolls_back(name: &str, fault: impl Fn(&Running) -> String, cause: &str) {
     let uname = guest.run_ok("uname -r", CMD).expect("uname");
     assert_eq!(uname.text().trim(), release_a, "not back on A");
 
-    let status = guest.run_ok("overboot status --json", CMD).expect("status");
-    let report: serde_json::Value = serde_json::from_str(
-        status
-            .lines
-            .iter()
-            .find(|l| l.starts_with('{'))
-            .expect("json"),
-    )
-    .expect("status json");
+    let report = overboot_lab::service::agent_report(&mut guest).expect("status --json");
     assert_eq!(report["outcome"], "rolled_back", "{report}");
     let detail = report["detail"].as_str().unwrap_or_default();
     assert!(

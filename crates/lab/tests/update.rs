@@ -83,15 +83,7 @@ fn carry_across(to: &str) {
     running
         .check_alive_and_progressing(&mut guest)
         .unwrap_or_else(|e| panic!("after the switch: {e}"));
-    let status = guest.run_ok("overboot status --json", CMD).expect("status");
-    let report: serde_json::Value = serde_json::from_str(
-        status
-            .lines
-            .iter()
-            .find(|l| l.starts_with('{'))
-            .expect("json line"),
-    )
-    .expect("status json");
+    let report = overboot_lab::service::agent_report(&mut guest).expect("status --json");
     for phase in [
         "freeze_dump",
         "write_map",
