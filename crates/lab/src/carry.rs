@@ -216,6 +216,9 @@ impl Running {
                 ));
             }
             bytes.truncate(size);
+            // A workload stopped mid-record leaves a partial last line: only whole lines count.
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            bytes.truncate(whole);
             let text = String::from_utf8_lossy(&bytes);
             let verdict = match c.check {
                 Check::Mem(threads) => workloads::verify_mem(&text, threads),
