@@ -18,7 +18,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 packages=(qemu-system-x86 criu busybox-static cpio xz-utils zstd e2fsprogs kmod
-          redis-server redis-tools nftables iproute2 gcc make)
+          redis-server redis-tools nftables iproute2 gcc gcc-12 make patch tar
+          libelf1 zlib1g)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
