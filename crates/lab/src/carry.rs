@@ -202,10 +202,11 @@ impl Running {
         sizes: &BTreeMap<String, usize>,
     ) -> Result<BTreeMap<String, Verdict>, String> {
         let mut verdicts = BTreeMap::new();
+        disk::replay_journal(disk_image).map_err(|e| e.to_string())?;
         for c in &self.set {
             let name = &c.workload.name;
             let on_disk = format!("/wl/{}", c.workload.log.rsplit('/').next().unwrap_or(""));
-            let mut bytes = disk::read_file(disk_image, &on_disk).map_err(|e| e.to_string())?;
+            let mut bytes = disk::read_replayed(disk_image, &on_disk).map_err(|e| e.to_string())?;
             let size = *sizes
                 .get(&on_disk)
                 .ok_or_else(|| format!("no size for {on_disk}"))?;

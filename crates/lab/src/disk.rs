@@ -86,6 +86,12 @@ pub fn replay_journal(image: &Path) -> Result<(), DiskError> {
 /// log after the guest is gone. The guest must be dead; its journal is replayed first.
 pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
     replay_journal(image)?;
+    read_replayed(image, path)
+}
+
+/// Reads a file from an ext4 image whose journal [`replay_journal`] already replayed (to read
+/// many files with one replay).
+pub fn read_replayed(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
     let out = Command::new("debugfs")
         .arg("-R")
         .arg(format!("cat {path}"))

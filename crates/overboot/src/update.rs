@@ -185,12 +185,6 @@ impl HostEffects {
             network_lock,
         }
     }
-
-    /// CRIU 3.17 cannot dump TCP without locking it; "no lock" (tests only) therefore means
-    /// lifting CRIU's lock right after the dump and carrying none (see `capture_network`).
-    fn lock_mode(&self) -> NetworkLockMode {
-        NetworkLockMode::Nftables
-    }
 }
 
 fn ns(ts: nix::sys::time::TimeSpec) -> u64 {
@@ -283,7 +277,9 @@ impl Effects for HostEffects {
 
     fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError> {
         let mut request = DumpRequest::new(tree.root, images);
-        request.network_lock = self.lock_mode();
+        // CRIU 3.17 cannot dump TCP without its lock; "no lock" (tests only) lifts it
+        // after the dump instead (see `capture_network`).
+        request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;
         self.criu
             .dump(&request, &mut overboot_checkpoint::accept_all)
@@ -293,7 +289,7 @@ impl Effects for HostEffects {
     fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
         let mut request = RestoreRequest::new(images);
         request.log_file = "rollback-restore.log".into();
-        request.network_lock = self.lock_mode();
+        request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;
         self.criu
             .restore(&request, &mut overboot_checkpoint::accept_all)
