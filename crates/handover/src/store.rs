@@ -186,7 +186,8 @@ impl Store for InitrdStore {
     }
 }
 
-/// Copies the map to a persistent directory (disk): slowest, simplest, survives anything.
+/// Copies the map to a persistent directory (disk): slowest, simplest, survives anything. A map
+/// that was written into that very directory is only flushed and checked, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryStore {
     /// Absolute path of the copy; must not exist yet.
@@ -203,6 +204,9 @@ impl Store for DirectoryStore {
             tracing::info_span!("handover_publish", store = "dir", path = %self.path.display());
         let _entered = span.enter();
         let path = cmdline_path(&self.path)?;
+        if map.dir() == self.path {
+            return publish_in_place(map, path);
+        }
         if let Some(parent) = self.path.parent() {
             make_parents(parent)?;
         }
@@ -251,6 +255,48 @@ impl Store for DirectoryStore {
             initrd: None,
         })
     }
+}
+
+/// A map written straight into the store's directory: nothing to copy, but every file, the
+/// directories and the parent are flushed to the disk (a kexec does not write the page cache
+/// back), and each file is hashed once more so a map damaged since it was finished is refused.
+fn publish_in_place(map: &SaveStateMap, path: &str) -> Result<Published, HandoverError> {
+    let mut dirs = BTreeSet::new();
+    let mut bytes = 0u64;
+    for (rel, entry) in &map.manifest().files {
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            dirs.insert(parent.to_owned());
+        }
+        let mut reader = open_listed(map, rel, entry)?;
+        io::copy(&mut (&mut reader).take(entry.size), &mut io::sink())
+            .map_err(HandoverError::io("read", &map.path_of(rel)))?;
+        check_digest(rel, entry, reader)?;
+        let file = map.path_of(rel);
+        File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(HandoverError::io("flush", &file))?;
+        bytes += entry.size;
+    }
+    for name in [MANIFEST_FILE, HEADER_FILE] {
+        let file = map.dir().join(name);
+        File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(HandoverError::io("flush", &file))?;
+    }
+    for dir in dirs.iter().rev() {
+        sync_dir(&map.dir().join(dir))?;
+    }
+    sync_dir(map.dir())?;
+    if let Some(parent) = map.dir().parent() {
+        sync_dir(parent)?;
+    }
+    bytes += (map.manifest_bytes().len() + map.header_bytes().len()) as u64;
+    tracing::info!(bytes, "map flushed in place");
+    Ok(Published {
+        cmdline_param: format!("{CMDLINE_KEY}=dir:{path}"),
+        bytes,
+        initrd: None,
+    })
 }
 
 /// Finds the map's location in a kernel command line (`/proc/cmdline`): the value of the last

@@ -468,3 +468,48 @@ fn directory_store_copies_a_map_that_opens_and_verifies() {
         Err(HandoverError::Store(StoreError::NotCmdlineSafe { .. }))
     ));
 }
+
+#[test]
+fn directory_store_in_place_flushes_without_copying_and_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let map = build_map(tmp.path());
+    let store = DirectoryStore {
+        path: map.dir().to_path_buf(),
+    };
+    let listing = || {
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let published = store.publish(&map).unwrap();
+    assert_eq!(
+        published.cmdline_param,
+        format!("overboot.handover=dir:{}", map.dir().display())
+    );
+    assert_eq!(published.initrd, None);
+    let total: u64 = map.manifest().files.values().map(|f| f.size).sum();
+    assert!(published.bytes > total, "{} <= {total}", published.bytes);
+    assert_eq!(listing(), before, "nothing copied beside the map");
+    assert_eq!(
+        SaveStateMap::open(map.dir())
+            .unwrap()
+            .verify_files()
+            .unwrap()
+            .files,
+        10
+    );
+
+    // A file damaged after the map was finished is not handed over.
+    let page = map.dir().join("trees/redis/pages-1.img");
+    let mut data = fs::read(&page).unwrap();
+    data[17] ^= 0x40;
+    fs::write(&page, data).unwrap();
+    assert!(matches!(
+        store.publish(&map),
+        Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/pages-1.img"
+    ));
+}

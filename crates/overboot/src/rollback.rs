@@ -111,6 +111,17 @@ fn keep_map(location: &Path, state_dir: &Path) -> String {
 }
 
 /// Stops every process of the trees the worker listed as restored.
+/// After a successful resume the map is no longer needed: it holds process memory, and in the
+/// initrd store it occupies RAM, in a directory store disk space. Removing it is best effort.
+fn forget_map(location: &Path) {
+    match std::fs::remove_dir_all(location) {
+        Ok(()) => tracing::info!(map = %location.display(), "map removed after the resume"),
+        Err(e) => {
+            tracing::warn!(map = %location.display(), error = %e, "could not remove the map")
+        }
+    }
+}
+
 fn stop_restored(work_dir: &Path) {
     let list = std::fs::read_to_string(work_dir.join(RESTORED_LIST)).unwrap_or_default();
     for pid in list
@@ -165,6 +176,7 @@ pub fn supervise(
     let _ = std::fs::remove_file(options.work_dir.join(RESTORED_LIST));
     let output = worker().map_err(RollbackError::Worker)?;
     if output.status.success() {
+        forget_map(&location);
         return Ok(Supervised::Resumed);
     }
     let reason = failure_reason(&output);

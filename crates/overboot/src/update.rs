@@ -1,8 +1,9 @@
 //! `overboot update`: check everything, then freeze and dump the preserved trees into a Save
-//! State Map in RAM, hand it to the new kernel appended to its initrd, load, and jump.
+//! State Map in RAM, hand it to the new kernel appended to its initrd (or, with
+//! `--handover dir:PATH`, written to a disk directory and flushed), load, and jump.
 //!
 //! ```text
-//!  checks ──► freeze+dump (per tree) ──► write map ──► publish (initrd+cpio) ──► kexec load ──► jump
+//!  checks ──► freeze+dump (per tree) ──► write map ──► publish (initrd+cpio | flush) ──► kexec load ──► jump
 //!  (nothing      │ failure: restore the        │ failure after a dump: restore every dumped
 //!   frozen)      ▼ trees dumped so far         ▼ tree on this kernel, then report the error
 //! ```
@@ -18,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{
-    ClockReadings, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree, RollbackRecipe,
-    SaveStateMap, Store, TargetKernel,
+    ClockReadings, DirectoryStore, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree,
+    RollbackRecipe, SaveStateMap, Store, TargetKernel,
 };
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
@@ -47,6 +48,59 @@ pub struct UpdateOptions {
     pub rollback: RollbackRecipe,
     /// Hold peers off with the network lock (off only in tests that prove it matters).
     pub network_lock: bool,
+    /// How the map reaches the new kernel.
+    pub handover: Handover,
+}
+
+/// How the Save State Map reaches the new kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Handover {
+    /// Appended to the new kernel's initrd: RAM only, no disk needed in the new kernel.
+    #[default]
+    Initrd,
+    /// Written straight into `<dir>/<update id>` on a persistent disk file system that the new
+    /// kernel's early userspace mounts at the same path; flushed before the jump.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Handover {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Handover, String> {
+        match s.split_once(':') {
+            None if s == "initrd" => Ok(Handover::Initrd),
+            Some(("dir", path)) if Path::new(path).is_absolute() => {
+                Ok(Handover::Dir(PathBuf::from(path)))
+            }
+            Some(("dir", _)) => Err(format!("{s:?}: the directory must be an absolute path")),
+            _ => Err(format!("{s:?}: expected `initrd` or `dir:/absolute/path`")),
+        }
+    }
+}
+
+/// File systems whose contents a kexec loses: a directory store there would hand over nothing.
+const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
+    ("tmpfs", nix::sys::statfs::TMPFS_MAGIC),
+    ("ramfs", nix::sys::statfs::FsType(0x8584_58f6)),
+];
+
+/// Checks a directory store's place before anything is frozen: it exists (or can be created),
+/// and is on a disk file system, not in RAM.
+pub fn check_handover_dir(dir: &Path) -> Result<(), UpdateError> {
+    let bad = |reason: String| UpdateError::HandoverDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it: {e}")))?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(|e| bad(format!("statfs: {e}")))?;
+    let kind = fs.filesystem_type();
+    if let Some((name, _)) = RAM_FILESYSTEMS.iter().find(|(_, magic)| *magic == kind) {
+        return Err(bad(format!(
+            "it is on {name}, which does not survive the kernel switch; use a disk file system \
+             that the new kernel's early userspace mounts at the same path, or the initrd store"
+        )));
+    }
+    Ok(())
 }
 
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
@@ -63,6 +117,9 @@ pub enum UpdateError {
         #[source]
         source: KexecError,
     },
+    /// The directory store cannot be used (nothing was frozen).
+    #[error("handover directory {path} cannot hold the map (nothing was frozen): {reason}")]
+    HandoverDir { path: PathBuf, reason: String },
     /// An initrd given does not exist.
     #[error("initrd {0} does not exist (nothing was frozen)")]
     MissingInitrd(PathBuf),
@@ -121,9 +178,10 @@ impl UpdateError {
     pub fn class(&self) -> crate::ExitClass {
         use crate::ExitClass as E;
         match self {
-            UpdateError::Target(_) | UpdateError::MissingInitrd(_) | UpdateError::NoTargets => {
-                E::BadInput
-            }
+            UpdateError::Target(_)
+            | UpdateError::MissingInitrd(_)
+            | UpdateError::NoTargets
+            | UpdateError::HandoverDir { .. } => E::BadInput,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
             }
@@ -312,8 +370,8 @@ pub struct Staged {
     pub id: String,
     /// The map directory.
     pub map_dir: PathBuf,
-    /// The initrd with the map appended.
-    pub initrd: PathBuf,
+    /// The initrd loaded: with the map appended (initrd store) or as given (directory store).
+    pub initrd: Option<PathBuf>,
     /// The command line given to the new kernel.
     pub cmdline: String,
     /// Bytes handed over.
@@ -353,6 +411,9 @@ pub fn check(
         if !initrd.is_file() {
             return Err(UpdateError::MissingInitrd(initrd.clone()));
         }
+    }
+    if let Handover::Dir(dir) = &options.handover {
+        check_handover_dir(dir)?;
     }
     let trees = effects.inspect_targets(&options.preserve)?;
     if options.network_lock {
@@ -414,7 +475,10 @@ pub fn run(
     tracing::info!(release = %image.release, engine = %engine, trees = trees.len(), "checks passed");
 
     let id = new_id();
-    let map_dir = options.work_dir.join(&id).join("map");
+    let map_dir = match &options.handover {
+        Handover::Initrd => options.work_dir.join(&id).join("map"),
+        Handover::Dir(dir) => dir.join(&id),
+    };
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| UpdateError::Io { path, source }
@@ -534,9 +598,19 @@ pub fn run(
         }
     };
 
-    progress("appending the map to the new kernel's initrd");
     let out = options.work_dir.join(&id).join("initrd-with-map.img");
-    let store = InitrdStore::new(options.initrd.clone(), &out);
+    let store: Box<dyn Store> = match &options.handover {
+        Handover::Initrd => {
+            progress("appending the map to the new kernel's initrd");
+            Box::new(InitrdStore::new(options.initrd.clone(), &out))
+        }
+        Handover::Dir(_) => {
+            progress("flushing the map to disk");
+            Box::new(DirectoryStore {
+                path: map_dir.clone(),
+            })
+        }
+    };
     let published = match phases.run("publish", || store.publish(&map)) {
         Ok(p) => p,
         Err(source) => {
@@ -549,12 +623,15 @@ pub fn run(
     let cmdline = format!("{} {}", options.cmdline.trim(), published.cmdline_param)
         .trim()
         .to_string();
-    let initrd = published.initrd.clone().unwrap_or(out);
+    let initrd = match (&published.initrd, &options.initrd) {
+        (Some(made), _) => Some(made.clone()),
+        (None, given) => given.clone(),
+    };
 
     progress(&format!("loading {} with kexec_file_load", image.release));
     let request = LoadRequest {
         kernel: options.kernel.clone(),
-        initrd: Some(initrd.clone()),
+        initrd: initrd.clone(),
         cmdline: cmdline.clone(),
     };
     if let Err(source) = phases.run("kexec_load", || effects.load(&request)) {
@@ -564,7 +641,9 @@ pub fn run(
         });
     }
     // The kernel holds its own copy of the segments now.
-    let _ = std::fs::remove_file(&initrd).map_err(io(&initrd));
+    if let Some(made) = &published.initrd {
+        let _ = std::fs::remove_file(made).map_err(io(made));
+    }
 
     let staged = Staged {
         id: id.clone(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use overboot::network::{NetworkError, NetworkState};
 use overboot::target::{Target, TargetError, TreeInfo};
-use overboot::update::{self, Effects, UpdateError, UpdateOptions};
+use overboot::update::{self, Effects, Handover, UpdateError, UpdateOptions};
 use overboot_checkpoint::CheckpointError;
 use overboot_handover::{ClockReadings, RollbackRecipe};
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
@@ -153,6 +153,7 @@ fn options(work: &Path) -> UpdateOptions {
         state_dir: work.join("state"),
         rollback: RollbackRecipe::default(),
         network_lock: true,
+        handover: Handover::default(),
     }
 }
 
@@ -281,4 +282,74 @@ fn a_failed_load_or_jump_restores_every_tree_here() {
         );
         assert!(!dir.path().join("state/pending.json").exists());
     }
+}
+
+#[test]
+fn a_directory_store_writes_the_map_there_and_loads_the_initrd_as_given() {
+    let mut mock = Mock::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("disk/overboot");
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, b"base initrd").expect("initrd");
+    let mut opts = options(dir.path());
+    opts.handover = Handover::Dir(store.clone());
+    opts.initrd = Some(initrd.clone());
+    let staged = update::run(&mut mock, &opts, &mut |_| {}).expect("update");
+    assert!(staged.map_dir.starts_with(&store), "{:?}", staged.map_dir);
+    assert!(
+        staged.cmdline.ends_with(&format!(
+            "overboot.handover=dir:{}",
+            staged.map_dir.display()
+        )),
+        "{}",
+        staged.cmdline
+    );
+    assert_eq!(staged.initrd.as_deref(), Some(initrd.as_path()));
+    assert_eq!(std::fs::read(&initrd).expect("initrd"), b"base initrd");
+    overboot_handover::SaveStateMap::open(&staged.map_dir)
+        .expect("map")
+        .verify_files()
+        .expect("verify");
+}
+
+#[test]
+fn a_directory_store_in_ram_is_refused_before_anything_is_frozen() {
+    let shm = Path::new("/dev/shm");
+    if nix::sys::statfs::statfs(shm)
+        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let mut mock = Mock::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path());
+    opts.handover = Handover::Dir(shm.join(format!("overboot-test-{}", std::process::id())));
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("must refuse");
+    let _ = std::fs::remove_dir_all(shm.join(format!("overboot-test-{}", std::process::id())));
+    assert!(!dumped(&mock), "{:?}", mock.log);
+    let text = err.to_string();
+    assert!(
+        text.contains("tmpfs") && text.contains("nothing was frozen"),
+        "{text}"
+    );
+    assert_eq!(err.class(), overboot::ExitClass::BadInput);
+}
+
+#[test]
+fn handover_stores_parse_and_bad_ones_are_explained() {
+    assert_eq!("initrd".parse::<Handover>(), Ok(Handover::Initrd));
+    assert_eq!(
+        "dir:/lab/ssm".parse::<Handover>(),
+        Ok(Handover::Dir(PathBuf::from("/lab/ssm")))
+    );
+    assert!("dir:relative"
+        .parse::<Handover>()
+        .unwrap_err()
+        .contains("absolute"));
+    assert!("pmem:/x"
+        .parse::<Handover>()
+        .unwrap_err()
+        .contains("expected"));
 }

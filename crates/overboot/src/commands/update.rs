@@ -40,6 +40,11 @@ pub struct Args {
     /// Initrd to go back with; default /boot/initrd.img-$(uname -r) if present.
     #[arg(long)]
     rollback_initrd: Option<PathBuf>,
+    /// How the map reaches the new kernel: `initrd` (appended to --initrd, RAM only) or
+    /// `dir:/path` (written to a disk file system the new kernel's early userspace mounts at the
+    /// same path; each update gets its own subdirectory, removed after a successful resume).
+    #[arg(long, default_value = "initrd", value_name = "STORE")]
+    handover: update::Handover,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     unsafe_no_network_lock: bool,
@@ -81,6 +86,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             cmdline: strip_overboot_params(&proc_cmdline),
         },
         network_lock: !args.unsafe_no_network_lock,
+        handover: args.handover,
     };
     let start = Instant::now();
     let mut progress = |step: &str| {
