@@ -92,6 +92,9 @@ pub struct Pending {
     pub jump_realtime_ns: u64,
     /// Bytes handed over.
     pub handover_bytes: u64,
+    /// Most memory in use on the old kernel at a phase boundary (bytes).
+    #[serde(default)]
+    pub peak_mem_bytes: u64,
 }
 
 /// The report of one update.
@@ -116,6 +119,11 @@ pub struct Report {
     pub handover_bytes: u64,
     /// Freeze to end of restore (ms), the service's blackout.
     pub blackout_ms: u64,
+    /// Most memory in use (`MemTotal - MemAvailable`, bytes) at a phase boundary of the update,
+    /// on either kernel: on the old one the map and the loaded segments, on the new one the
+    /// map and the restored trees.
+    #[serde(default)]
+    pub peak_mem_bytes: u64,
     /// How far each tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME were advanced past their values
     /// at freeze (ns): the time each tree spent frozen, up to its restore.
     pub clock_offsets_ns: BTreeMap<String, i64>,

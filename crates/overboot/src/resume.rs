@@ -362,6 +362,11 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         return Err(error);
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
+    // The new kernel's peak: the map and every restored tree are both in memory now.
+    let peak_here = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| crate::phases::mem_used_bytes(&text))
+        .unwrap_or(0);
     // Every socket is back: let new connections in.
     crate::network::release(&network);
     for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
@@ -403,6 +408,10 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         phases,
         handover_bytes: pending.as_ref().map_or(0, |p| p.handover_bytes),
         blackout_ms,
+        peak_mem_bytes: pending
+            .as_ref()
+            .map_or(0, |p| p.peak_mem_bytes)
+            .max(peak_here),
         clock_offsets_ns: clock_advance_ns,
         logs,
     };

@@ -147,6 +147,7 @@ fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
         phases: Default::default(),
         handover_bytes: 0,
         blackout_ms: 0,
+        peak_mem_bytes: 0,
         clock_offsets_ns: Default::default(),
         logs: Vec::new(),
     };

@@ -660,6 +660,7 @@ pub fn run(
         freeze_realtime_ns: clocks.realtime_ns,
         jump_realtime_ns: effects.clocks().realtime_ns,
         handover_bytes: published.bytes,
+        peak_mem_bytes: phases.peak_mem_bytes(),
     };
     report::write_json(&options.state_dir.join("pending.json"), &pending)?;
     progress(&format!("jumping into {}", image.release));
