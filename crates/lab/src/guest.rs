@@ -34,7 +34,8 @@ pub struct GuestConfig {
     pub disk: Option<PathBuf>,
     /// User-mode networking with these `(host_port, guest_port)` TCP forwards.
     pub net: Option<Vec<(u16, u16)>>,
-    /// A QEMU monitor on a unix socket in the run directory.
+    /// A QEMU monitor on a unix socket in the run directory; it also lets the guest reboot
+    /// (without it QEMU runs with `-no-reboot`: a reboot ends the run). See [`Guest::reset`].
     pub monitor: bool,
 }
 
@@ -173,7 +174,7 @@ impl Guest {
             .args(["-cpu", "max", "-machine", "q35"])
             .args(["-m", &config.memory_mib.to_string()])
             .args(["-smp", &config.cpus.to_string()])
-            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .args(["-display", "none", "-serial", "stdio"])
             .arg("-kernel")
             .arg(&config.kernel)
             .arg("-initrd")
@@ -185,7 +186,7 @@ impl Guest {
                 dir.join("monitor.sock").display()
             ));
         } else {
-            cmd.args(["-monitor", "none"]);
+            cmd.args(["-monitor", "none", "-no-reboot"]);
         }
         if let Some(disk) = &config.disk {
             cmd.arg("-drive").arg(format!(
@@ -254,6 +255,26 @@ impl Guest {
             dir,
             seq: 0,
         })
+    }
+
+    /// Resets the machine through the QEMU monitor (`system_reset`: firmware and all, as a
+    /// power cycle). Needs [`GuestConfig::monitor`].
+    pub fn reset(&mut self) -> Result<(), GuestError> {
+        let path = self.dir.join("monitor.sock");
+        let mut monitor = std::os::unix::net::UnixStream::connect(&path)?;
+        monitor.write_all(b"system_reset\n")?;
+        monitor.flush()?;
+        // Read the monitor's answer so the command is surely taken before we return.
+        monitor.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("system_reset") {
+            match std::io::Read::read(&mut monitor, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        Ok(())
     }
 
     /// The run directory holding `console.log`.

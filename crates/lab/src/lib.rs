@@ -5,6 +5,7 @@
 //! console with explicit sentinels ([`guest`]). Tests, the demo and the benchmark are built on it.
 //! Nothing here runs a privileged operation on the host: kexec, CRIU and friends run in guests.
 
+pub mod bench;
 pub mod carry;
 pub mod demo;
 pub mod disk;

@@ -24,6 +24,32 @@ enum Command {
         #[arg(long, default_value = "B")]
         to: String,
     },
+    /// The benchmark: client-observed blackout of overboot against the floor (bare kexec),
+    /// a machine restart reloading Redis from disk, and a dump to disk; writes results.json,
+    /// results.md and SVG plots. Exits 1 when a run failed.
+    Bench {
+        /// One size (64 MiB), one run per method.
+        #[arg(long)]
+        quick: bool,
+        /// Dataset sizes in MiB (default 64,512,2048).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<u32>>,
+        /// Runs per method and size (default 3; 1 with --quick).
+        #[arg(long)]
+        runs: Option<u32>,
+        /// Methods (default all: overboot,floor,restart,disk).
+        #[arg(long, value_delimiter = ',')]
+        methods: Option<Vec<overboot_lab::bench::Method>>,
+        /// Kernel to switch to from A.
+        #[arg(long, default_value = "B")]
+        to: String,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+        /// Only redraw results.md and the plots from an existing results.json.
+        #[arg(long)]
+        render_only: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +75,15 @@ fn main() -> ExitCode {
                 result.connection_survived && result.keys_missing == 0 && result.keys_wrong == 0
             })
             .map_err(Into::into),
+        Command::Bench {
+            quick,
+            sizes,
+            runs,
+            methods,
+            to,
+            out,
+            render_only,
+        } => bench(quick, sizes, runs, methods, to, out, render_only),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -63,4 +98,42 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bench(
+    quick: bool,
+    sizes: Option<Vec<u32>>,
+    runs: Option<u32>,
+    methods: Option<Vec<overboot_lab::bench::Method>>,
+    to: String,
+    out: std::path::PathBuf,
+    render_only: bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    use overboot_lab::bench::{self, BenchOptions, RunRecord};
+    if render_only {
+        let path = out.join("results.json");
+        let records: Vec<RunRecord> = serde_json::from_slice(&std::fs::read(&path)?)?;
+        bench::write_outputs(&out, &records)?;
+        print!("{}", bench::markdown(&records));
+        return Ok(records.iter().all(|r| r.ok));
+    }
+    let mut options = if quick {
+        BenchOptions::quick(out)
+    } else {
+        BenchOptions::full(out)
+    };
+    if let Some(sizes) = sizes {
+        options.sizes_mib = sizes;
+    }
+    if let Some(runs) = runs {
+        options.runs = runs;
+    }
+    if let Some(methods) = methods {
+        options.methods = methods;
+    }
+    options.to = to;
+    let records = bench::run(&options)?;
+    print!("{}", bench::markdown(&records));
+    eprintln!("bench: results in {}", options.out.display());
+    Ok(records.iter().all(|r| r.ok))
 }

@@ -58,9 +58,15 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>, NetError> {
 /// The shell command that starts Redis in the guest, detached, without persistence, listening
 /// on every address; it prints `@@PID redis <pid>`.
 pub fn redis_start_command() -> String {
+    redis_start_command_with("")
+}
+
+/// Like [`redis_start_command`] with extra `redis-server` options (e.g. `--dir` and
+/// `--dbfilename`, to load and `SAVE` an RDB file).
+pub fn redis_start_command_with(options: &str) -> String {
     format!(
         "setsid redis-server --port {REDIS_GUEST_PORT} --bind 0.0.0.0 --protected-mode no \
-         --save '' --appendonly no --daemonize no </dev/null >{REDIS_LOG} 2>&1 & \
+         --save '' --appendonly no --daemonize no {options} </dev/null >{REDIS_LOG} 2>&1 & \
          echo \"@@PID redis $!\""
     )
 }

@@ -79,8 +79,22 @@ pub fn boot_redis(
     label: &str,
     memory_mib: u32,
 ) -> Result<RedisGuest, ServiceError> {
+    boot_redis_with(lab, scenario, label, memory_mib, false, "")
+}
+
+/// Like [`boot_redis`], with a QEMU monitor (so the guest can be reset) when `monitor`, and
+/// extra `redis-server` options.
+pub fn boot_redis_with(
+    lab: &Lab,
+    scenario: &Scenario,
+    label: &str,
+    memory_mib: u32,
+    monitor: bool,
+    redis_options: &str,
+) -> Result<RedisGuest, ServiceError> {
     let (mut config, ports) = lab.guest_config_net(scenario, label, &[net::REDIS_GUEST_PORT])?;
     config.memory_mib = memory_mib;
+    config.monitor = monitor;
     let port = ports[0];
     let mut guest = lab.boot(&config)?;
     let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
@@ -88,25 +102,37 @@ pub fn boot_redis(
         "mkdir -p /lab/wl && echo 3000 > /proc/sys/kernel/ns_last_pid && ip -4 addr show dev eth0 | grep -q 10.0.2.15",
         CMD,
     )?;
-    let out = guest.run_ok(&net::redis_start_command(), CMD)?;
-    let redis_pid = net::parse_pid(&out.lines, "redis").ok_or_else(|| ServiceError::Start {
-        name: "redis".into(),
-        output: out.text(),
-    })?;
     let redis = net::localhost(port);
-    if let Err(e) = redis::wait_ready(redis, Duration::from_secs(120)) {
-        let log = guest.run(&format!("cat {}", net::REDIS_LOG), CMD)?;
-        return Err(ServiceError::Start {
-            name: "redis".into(),
-            output: format!("{e}; its log:\n{}", log.text()),
-        });
-    }
+    let redis_pid = start_redis(&mut guest, redis, redis_options, Duration::from_secs(120))?;
     Ok(RedisGuest {
         guest,
         redis,
         redis_pid,
         from,
     })
+}
+
+/// Starts `redis-server` with extra options in a booted guest and waits up to `ready` until
+/// it answers `PING` from the host at `redis`; returns its pid.
+pub fn start_redis(
+    guest: &mut Guest,
+    redis: SocketAddr,
+    options: &str,
+    ready: Duration,
+) -> Result<i32, ServiceError> {
+    let out = guest.run_ok(&net::redis_start_command_with(options), CMD)?;
+    let pid = net::parse_pid(&out.lines, "redis").ok_or_else(|| ServiceError::Start {
+        name: "redis".into(),
+        output: out.text(),
+    })?;
+    if let Err(e) = redis::wait_ready(redis, ready) {
+        let log = guest.run(&format!("cat {}", net::REDIS_LOG), CMD)?;
+        return Err(ServiceError::Start {
+            name: "redis".into(),
+            output: format!("{e}; its log:\n{}", log.text()),
+        });
+    }
+    Ok(pid)
 }
 
 /// Starts the outbound-connection workload logging to `log`, connected to the host's echo server
@@ -203,7 +229,7 @@ pub fn run_update(
     let line = wait_ticking(
         guest,
         &[&jump, "@@LAB update-exited"],
-        Duration::from_secs(900),
+        Duration::from_secs(3600),
         tick,
     )?;
     if let Some(rc) = line.split("rc=").nth(1) {

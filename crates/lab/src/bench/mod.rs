@@ -1,0 +1,603 @@
+//! The benchmark: how long a client waits during a kernel update, where the time goes, how it
+//! grows with the service's memory, and how it compares with what operators do today.
+//!
+//! For each dataset size (Redis holding that many MiB of 16 KiB values written from the host)
+//! and each run, every method runs in a fresh guest (same memory, same data disk size):
+//!
+//! ```text
+//! overboot  Redis on A, INCR client on one connection; overboot update → B (map in the initrd)
+//!           blackout = the longest gap between two replies (client-observed)
+//! disk      the same with --handover dir:/lab/ssm: the dump goes to the data disk, the new
+//!           kernel restores from it
+//! floor     a bare `overboot kexec` A → B with nothing preserved, same command line;
+//!           blackout = console "jumping into B" → B's init ("@@LAB init"), host clock
+//! restart   Redis on B saved to an RDB file on the data disk; QEMU `system_reset` (firmware
+//!           and all); the lab init, then a fresh redis-server loading the RDB;
+//!           blackout = reset → the first DBSIZE reply showing every key
+//! ```
+//!
+//! Output in the output directory (default `target/bench/`), rewritten after every run so an
+//! interrupted benchmark keeps what it measured: `results.json`, `results.md`, `latency.svg`
+//! (one overboot update's reply latency over time with the agent's phases shaded),
+//! `blackout.svg` (median blackout against dataset size, one line per method, min–max bars),
+//! and `latency-<method>-<MiB>-<run>.json` (every INCR command of that run). The schema of
+//! `results.json` (a list, one object per run) is [`RunRecord`], documented in README.
+
+mod dataset;
+mod render;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::guest::Guest;
+use crate::incr::{IncrConfig, IncrLoop, Sample};
+use crate::lab::{Lab, LabError, Scenario, BASE_CMDLINE, BOOT_TIMEOUT};
+use crate::service::{self, ServiceError, CMD};
+
+pub use dataset::{Dataset, DatasetCheck};
+pub use render::{markdown, summarize_cells, Cell};
+
+/// A way of moving the service onto the new kernel (or of measuring the floor).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// `overboot update`, map in the initrd (RAM).
+    Overboot,
+    /// Bare kexec with nothing preserved: the kernel's own boot.
+    Floor,
+    /// Reset the machine, reload Redis from its RDB file.
+    Restart,
+    /// `overboot update --handover dir:` on the data disk.
+    Disk,
+}
+
+impl Method {
+    /// Every method, in table order.
+    pub const ALL: [Method; 4] = [
+        Method::Overboot,
+        Method::Floor,
+        Method::Restart,
+        Method::Disk,
+    ];
+
+    /// The name used in `results.json` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Overboot => "overboot",
+            Method::Floor => "floor",
+            Method::Restart => "restart",
+            Method::Disk => "disk",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Method, String> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown method {s:?} (overboot, floor, restart, disk)"))
+    }
+}
+
+/// One run of one method at one size: one object of `results.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// `overboot`, `floor`, `restart` or `disk`.
+    pub method: Method,
+    /// Dataset size (MiB of values; 0 is never used: the floor runs at each size's memory).
+    pub dataset_mib: u32,
+    /// Run number, from 1.
+    pub run: u32,
+    /// Whether the run completed and its checks held (connection, increments, keys).
+    pub ok: bool,
+    /// The client-observed blackout (ms); see the module doc for each method's definition.
+    pub blackout_ms: u64,
+    /// Phase durations (ms): the agent's for overboot/disk; measured by the host for the others.
+    pub phases: BTreeMap<String, u64>,
+    /// Bytes of the Save State Map (overboot, disk; 0 otherwise).
+    pub handover_bytes: u64,
+    /// Guest memory in use at its peak (overboot/disk: the agent's phase-boundary peak on
+    /// either kernel; floor: before the jump; restart: after Redis loaded), bytes.
+    pub peak_mem_bytes: u64,
+    /// Guest RAM (MiB).
+    pub guest_memory_mib: u32,
+    /// The persistent connection survived (overboot, disk); `None` when the method has none.
+    pub connection_survived: Option<bool>,
+    /// Increments lost and duplicated (overboot, disk).
+    pub lost: u64,
+    /// Replies not greater than the previous one.
+    pub duplicated: u64,
+    /// Keys present and sampled keys intact after the switch.
+    pub dataset: Option<DatasetCheck>,
+    /// Release before and after.
+    pub from: String,
+    /// Release after.
+    pub to: String,
+    /// When the run failed: the whole error chain.
+    pub error: Option<String>,
+    /// The guest's console log.
+    pub console_log: String,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Dataset sizes, MiB.
+    pub sizes_mib: Vec<u32>,
+    /// Runs per method and size.
+    pub runs: u32,
+    /// Methods to run.
+    pub methods: Vec<Method>,
+    /// Kernel label to switch to (from A).
+    pub to: String,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+impl BenchOptions {
+    /// The full benchmark: 64 MiB, 512 MiB, 2 GiB, three runs each, every method, A → B.
+    pub fn full(out: PathBuf) -> BenchOptions {
+        BenchOptions {
+            sizes_mib: vec![64, 512, 2048],
+            runs: 3,
+            methods: Method::ALL.to_vec(),
+            to: "B".into(),
+            out,
+        }
+    }
+
+    /// `--quick`: one size (64 MiB), one run per method.
+    pub fn quick(out: PathBuf) -> BenchOptions {
+        BenchOptions {
+            sizes_mib: vec![64],
+            runs: 1,
+            ..BenchOptions::full(out)
+        }
+    }
+}
+
+/// Errors of the benchmark itself (a failed run is recorded, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The lab could not be prepared.
+    #[error("lab")]
+    Lab(#[from] LabError),
+    /// Writing the output failed.
+    #[error("writing {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Guest RAM for a dataset: Redis itself, the map in RAM, the initrd copy with the map and
+/// the kexec segments all exist at once on the old kernel (about 4 × the data), plus the base.
+pub fn guest_memory_mib(dataset_mib: u32) -> u32 {
+    1024 + 4 * dataset_mib
+}
+
+/// Data disk for a dataset: kernels and initrds, plus an RDB file or a map on disk.
+fn disk_mib(dataset_mib: u32) -> u64 {
+    512 + 2 * u64::from(dataset_mib)
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs the benchmark, writing the outputs after every run; returns every record.
+pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BenchError::Io { path, source }
+    };
+    fs::create_dir_all(&options.out).map_err(io(&options.out))?;
+    let lab = Lab::prepare(&["A", &options.to])?;
+    let release_to = lab.kernel(&options.to)?.release.clone();
+    let mut records = Vec::new();
+    for &size in &options.sizes_mib {
+        let scenario = lab.scenario(
+            &format!("bench-{size}"),
+            &["A", &options.to],
+            disk_mib(size),
+        )?;
+        for run in 1..=options.runs {
+            for &method in &options.methods {
+                eprintln!("bench: {} at {size} MiB, run {run}...", method.name());
+                let started = Instant::now();
+                let ctx = RunContext {
+                    lab: &lab,
+                    scenario: &scenario,
+                    to: &options.to,
+                    release_to: &release_to,
+                    dataset_mib: size,
+                    run,
+                    out: &options.out,
+                };
+                let record = ctx.run(method);
+                eprintln!(
+                    "bench: {} at {size} MiB, run {run}: {} blackout {} ms ({:.0} s wall){}",
+                    method.name(),
+                    if record.ok { "ok" } else { "FAILED" },
+                    record.blackout_ms,
+                    started.elapsed().as_secs_f64(),
+                    record
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+                records.push(record);
+                write_outputs(&options.out, &records)?;
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Writes `results.json`, `results.md` and the plots from `records`.
+pub fn write_outputs(out: &Path, records: &[RunRecord]) -> Result<(), BenchError> {
+    let write = |name: &str, bytes: Vec<u8>| {
+        let path = out.join(name);
+        fs::write(&path, bytes).map_err(|source| BenchError::Io { path, source })
+    };
+    let json = serde_json::to_vec_pretty(records).unwrap_or_default();
+    write("results.json", json)?;
+    write("results.md", markdown(records).into_bytes())?;
+    write("blackout.svg", render::blackout_svg(records).into_bytes())?;
+    if let Some((record, samples)) = latency_source(out, records) {
+        write(
+            "latency.svg",
+            render::latency_svg(&record, &samples).into_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The samples of the first successful overboot run at the smallest size (for the latency
+/// plot).
+fn latency_source(out: &Path, records: &[RunRecord]) -> Option<(RunRecord, LatencyFile)> {
+    let mut candidates: Vec<&RunRecord> = records
+        .iter()
+        .filter(|r| r.method == Method::Overboot && r.ok)
+        .collect();
+    candidates.sort_by_key(|r| (r.dataset_mib, r.run));
+    candidates.into_iter().find_map(|r| {
+        let path = out.join(latency_file_name(r.method, r.dataset_mib, r.run));
+        let bytes = fs::read(path).ok()?;
+        Some((r.clone(), serde_json::from_slice(&bytes).ok()?))
+    })
+}
+
+fn latency_file_name(method: Method, size: u32, run: u32) -> String {
+    format!("latency-{}-{size}-{run}.json", method.name())
+}
+
+/// Every INCR command of one run and where its blackout began.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LatencyFile {
+    /// ms after the client started: the reply before the longest gap.
+    pub blackout_start_ms: u64,
+    /// Each command: sent, answered (ms after start), value.
+    pub samples: Vec<LatencySample>,
+}
+
+/// One command of [`LatencyFile`].
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct LatencySample {
+    /// Sent, ms after start.
+    pub sent_ms: f64,
+    /// Answered, ms after start.
+    pub reply_ms: Option<f64>,
+}
+
+impl From<&Sample> for LatencySample {
+    fn from(s: &Sample) -> LatencySample {
+        LatencySample {
+            sent_ms: s.sent_ms,
+            reply_ms: s.reply_ms,
+        }
+    }
+}
+
+struct RunContext<'a> {
+    lab: &'a Lab,
+    scenario: &'a Scenario,
+    to: &'a str,
+    release_to: &'a str,
+    dataset_mib: u32,
+    run: u32,
+    out: &'a Path,
+}
+
+/// What a method measured.
+#[derive(Default)]
+struct Measured {
+    ok: bool,
+    blackout_ms: u64,
+    phases: BTreeMap<String, u64>,
+    handover_bytes: u64,
+    peak_mem_bytes: u64,
+    connection_survived: Option<bool>,
+    lost: u64,
+    duplicated: u64,
+    dataset: Option<DatasetCheck>,
+    from: String,
+    to: String,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Timeout for bulk Redis I/O (writing or checking gigabytes under TCG).
+const BULK: Duration = Duration::from_secs(1800);
+
+impl RunContext<'_> {
+    fn run(&self, method: Method) -> RunRecord {
+        let memory = guest_memory_mib(self.dataset_mib);
+        let mut console_log = String::new();
+        let result = match method {
+            Method::Overboot => self.update(None, &mut console_log),
+            Method::Disk => self.update(Some("/lab/ssm"), &mut console_log),
+            Method::Floor => self.floor(&mut console_log),
+            Method::Restart => self.restart(&mut console_log),
+        };
+        let (m, error) = match result {
+            Ok(m) => (m, None),
+            Err(e) => (Measured::default(), Some(chain(&e))),
+        };
+        RunRecord {
+            method,
+            dataset_mib: self.dataset_mib,
+            run: self.run,
+            ok: m.ok && error.is_none(),
+            blackout_ms: m.blackout_ms,
+            phases: m.phases,
+            handover_bytes: m.handover_bytes,
+            peak_mem_bytes: m.peak_mem_bytes,
+            guest_memory_mib: memory,
+            connection_survived: m.connection_survived,
+            lost: m.lost,
+            duplicated: m.duplicated,
+            dataset: m.dataset,
+            from: m.from,
+            to: m.to,
+            error,
+            console_log,
+        }
+    }
+
+    fn dataset(&self) -> Dataset {
+        Dataset::of_mib(self.dataset_mib)
+    }
+
+    /// overboot and disk: Redis on A with the data set, a client on one connection, the update.
+    fn update(&self, dir: Option<&str>, log: &mut String) -> Result<Measured, ServiceError> {
+        let memory = guest_memory_mib(self.dataset_mib);
+        let mut rg = service::boot_redis(self.lab, self.scenario, "A", memory)?;
+        *log = rg.guest.log_path().display().to_string();
+        let dataset = self.dataset();
+        dataset.write(rg.redis, BULK)?;
+        let incr = IncrLoop::start(
+            rg.redis,
+            IncrConfig {
+                max_duration: Duration::from_secs(3 * 3600),
+                ..IncrConfig::default()
+            },
+        )?;
+        incr.wait_answered(50, Duration::from_secs(60));
+        let extra = match dir {
+            Some(d) => {
+                rg.guest.run_ok(&format!("rm -rf {d}"), CMD)?;
+                format!("--handover dir:{d}")
+            }
+            None => String::new(),
+        };
+        let update = service::run_update(
+            &mut rg.guest,
+            self.to,
+            self.release_to,
+            &[rg.redis_pid],
+            &extra,
+            &mut || {},
+        )?;
+        // Let the client be answered steadily on the new kernel before judging it.
+        let answered = incr.progress().answered;
+        incr.wait_answered(answered + 50, Duration::from_secs(120));
+        let (summary, samples) = incr.finish();
+        let check = dataset.check(rg.redis, BULK)?;
+        let report = service::agent_report(&mut rg.guest)?;
+        let latency = LatencyFile {
+            blackout_start_ms: summary.blackout_start_ms,
+            samples: samples.iter().map(LatencySample::from).collect(),
+        };
+        let method = if dir.is_some() {
+            Method::Disk
+        } else {
+            Method::Overboot
+        };
+        let path = self
+            .out
+            .join(latency_file_name(method, self.dataset_mib, self.run));
+        let _ = fs::write(&path, serde_json::to_vec(&latency).unwrap_or_default());
+        let phases: BTreeMap<String, u64> = report
+            .get("phases")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default();
+        let number = |key: &str| report.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        let outcome_resumed = report.get("outcome").and_then(|o| o.as_str()) == Some("resumed");
+        Ok(Measured {
+            ok: update.resume_rc == 0
+                && outcome_resumed
+                && summary.connection_survived
+                && summary.lost == 0
+                && summary.duplicated == 0
+                && check.ok(dataset),
+            blackout_ms: summary.blackout_ms,
+            phases,
+            handover_bytes: number("handover_bytes"),
+            peak_mem_bytes: number("peak_mem_bytes"),
+            connection_survived: Some(summary.connection_survived),
+            lost: summary.lost,
+            duplicated: summary.duplicated,
+            dataset: Some(check),
+            from: rg.from.clone(),
+            to: report
+                .get("to")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+
+    /// floor: a bare kexec A → B, nothing preserved, the lab's command line.
+    fn floor(&self, log: &mut String) -> Result<Measured, ServiceError> {
+        let mut config = self.lab.guest_config(self.scenario, "A")?;
+        config.memory_mib = guest_memory_mib(self.dataset_mib);
+        let mut guest = self.lab.boot(&config)?;
+        *log = guest.log_path().display().to_string();
+        let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
+        let peak = mem_used(&mut guest)?;
+        guest.send(&format!(
+            "overboot kexec --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
+             --append '{BASE_CMDLINE}' 2>&1; echo \"@@LAB\" \"kexec-exited rc=$?\"",
+            to = self.to
+        ))?;
+        let jump = format!("jumping into {}", self.release_to);
+        let line = guest.wait_until(&jump, Duration::from_secs(600), |l| {
+            l.contains(&jump) || l.contains("@@LAB kexec-exited")
+        })?;
+        if line.last().is_some_and(|l| l.contains("kexec-exited")) {
+            return Err(ServiceError::UpdateFailed {
+                rc: -1,
+                output: line.join("\n"),
+                log: log.clone(),
+            });
+        }
+        let jumped = Instant::now();
+        guest.wait_for("@@LAB init", BOOT_TIMEOUT)?;
+        let at_init = jumped.elapsed();
+        guest.wait_for("@@LAB booted", BOOT_TIMEOUT)?;
+        let at_shell = jumped.elapsed();
+        let to = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
+        Ok(Measured {
+            ok: to == self.release_to,
+            blackout_ms: ms(at_init),
+            phases: BTreeMap::from([
+                ("jump_to_init".to_string(), ms(at_init)),
+                ("jump_to_shell".to_string(), ms(at_shell)),
+            ]),
+            peak_mem_bytes: peak,
+            from,
+            to,
+            ..Measured::default()
+        })
+    }
+
+    /// restart: Redis on B with its RDB on the data disk, a machine reset, the RDB loaded.
+    fn restart(&self, log: &mut String) -> Result<Measured, ServiceError> {
+        const RDB: &str = "--dir /lab/wl --dbfilename bench.rdb";
+        let memory = guest_memory_mib(self.dataset_mib);
+        let mut rg = service::boot_redis_with(self.lab, self.scenario, self.to, memory, true, RDB)?;
+        *log = rg.guest.log_path().display().to_string();
+        let dataset = self.dataset();
+        dataset.write(rg.redis, BULK)?;
+        let mut conn = crate::redis::RespConn::connect(rg.redis, BULK)?;
+        conn.command(&[b"SAVE"])?;
+        rg.guest.run_ok("sync", Duration::from_secs(600))?;
+        let reset_at = Instant::now();
+        rg.guest.reset()?;
+        rg.guest.wait_for("@@LAB booted", BOOT_TIMEOUT)?;
+        let at_shell = reset_at.elapsed();
+        let out = rg
+            .guest
+            .run_ok(&crate::net::redis_start_command_with(RDB), CMD)?;
+        let _ = out;
+        let deadline = Instant::now() + BULK;
+        let loaded = loop {
+            if Dataset::dbsize(rg.redis, Duration::from_secs(5)).is_some_and(|n| n >= dataset.count)
+            {
+                break reset_at.elapsed();
+            }
+            if Instant::now() > deadline {
+                return Err(ServiceError::Timeout {
+                    what: "Redis to load its RDB file".into(),
+                    secs: BULK.as_secs(),
+                    log: log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let check = dataset.check(rg.redis, BULK)?;
+        let peak = mem_used(&mut rg.guest)?;
+        let to = rg.guest.run_ok("uname -r", CMD)?.text().trim().to_string();
+        Ok(Measured {
+            ok: check.ok(dataset),
+            blackout_ms: ms(loaded),
+            phases: BTreeMap::from([
+                ("reset_to_shell".to_string(), ms(at_shell)),
+                (
+                    "redis_load".to_string(),
+                    ms(loaded.saturating_sub(at_shell)),
+                ),
+            ]),
+            peak_mem_bytes: peak,
+            dataset: Some(check),
+            from: rg.from.clone(),
+            to,
+            ..Measured::default()
+        })
+    }
+}
+
+/// `MemTotal - MemAvailable` in the guest, bytes.
+fn mem_used(guest: &mut Guest) -> Result<u64, ServiceError> {
+    let out = guest.run_ok("cat /proc/meminfo", CMD)?;
+    let field = |name: &str| {
+        out.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(field("MemTotal:").saturating_sub(field("MemAvailable:")) * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_round_trip_by_name() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>(), Ok(m));
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.name())
+            );
+        }
+        assert!("reboot".parse::<Method>().is_err());
+    }
+
+    #[test]
+    fn guests_get_room_for_four_copies_of_the_data() {
+        assert_eq!(guest_memory_mib(64), 1280);
+        assert_eq!(guest_memory_mib(2048), 9216);
+    }
+}
