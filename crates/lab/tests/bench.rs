@@ -1,0 +1,102 @@
+//! The benchmark never rots: `--quick` (64 MiB, one run per method) runs end to end in the lab
+//! and its outputs have the documented shape. Times are not asserted (2 noisy cores); what an
+//! operator relies on is: overboot and disk kept the connection with no lost or duplicated
+//! increment and every key, restart brought every key back, and each method measured a blackout.
+
+use std::collections::BTreeSet;
+
+use overboot_lab::bench::{self, BenchOptions, Method};
+
+#[test]
+fn quick_benchmark_writes_results_table_and_plots() {
+    let out = overboot_lab::host::run_dir("bench-quick-output");
+    let _ = std::fs::remove_dir_all(&out);
+    let records = bench::run(&BenchOptions::quick(out.clone())).expect("benchmark");
+
+    // results.json: one object per run with the documented fields.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
+            .expect("results.json parses");
+    let runs = json.as_array().expect("a list");
+    assert_eq!(runs.len(), 4, "one run per method");
+    let methods: BTreeSet<&str> = runs
+        .iter()
+        .map(|r| r["method"].as_str().expect("method"))
+        .collect();
+    assert_eq!(
+        methods,
+        BTreeSet::from(["overboot", "floor", "restart", "disk"])
+    );
+    for r in runs {
+        for field in [
+            "method",
+            "dataset_mib",
+            "run",
+            "blackout_ms",
+            "phases",
+            "handover_bytes",
+            "peak_mem_bytes",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert_eq!(r["dataset_mib"], 64);
+        assert_eq!(r["run"], 1);
+    }
+
+    for record in &records {
+        let name = record.method.name();
+        assert!(
+            record.ok,
+            "{name} failed: {:?} ({})",
+            record.error, record.console_log
+        );
+        assert!(record.blackout_ms > 0, "{name}: no blackout measured");
+        assert!(!record.phases.is_empty(), "{name}: no phases");
+        assert!(record.peak_mem_bytes > 0, "{name}: no memory measured");
+        match record.method {
+            Method::Overboot | Method::Disk => {
+                assert_eq!(record.connection_survived, Some(true), "{name}");
+                assert_eq!((record.lost, record.duplicated), (0, 0), "{name}");
+                assert!(
+                    record.handover_bytes > 64 << 20,
+                    "{name}: map smaller than the data"
+                );
+                let check = record.dataset.expect("dataset checked");
+                assert!(check.dbsize >= 4096 && check.bad == 0, "{name}: {check:?}");
+                for phase in ["freeze_dump", "kexec_load", "jump_to_agent", "restore"] {
+                    assert!(record.phases.contains_key(phase), "{name}: {phase} missing");
+                }
+                assert_ne!(record.from, record.to, "{name}: kernel did not change");
+            }
+            Method::Restart => {
+                let check = record.dataset.expect("dataset checked");
+                assert!(check.dbsize >= 4096 && check.bad == 0, "restart: {check:?}");
+            }
+            Method::Floor => assert_ne!(record.from, record.to, "floor: kernel did not change"),
+        }
+    }
+
+    // The table has a row per method and the ratios; the plots are SVG with their content.
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    for method in Method::ALL {
+        assert!(
+            md.contains(&format!("| {} | 64 | 1/1 |", method.name())),
+            "{md}"
+        );
+    }
+    assert!(md.contains("overboot / floor"), "{md}");
+    let blackout = std::fs::read_to_string(out.join("blackout.svg")).expect("blackout.svg");
+    assert!(blackout.starts_with("<svg") && blackout.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        blackout.matches("<circle").count(),
+        4,
+        "one point per method"
+    );
+    let latency = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");
+    assert!(latency.contains("<title>freeze_dump:"), "phases shaded");
+    assert!(
+        latency.matches("<circle").count() > 100,
+        "one point per command"
+    );
+    assert!(out.join("latency-overboot-64-1.json").is_file());
+}
