@@ -470,7 +470,7 @@ fn directory_store_copies_a_map_that_opens_and_verifies() {
 }
 
 #[test]
-fn directory_store_in_place_flushes_without_copying_and_refuses_damage() {
+fn directory_store_in_place_flushes_without_copying_and_refuses_a_truncated_file() {
     let tmp = tempfile::tempdir().unwrap();
     let map = build_map(tmp.path());
     let store = DirectoryStore {
@@ -503,13 +503,14 @@ fn directory_store_in_place_flushes_without_copying_and_refuses_damage() {
         10
     );
 
-    // A file damaged after the map was finished is not handed over.
+    // A file that lost bytes after the map was finished is not handed over (its digest is the
+    // new kernel's check).
     let page = map.dir().join("trees/redis/pages-1.img");
     let mut data = fs::read(&page).unwrap();
-    data[17] ^= 0x40;
+    data.truncate(100);
     fs::write(&page, data).unwrap();
     assert!(matches!(
         store.publish(&map),
-        Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/pages-1.img"
+        Err(HandoverError::ImageSize { path, .. }) if path == "trees/redis/pages-1.img"
     ));
 }

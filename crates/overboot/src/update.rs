@@ -19,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{
-    ClockReadings, DirectoryStore, HandoverError, InitrdStore, KernelInfo, Manifest, PreservedTree,
-    RollbackRecipe, SaveStateMap, Store, TargetKernel,
+    ClockReadings, DirectoryStore, HandoverError, InitrdStore, KernelInfo, Manifest, MapWriter,
+    PreservedTree, RollbackRecipe, SaveStateMap, Store, TargetKernel, CMDLINE_KEY,
 };
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
@@ -85,8 +85,9 @@ const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
 ];
 
 /// Checks a directory store's place before anything is frozen: it exists (or can be created),
-/// and is on a disk file system, not in RAM.
-pub fn check_handover_dir(dir: &Path) -> Result<(), UpdateError> {
+/// is on a file system that survives a kernel switch (a disk, or reserved RAM such as legacy
+/// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes.
+pub fn check_handover_dir(dir: &Path, needed: u64) -> Result<(), UpdateError> {
     let bad = |reason: String| UpdateError::HandoverDir {
         path: dir.to_path_buf(),
         reason,
@@ -98,6 +99,15 @@ pub fn check_handover_dir(dir: &Path) -> Result<(), UpdateError> {
         return Err(bad(format!(
             "it is on {name}, which does not survive the kernel switch; use a disk file system \
              that the new kernel's early userspace mounts at the same path, or the initrd store"
+        )));
+    }
+    let vfs = nix::sys::statvfs::statvfs(dir).map_err(|e| bad(format!("statvfs: {e}")))?;
+    let available = vfs.blocks_available() * vfs.fragment_size();
+    if available < needed {
+        return Err(bad(format!(
+            "{} MiB free, the map needs about {} MiB",
+            available >> 20,
+            needed.div_ceil(1 << 20)
         )));
     }
     Ok(())
@@ -161,6 +171,13 @@ pub enum UpdateError {
         #[source]
         source: NetworkError,
     },
+    /// The kernel loaded before the freeze has another command line than the map needs.
+    #[error("the kernel was loaded with {loaded:?} but the map needs {needed:?}; {recovery}")]
+    EarlyLoadMismatch {
+        loaded: String,
+        needed: String,
+        recovery: String,
+    },
     /// State directory or work directory error.
     #[error("state")]
     State(#[from] ReportError),
@@ -188,7 +205,7 @@ impl UpdateError {
             UpdateError::Engine(_) | UpdateError::Dump { .. } => E::Checkpoint,
             UpdateError::NetworkCheck(_) => E::BadInput,
             UpdateError::Network { .. } => E::Checkpoint,
-            UpdateError::Handover { .. } => E::Handover,
+            UpdateError::Handover { .. } | UpdateError::EarlyLoadMismatch { .. } => E::Handover,
             UpdateError::State(_) | UpdateError::Io { .. } => E::Internal,
         }
     }
@@ -221,6 +238,8 @@ pub trait Effects {
     fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError>;
     /// Loads the new kernel.
     fn load(&mut self, request: &LoadRequest) -> Result<KernelImage, KexecError>;
+    /// Unloads it again (best effort: an update that failed after loading early).
+    fn unload(&mut self);
     /// Jumps into the loaded kernel. Returns only on failure in reality; `Ok` in tests.
     fn jump(&mut self) -> Result<(), KexecError>;
 }
@@ -358,6 +377,12 @@ impl Effects for HostEffects {
         overboot_kexec::load(request)
     }
 
+    fn unload(&mut self) {
+        if let Err(e) = overboot_kexec::unload() {
+            tracing::warn!(error = %e, "could not unload the new kernel");
+        }
+    }
+
     fn jump(&mut self) -> Result<(), KexecError> {
         overboot_kexec::jump().map(|never| match never {})
     }
@@ -412,10 +437,12 @@ pub fn check(
             return Err(UpdateError::MissingInitrd(initrd.clone()));
         }
     }
-    if let Handover::Dir(dir) = &options.handover {
-        check_handover_dir(dir)?;
-    }
     let trees = effects.inspect_targets(&options.preserve)?;
+    if let Handover::Dir(dir) = &options.handover {
+        // The estimate plus a tenth for file system overhead and growth until the freeze.
+        let estimate: u64 = trees.iter().map(crate::plan::estimate_handover).sum();
+        check_handover_dir(dir, estimate + estimate / 10)?;
+    }
     if options.network_lock {
         effects
             .check_network(&trees)
@@ -479,15 +506,93 @@ pub fn run(
         Handover::Initrd => options.work_dir.join(&id).join("map"),
         Handover::Dir(dir) => dir.join(&id),
     };
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| UpdateError::Io { path, source }
-    };
-    let mut writer = SaveStateMap::create(&map_dir).map_err(|source| UpdateError::Handover {
+    let writer = SaveStateMap::create(&map_dir).map_err(|source| UpdateError::Handover {
         recovery: "no tree had been stopped".into(),
         source,
     })?;
 
+    // With a directory store the new kernel's command line is known before anything stops:
+    // load the kernel now, outside the blackout (kexec_file_load copies and digests the
+    // segments, seconds for a large initrd).
+    let early = match &options.handover {
+        Handover::Initrd => None,
+        Handover::Dir(_) => {
+            let request = LoadRequest {
+                kernel: options.kernel.clone(),
+                initrd: options.initrd.clone(),
+                cmdline: format!(
+                    "{} {CMDLINE_KEY}=dir:{}",
+                    options.cmdline.trim(),
+                    map_dir.display()
+                )
+                .trim()
+                .to_string(),
+            };
+            progress(&format!(
+                "loading {} with kexec_file_load (before the freeze)",
+                image.release
+            ));
+            phases
+                .run("kexec_load_early", || effects.load(&request))
+                .map_err(|source| UpdateError::Kernel {
+                    path: options.kernel.clone(),
+                    source,
+                })?;
+            Some(request)
+        }
+    };
+    let result = freeze_and_switch(
+        effects,
+        options,
+        progress,
+        Staging {
+            phases,
+            image,
+            trees,
+            id,
+            map_dir,
+            writer,
+            early: early.clone(),
+        },
+    );
+    if result.is_err() && early.is_some() {
+        effects.unload();
+    }
+    result
+}
+
+/// What [`run`] prepared before anything was frozen.
+struct Staging {
+    phases: Phases,
+    image: KernelImage,
+    trees: Vec<TreeInfo>,
+    id: String,
+    map_dir: PathBuf,
+    writer: MapWriter,
+    /// The kernel already loaded (directory store), with its command line.
+    early: Option<LoadRequest>,
+}
+
+/// From the network block to the jump: every failure restores the dumped trees here.
+fn freeze_and_switch(
+    effects: &mut dyn Effects,
+    options: &UpdateOptions,
+    progress: &mut dyn FnMut(&str),
+    staging: Staging,
+) -> Result<Staged, UpdateError> {
+    let Staging {
+        mut phases,
+        image,
+        trees,
+        id,
+        map_dir,
+        mut writer,
+        early,
+    } = staging;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpdateError::Io { path, source }
+    };
     // New connections to preserved listeners wait (their SYNs are dropped, clients retry)
     // from here until the trees run again; then freeze and dump, tree by tree. From here on,
     // failures restore what was dumped and lift the block.
@@ -628,17 +733,30 @@ pub fn run(
         (None, given) => given.clone(),
     };
 
-    progress(&format!("loading {} with kexec_file_load", image.release));
-    let request = LoadRequest {
-        kernel: options.kernel.clone(),
-        initrd: initrd.clone(),
-        cmdline: cmdline.clone(),
-    };
-    if let Err(source) = phases.run("kexec_load", || effects.load(&request)) {
-        return Err(UpdateError::Switch {
-            recovery: restore_here(effects, &dumped),
-            source,
-        });
+    match &early {
+        Some(loaded) if loaded.cmdline == cmdline => {}
+        Some(loaded) => {
+            // Cannot happen: the store's parameter is the one the early load used.
+            return Err(UpdateError::EarlyLoadMismatch {
+                loaded: loaded.cmdline.clone(),
+                needed: cmdline,
+                recovery: restore_here(effects, &dumped),
+            });
+        }
+        None => {
+            progress(&format!("loading {} with kexec_file_load", image.release));
+            let request = LoadRequest {
+                kernel: options.kernel.clone(),
+                initrd: initrd.clone(),
+                cmdline: cmdline.clone(),
+            };
+            if let Err(source) = phases.run("kexec_load", || effects.load(&request)) {
+                return Err(UpdateError::Switch {
+                    recovery: restore_here(effects, &dumped),
+                    source,
+                });
+            }
+        }
     }
     // The kernel holds its own copy of the segments now.
     if let Some(made) = &published.initrd {

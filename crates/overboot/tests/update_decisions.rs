@@ -134,6 +134,10 @@ impl Effects for Mock {
         self.inspect_kernel(Path::new("/k"))
     }
 
+    fn unload(&mut self) {
+        self.log.push("unload".into());
+    }
+
     fn jump(&mut self) -> Result<(), KexecError> {
         self.log.push("jump".into());
         if self.fail_jump {
@@ -295,6 +299,16 @@ fn a_directory_store_writes_the_map_there_and_loads_the_initrd_as_given() {
     opts.handover = Handover::Dir(store.clone());
     opts.initrd = Some(initrd.clone());
     let staged = update::run(&mut mock, &opts, &mut |_| {}).expect("update");
+    // The kernel is loaded before anything is frozen: its load is outside the blackout.
+    let at = |what: &str| mock.log.iter().position(|l| l.starts_with(what)).unwrap();
+    assert!(
+        at("load") < at("block") && at("load") < at("dump"),
+        "{:?}",
+        mock.log
+    );
+    assert_eq!(mock.log.iter().filter(|l| *l == "load").count(), 1);
+    assert!(staged.phases.contains_key("kexec_load_early"));
+    assert!(!staged.phases.contains_key("kexec_load"));
     assert!(staged.map_dir.starts_with(&store), "{:?}", staged.map_dir);
     assert!(
         staged.cmdline.ends_with(&format!(
@@ -352,4 +366,46 @@ fn handover_stores_parse_and_bad_ones_are_explained() {
         .parse::<Handover>()
         .unwrap_err()
         .contains("expected"));
+}
+
+#[test]
+fn a_directory_store_without_room_for_the_map_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    update::check_handover_dir(dir.path(), 1 << 20).expect("1 MiB fits");
+    let err = update::check_handover_dir(dir.path(), u64::MAX / 4).expect_err("too big");
+    assert!(err.to_string().contains("the map needs about"), "{err}");
+    assert_eq!(err.class(), overboot::ExitClass::BadInput);
+}
+
+#[test]
+fn a_failure_after_an_early_load_restores_the_trees_and_unloads_the_kernel() {
+    let mut mock = Mock {
+        fail_jump: true,
+        ..Mock::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path());
+    opts.handover = Handover::Dir(dir.path().join("disk"));
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("jump fails");
+    assert!(err.to_string().contains("restored"), "{err}");
+    assert_eq!(
+        mock.log.last().map(String::as_str),
+        Some("unload"),
+        "{:?}",
+        mock.log
+    );
+
+    // A kernel refused at the early load: nothing was frozen, nothing to unload.
+    let mut mock = Mock {
+        fail_load: true,
+        ..Mock::default()
+    };
+    opts.handover = Handover::Dir(dir.path().join("disk2"));
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("load fails");
+    assert!(!dumped(&mock), "{:?}", mock.log);
+    assert!(
+        err.to_string().contains("before anything was frozen"),
+        "{err}"
+    );
+    assert!(!mock.log.contains(&"unload".to_string()));
 }
