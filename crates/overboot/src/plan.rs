@@ -55,6 +55,10 @@ pub struct Plan {
     pub estimated_blackout_ms: Option<u64>,
     /// Live patches of the running kernel (not carried: the new kernel must contain the fixes).
     pub livepatches: Vec<String>,
+    /// Reserved-RAM stores (legacy persistent memory) found.
+    pub ram_stores: Vec<crate::ramstore::RamStore>,
+    /// Which store to hand the map over with, or how to reserve RAM for one.
+    pub handover_advice: String,
 }
 
 fn meminfo(key: &str) -> u64 {
@@ -196,6 +200,11 @@ pub fn make(
                 .collect()
         })
         .unwrap_or_default();
+    let ram_stores = crate::ramstore::find(
+        Path::new("/sys/block"),
+        &std::fs::read_to_string("/proc/mounts").unwrap_or_default(),
+    );
+    let handover_advice = crate::ramstore::advice(&ram_stores, handover_bytes);
     Plan {
         ok: problems.is_empty(),
         problems,
@@ -211,6 +220,8 @@ pub fn make(
         memory_available_bytes,
         estimated_blackout_ms,
         livepatches,
+        ram_stores,
+        handover_advice,
     }
 }
 
@@ -263,6 +274,7 @@ impl Plan {
             Some(ms) => format!("  estimated blackout {ms} ms (from the last update here)\n"),
             None => "  estimated blackout: unknown (no earlier update on this machine)\n".into(),
         });
+        out.push_str(&format!("  handover store: {}\n", self.handover_advice));
         if !self.livepatches.is_empty() {
             out.push_str(&format!(
                 "  live patches of the running kernel (not carried): {}\n",
