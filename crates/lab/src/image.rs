@@ -57,6 +57,24 @@ if [ -b /dev/vda ]; then
   mkdir -p /lab/var/lib/overboot /var/lib/overboot
   mount --bind /lab/var/lib/overboot /var/lib/overboot
 fi
+# Reserved RAM (legacy persistent memory from `memmap=SIZE!OFFSET`), overboot's RAM store,
+# mounted at /pmem. A kernel booted with a Save State Map only mounts it (the map is on it); a
+# fresh boot formats it when it holds no file system yet.
+if grep -q 'memmap=[^ ]*!' /proc/cmdline; then
+  for i in $(seq 1 50); do [ -b /dev/pmem0 ] && break; sleep 0.1; done
+  mkdir -p /pmem
+  # DAX: reads and writes go straight to the reserved RAM, no page cache copy.
+  pmem_mount() { mount -t ext4 -o dax /dev/pmem0 /pmem 2>/dev/null || mount -t ext4 /dev/pmem0 /pmem 2>/dev/null; }
+  if pmem_mount; then
+    echo "@@LAB pmem mounted"
+  elif grep -q 'overboot.handover=' /proc/cmdline; then
+    echo "@@LAB pmem-mount-failed"
+  elif /usr/lib/lab/mke2fs -q -t ext4 -b 4096 -O ^has_journal /dev/pmem0 && pmem_mount; then
+    echo "@@LAB pmem formatted"
+  else
+    echo "@@LAB pmem-mount-failed"
+  fi
+fi
 for hook in /etc/lab/boot.d/*; do
   [ -x "$hook" ] && "$hook"
 done
@@ -91,7 +109,8 @@ fi
 /// concatenated set (`ipv4_addr . inet_service . ipv4_addr . inet_service`) looked up with
 /// `drop`: all of that is in `nf_tables` itself (sets, lookup, meta, payload are built in).
 /// `nft_ct`/`nf_conntrack` and `nft_reject_inet` serve rules that match connection state or
-/// refuse new SYNs while a listener is being carried.
+/// refuse new SYNs while a listener is being carried. `nd_e820` and `nd_pmem` turn RAM reserved
+/// with `memmap=SIZE!OFFSET` into `/dev/pmem0`, the RAM store of the benchmark.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -110,6 +129,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "nf_conntrack",
     "nft_ct",
     "nft_reject_inet",
+    "nd_e820",
+    "nd_pmem",
 ];
 
 /// Errors while building a guest image.

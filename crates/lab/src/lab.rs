@@ -143,6 +143,9 @@ impl Lab {
         // The network scenarios' service, and nft to inspect or carry CRIU's lock table.
         image.add_binary(Path::new("/usr/bin/redis-server"), "/usr/bin/redis-server")?;
         image.add_binary(Path::new("/usr/sbin/nft"), "/usr/sbin/nft")?;
+        // To format the reserved-RAM store (/dev/pmem0) on a fresh boot; out of PATH, where
+        // busybox's own mke2fs applet (no -t, no -O) would win.
+        image.add_binary(Path::new("/sbin/mke2fs"), "/usr/lib/lab/mke2fs")?;
         image.add_resume_hook()?;
         let size = image.build(out)?;
         let _ = fs::remove_dir_all(staging);
@@ -237,10 +240,45 @@ impl Lab {
         Ok((config, host_ports))
     }
 
+    /// Like [`Lab::guest_config_net`], with `pmem_mib` of RAM reserved as legacy persistent
+    /// memory (`/dev/pmem0`, mounted at `/pmem` by the lab's init) on top of `memory_mib` of
+    /// usable RAM; see [`pmem_layout`].
+    pub fn guest_config_pmem(
+        &self,
+        scenario: &Scenario,
+        label: &str,
+        guest_ports: &[u16],
+        memory_mib: u32,
+        pmem_mib: u32,
+    ) -> Result<(GuestConfig, Vec<u16>), LabError> {
+        let (mut config, ports) = self.guest_config_net(scenario, label, guest_ports)?;
+        let (total, offset) = pmem_layout(memory_mib, pmem_mib);
+        config.memory_mib = total;
+        config.append = format!("{} memmap={pmem_mib}M!{offset}M", config.append);
+        Ok((config, ports))
+    }
+
     /// Boots a guest and waits until its shell is ready.
     pub fn boot(&self, config: &GuestConfig) -> Result<Guest, LabError> {
         let (guest, _line) = Guest::boot(config, BOOT_TIMEOUT)?;
         Ok(guest)
+    }
+}
+
+/// Where `pmem_mib` of reserved RAM goes in a q35 guest that keeps `memory_mib` of usable RAM:
+/// returns (guest RAM in total, offset of the region), MiB. QEMU's q35 puts RAM below 4 GiB up
+/// to the whole size when it is at most 2.75 GiB, else 2 GiB below 4 GiB and the rest from 4 GiB
+/// up. Small guests get the region near the top of their RAM (clear of the firmware tables at
+/// the very top); large ones at 4 GiB, with at least 2 GiB of usable RAM below it.
+pub fn pmem_layout(memory_mib: u32, pmem_mib: u32) -> (u32, u32) {
+    const LOW_MAX: u32 = 2816;
+    if memory_mib + pmem_mib < LOW_MAX {
+        let total = memory_mib + pmem_mib;
+        // 128 MiB-aligned, at least 128 MiB below the top.
+        let offset = (total - pmem_mib - 128) / 128 * 128;
+        (total, offset)
+    } else {
+        (memory_mib.max(2048) + pmem_mib, 4096)
     }
 }
 
@@ -289,4 +327,36 @@ pub fn build_binaries() -> Result<Binaries, LabError> {
         overboot: target.join("release/overboot"),
         workload: target.join("release/lab-workload"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pmem_layout;
+
+    #[test]
+    fn reserved_ram_lies_inside_the_guests_ram_and_leaves_the_memory_asked_for() {
+        for (memory, pmem) in [
+            (1280, 224),
+            (2048, 896),
+            (3072, 896),
+            (9216, 3200),
+            (1024, 1792),
+        ] {
+            let (total, offset) = pmem_layout(memory, pmem);
+            assert_eq!(offset % 128, 0);
+            if total < 2816 {
+                // All RAM below 4 GiB: the region ends 128 MiB or more below the top.
+                assert!(
+                    offset + pmem + 128 <= total,
+                    "{memory} {pmem}: {total} {offset}"
+                );
+                assert_eq!(total - pmem, memory);
+            } else {
+                // q35: 2 GiB below 4 GiB, the rest from 4 GiB, where the region starts.
+                assert_eq!(offset, 4096);
+                assert!(total - 2048 >= pmem);
+                assert!(total - pmem >= memory);
+            }
+        }
+    }
 }

@@ -79,22 +79,39 @@ pub fn boot_redis(
     label: &str,
     memory_mib: u32,
 ) -> Result<RedisGuest, ServiceError> {
-    boot_redis_with(lab, scenario, label, memory_mib, false, "")
+    boot_redis_with(lab, scenario, label, memory_mib, &RedisBoot::default())
 }
 
-/// Like [`boot_redis`], with a QEMU monitor (so the guest can be reset) when `monitor`, and
-/// extra `redis-server` options.
+/// Options of [`boot_redis_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisBoot {
+    /// A QEMU monitor, so that the guest can be reset.
+    pub monitor: bool,
+    /// Extra `redis-server` options.
+    pub redis_options: String,
+    /// RAM reserved as legacy persistent memory (`/pmem` in the guest), MiB, on top of the
+    /// guest's memory.
+    pub pmem_mib: Option<u32>,
+}
+
+/// Like [`boot_redis`], with the options of `boot`.
 pub fn boot_redis_with(
     lab: &Lab,
     scenario: &Scenario,
     label: &str,
     memory_mib: u32,
-    monitor: bool,
-    redis_options: &str,
+    boot: &RedisBoot,
 ) -> Result<RedisGuest, ServiceError> {
-    let (mut config, ports) = lab.guest_config_net(scenario, label, &[net::REDIS_GUEST_PORT])?;
-    config.memory_mib = memory_mib;
-    config.monitor = monitor;
+    let ports = [net::REDIS_GUEST_PORT];
+    let (mut config, ports) = match boot.pmem_mib {
+        Some(pmem) => lab.guest_config_pmem(scenario, label, &ports, memory_mib, pmem)?,
+        None => {
+            let (mut config, ports) = lab.guest_config_net(scenario, label, &ports)?;
+            config.memory_mib = memory_mib;
+            (config, ports)
+        }
+    };
+    config.monitor = boot.monitor;
     let port = ports[0];
     let mut guest = lab.boot(&config)?;
     let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
@@ -103,7 +120,12 @@ pub fn boot_redis_with(
         CMD,
     )?;
     let redis = net::localhost(port);
-    let redis_pid = start_redis(&mut guest, redis, redis_options, Duration::from_secs(120))?;
+    let redis_pid = start_redis(
+        &mut guest,
+        redis,
+        &boot.redis_options,
+        Duration::from_secs(120),
+    )?;
     Ok(RedisGuest {
         guest,
         redis,
@@ -145,8 +167,9 @@ pub fn start_tcpout(guest: &mut Guest, log: &str, port: u16) -> Result<i32, Serv
     })
 }
 
-/// The `overboot update` command line of the lab: to kernel `to` with the lab's command line,
-/// rollback to A, the given pids preserved, `extra` flags appended.
+/// The `overboot update` command line of the lab: to kernel `to` with the lab's command line
+/// (unless `extra` has `--reuse-cmdline` or `--append`), rollback to A, the given pids
+/// preserved, `extra` flags appended.
 pub fn update_command(to: &str, preserve: &[i32], extra: &str) -> String {
     let preserve: String = preserve
         .iter()
@@ -158,9 +181,14 @@ pub fn update_command(to: &str, preserve: &[i32], extra: &str) -> String {
     } else {
         " --rollback-kernel /lab/boot/A/vmlinuz --rollback-initrd /lab/boot/A/initrd.img"
     };
+    let append = if extra.contains("--reuse-cmdline") || extra.contains("--append") {
+        String::new()
+    } else {
+        format!(" --append '{BASE_CMDLINE}'")
+    };
     format!(
-        "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
-         --append '{BASE_CMDLINE}'{rollback}{preserve} {extra}"
+        "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img\
+         {append}{rollback}{preserve} {extra}"
     )
 }
 

@@ -1,6 +1,6 @@
 //! The benchmark never rots: `--quick` (64 MiB, one run per method) runs end to end in the lab
 //! and its outputs have the documented shape. Times are not asserted (2 noisy cores); what an
-//! operator relies on is: overboot and disk kept the connection with no lost or duplicated
+//! operator relies on is: overboot (map in reserved RAM), initrd and disk kept the connection with no lost or duplicated
 //! increment and every key, restart brought every key back, and each method measured a blackout.
 
 use std::collections::BTreeSet;
@@ -18,14 +18,14 @@ fn quick_benchmark_writes_results_table_and_plots() {
         serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
             .expect("results.json parses");
     let runs = json.as_array().expect("a list");
-    assert_eq!(runs.len(), 4, "one run per method");
+    assert_eq!(runs.len(), 5, "one run per method");
     let methods: BTreeSet<&str> = runs
         .iter()
         .map(|r| r["method"].as_str().expect("method"))
         .collect();
     assert_eq!(
         methods,
-        BTreeSet::from(["overboot", "floor", "restart", "disk"])
+        BTreeSet::from(["overboot", "initrd", "floor", "restart", "disk"])
     );
     for r in runs {
         for field in [
@@ -54,7 +54,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
         assert!(!record.phases.is_empty(), "{name}: no phases");
         assert!(record.peak_mem_bytes > 0, "{name}: no memory measured");
         match record.method {
-            Method::Overboot | Method::Disk => {
+            Method::Overboot | Method::Initrd | Method::Disk => {
                 assert_eq!(record.connection_survived, Some(true), "{name}");
                 assert_eq!((record.lost, record.duplicated), (0, 0), "{name}");
                 assert!(

@@ -5,8 +5,12 @@
 //! and each run, every method runs in a fresh guest (same memory, same data disk size):
 //!
 //! ```text
-//! overboot  Redis on A, INCR client on one connection; overboot update → B (map in the initrd)
+//! overboot  Redis on A, INCR client on one connection; overboot update → B with the map in
+//!           reserved RAM (legacy persistent memory, memmap=SIZE!OFFSET on both kernels'
+//!           command lines, ext4 on /dev/pmem0 at /pmem: --handover dir:/pmem/ssm)
 //!           blackout = the longest gap between two replies (client-observed)
+//! initrd    the same with the map appended to B's initrd (--handover initrd, the default,
+//!           which needs no reserved RAM)
 //! disk      the same with --handover dir:/lab/ssm: the dump goes to the data disk, the new
 //!           kernel restores from it
 //! floor     a bare `overboot kexec` A → B with nothing preserved, same command line;
@@ -45,8 +49,10 @@ pub use render::{markdown, summarize_cells, Cell};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// `overboot update`, map in the initrd (RAM).
+    /// `overboot update`, map in reserved RAM (`--handover dir:` on legacy pmem).
     Overboot,
+    /// `overboot update`, map appended to the new kernel's initrd.
+    Initrd,
     /// Bare kexec with nothing preserved: the kernel's own boot.
     Floor,
     /// Reset the machine, reload Redis from its RDB file.
@@ -57,8 +63,9 @@ pub enum Method {
 
 impl Method {
     /// Every method, in table order.
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::Overboot,
+        Method::Initrd,
         Method::Floor,
         Method::Restart,
         Method::Disk,
@@ -68,6 +75,7 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Overboot => "overboot",
+            Method::Initrd => "initrd",
             Method::Floor => "floor",
             Method::Restart => "restart",
             Method::Disk => "disk",
@@ -82,14 +90,14 @@ impl std::str::FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown method {s:?} (overboot, floor, restart, disk)"))
+            .ok_or_else(|| format!("unknown method {s:?} (overboot, initrd, floor, restart, disk)"))
     }
 }
 
 /// One run of one method at one size: one object of `results.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
-    /// `overboot`, `floor`, `restart` or `disk`.
+    /// `overboot`, `initrd`, `floor`, `restart` or `disk`.
     pub method: Method,
     /// Dataset size (MiB of values; 0 is never used: the floor runs at each size's memory).
     pub dataset_mib: u32,
@@ -184,6 +192,12 @@ pub fn guest_memory_mib(dataset_mib: u32) -> u32 {
     1024 + 4 * dataset_mib
 }
 
+/// Reserved RAM for the `overboot` method's store: the map (about Redis's resident memory, up to
+/// 1.4 × the data) plus file system overhead, in 128 MiB steps.
+pub fn pmem_mib(dataset_mib: u32) -> u32 {
+    (dataset_mib * 3 / 2 + 128).div_ceil(128) * 128
+}
+
 /// Data disk for a dataset: kernels and initrds, plus an RDB file or a map on disk.
 fn disk_mib(dataset_mib: u32) -> u64 {
     512 + 2 * u64::from(dataset_mib)
@@ -211,8 +225,14 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
     let release_to = lab.kernel(&options.to)?.release.clone();
     let mut records = Vec::new();
     for &size in &options.sizes_mib {
+        // Named after the output directory too, so that two benchmarks never share a disk.
+        let tag = options
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let scenario = lab.scenario(
-            &format!("bench-{size}"),
+            &format!("bench-{size}-{tag}"),
             &["A", &options.to],
             disk_mib(size),
         )?;
@@ -350,11 +370,21 @@ const BULK: Duration = Duration::from_secs(1800);
 
 impl RunContext<'_> {
     fn run(&self, method: Method) -> RunRecord {
-        let memory = guest_memory_mib(self.dataset_mib);
+        let memory = match method {
+            Method::Overboot => {
+                crate::lab::pmem_layout(
+                    guest_memory_mib(self.dataset_mib),
+                    pmem_mib(self.dataset_mib),
+                )
+                .0
+            }
+            _ => guest_memory_mib(self.dataset_mib),
+        };
         let mut console_log = String::new();
         let result = match method {
-            Method::Overboot => self.update(None, &mut console_log),
-            Method::Disk => self.update(Some("/lab/ssm"), &mut console_log),
+            Method::Overboot | Method::Initrd | Method::Disk => {
+                self.update(method, &mut console_log)
+            }
             Method::Floor => self.floor(&mut console_log),
             Method::Restart => self.restart(&mut console_log),
         };
@@ -387,10 +417,15 @@ impl RunContext<'_> {
         Dataset::of_mib(self.dataset_mib)
     }
 
-    /// overboot and disk: Redis on A with the data set, a client on one connection, the update.
-    fn update(&self, dir: Option<&str>, log: &mut String) -> Result<Measured, ServiceError> {
+    /// overboot, initrd and disk: Redis on A with the data set, a client on one connection,
+    /// the update with the method's store.
+    fn update(&self, method: Method, log: &mut String) -> Result<Measured, ServiceError> {
         let memory = guest_memory_mib(self.dataset_mib);
-        let mut rg = service::boot_redis(self.lab, self.scenario, "A", memory)?;
+        let boot = service::RedisBoot {
+            pmem_mib: (method == Method::Overboot).then(|| pmem_mib(self.dataset_mib)),
+            ..service::RedisBoot::default()
+        };
+        let mut rg = service::boot_redis_with(self.lab, self.scenario, "A", memory, &boot)?;
         *log = rg.guest.log_path().display().to_string();
         let dataset = self.dataset();
         dataset.write(rg.redis, BULK)?;
@@ -402,12 +437,14 @@ impl RunContext<'_> {
             },
         )?;
         incr.wait_answered(50, Duration::from_secs(60));
-        let extra = match dir {
-            Some(d) => {
-                rg.guest.run_ok(&format!("rm -rf {d}"), CMD)?;
-                format!("--handover dir:{d}")
+        let extra = match method {
+            // Both kernels need the reservation: the new one gets the running command line.
+            Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
+            Method::Disk => {
+                rg.guest.run_ok("rm -rf /lab/ssm", CMD)?;
+                "--handover dir:/lab/ssm".to_string()
             }
-            None => String::new(),
+            _ => String::new(),
         };
         let update = service::run_update(
             &mut rg.guest,
@@ -426,11 +463,6 @@ impl RunContext<'_> {
         let latency = LatencyFile {
             blackout_start_ms: summary.blackout_start_ms,
             samples: samples.iter().map(LatencySample::from).collect(),
-        };
-        let method = if dir.is_some() {
-            Method::Disk
-        } else {
-            Method::Overboot
         };
         let path = self
             .out
@@ -514,7 +546,12 @@ impl RunContext<'_> {
     fn restart(&self, log: &mut String) -> Result<Measured, ServiceError> {
         const RDB: &str = "--dir /lab/wl --dbfilename bench.rdb";
         let memory = guest_memory_mib(self.dataset_mib);
-        let mut rg = service::boot_redis_with(self.lab, self.scenario, self.to, memory, true, RDB)?;
+        let boot = service::RedisBoot {
+            monitor: true,
+            redis_options: RDB.into(),
+            pmem_mib: None,
+        };
+        let mut rg = service::boot_redis_with(self.lab, self.scenario, self.to, memory, &boot)?;
         *log = rg.guest.log_path().display().to_string();
         let dataset = self.dataset();
         dataset.write(rg.redis, BULK)?;
@@ -599,5 +636,8 @@ mod tests {
     fn guests_get_room_for_four_copies_of_the_data() {
         assert_eq!(guest_memory_mib(64), 1280);
         assert_eq!(guest_memory_mib(2048), 9216);
+        assert_eq!(pmem_mib(64), 256);
+        assert_eq!(pmem_mib(512), 896);
+        assert_eq!(pmem_mib(2048), 3200);
     }
 }

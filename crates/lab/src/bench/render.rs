@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use super::{LatencyFile, Method, RunRecord};
 
-/// The phases of an update in the order they happen, as the agent names them.
+/// The phases of an update's blackout in the order they happen, as the agent names them (a
+/// directory store loads the kernel before the freeze: `kexec_load_early`, not shaded).
 const UPDATE_PHASES: [&str; 8] = [
     "freeze_dump",
     "write_map",
@@ -124,7 +125,11 @@ pub fn markdown(records: &[RunRecord]) -> String {
             };
             let mut phases: Vec<String> = Vec::new();
             let order: Vec<&str> = match method {
-                Method::Overboot | Method::Disk => UPDATE_PHASES.to_vec(),
+                Method::Overboot | Method::Initrd | Method::Disk => {
+                    std::iter::once("kexec_load_early")
+                        .chain(UPDATE_PHASES)
+                        .collect()
+                }
                 _ => c.phases.keys().map(String::as_str).collect(),
             };
             for name in order {
@@ -158,6 +163,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
     for size in &sizes {
         let ob = find(Method::Overboot, *size);
         for (other, label) in [
+            (Method::Initrd, "initrd"),
             (Method::Floor, "floor"),
             (Method::Restart, "restart"),
             (Method::Disk, "disk"),
