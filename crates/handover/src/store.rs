@@ -238,22 +238,10 @@ impl Store for DirectoryStore {
             check_digest(rel, entry, reader)?;
             bytes += entry.size;
         }
-        for dir in dirs.iter().rev() {
-            sync_dir(&self.path.join(dir))?;
-        }
         write_file_synced(&self.path.join(MANIFEST_FILE), map.manifest_bytes())?;
         write_file_synced(&self.path.join(HEADER_FILE), map.header_bytes())?;
-        sync_dir(&self.path)?;
-        if let Some(parent) = self.path.parent() {
-            sync_dir(parent)?;
-        }
-        bytes += (map.manifest_bytes().len() + map.header_bytes().len()) as u64;
         tracing::info!(bytes, "map copied to directory");
-        Ok(Published {
-            cmdline_param: format!("{CMDLINE_KEY}=dir:{path}"),
-            bytes,
-            initrd: None,
-        })
+        finish_directory(map, &self.path, &dirs, bytes, path)
     }
 }
 
@@ -298,18 +286,29 @@ fn publish_in_place(map: &SaveStateMap, path: &str) -> Result<Published, Handove
             .and_then(|f| f.sync_all())
             .map_err(HandoverError::io("flush", &file))?;
     }
+    tracing::info!(bytes, "map flushed in place");
+    finish_directory(map, map.dir(), &dirs, bytes, path)
+}
+
+/// Flushes a directory store's directories (deepest first), the store and its parent, and
+/// says what was published: `bytes` of images plus the manifest and header.
+fn finish_directory(
+    map: &SaveStateMap,
+    store: &Path,
+    dirs: &BTreeSet<String>,
+    bytes: u64,
+    path: &str,
+) -> Result<Published, HandoverError> {
     for dir in dirs.iter().rev() {
-        sync_dir(&map.dir().join(dir))?;
+        sync_dir(&store.join(dir))?;
     }
-    sync_dir(map.dir())?;
-    if let Some(parent) = map.dir().parent() {
+    sync_dir(store)?;
+    if let Some(parent) = store.parent() {
         sync_dir(parent)?;
     }
-    bytes += (map.manifest_bytes().len() + map.header_bytes().len()) as u64;
-    tracing::info!(bytes, "map flushed in place");
     Ok(Published {
         cmdline_param: format!("{CMDLINE_KEY}=dir:{path}"),
-        bytes,
+        bytes: bytes + (map.manifest_bytes().len() + map.header_bytes().len()) as u64,
         initrd: None,
     })
 }

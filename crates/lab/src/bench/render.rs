@@ -294,15 +294,7 @@ pub fn latency_svg(record: &RunRecord, latency: &LatencyFile) -> String {
         legend_x += 14.0 + 8.0 * (name.len() as f64 + 6.0);
         t += d as f64;
     }
-    // Axes.
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{LEFT}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{}\" stroke=\"black\"/>",
-        TOP + ph,
-        LEFT + pw,
-        TOP + ph,
-        TOP + ph
-    );
+    axes(&mut svg, pw, ph);
     let mut decade = log_min;
     while decade <= log_max {
         let v = 10f64.powf(decade);
@@ -353,6 +345,16 @@ pub fn latency_svg(record: &RunRecord, latency: &LatencyFile) -> String {
     svg
 }
 
+/// The x and y axes of a plot area `pw` × `ph` at (LEFT, TOP).
+fn axes(svg: &mut String, pw: f64, ph: f64) {
+    let bottom = TOP + ph;
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{LEFT}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"black\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{bottom}\" stroke=\"black\"/>",
+        LEFT + pw
+    );
+}
+
 fn nice_step(range: f64) -> f64 {
     let raw = (range / 10.0).max(0.001);
     let magnitude = 10f64.powf(raw.log10().floor());
@@ -393,14 +395,7 @@ pub fn blackout_svg(records: &[RunRecord]) -> String {
         }
     };
     let y = |secs: f64| TOP + ph * (1.0 - secs / y_max);
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{LEFT}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{}\" stroke=\"black\"/>",
-        TOP + ph,
-        LEFT + pw,
-        TOP + ph,
-        TOP + ph
-    );
+    axes(&mut svg, pw, ph);
     let step = nice_step(y_max);
     let mut v = 0.0;
     while v <= y_max {
