@@ -4,16 +4,67 @@
 //! checks what userspace sees (`/proc/version`, `/proc/stat`), so the test fails if a patch
 //! does not change behaviour or a revert does not restore it. Refusals (a structure layout
 //! change, a module built for another release) are checked too.
+//!
+//! One patch is a real stable fix between A and B (6.1.192): "time/namespace: Validate
+//! nanosecond field in proc_timens_set_offset()". A probe (`lab-workload timens`) writes a
+//! nanosecond offset of 2^64-1 to `/proc/self/timens_offsets` of a new time namespace: A takes
+//! it and keeps an offset of -1 ns; with the livepatch applied, as on B, the write fails with
+//! EINVAL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use overboot_lab::lab::Lab;
+use overboot_lab::Guest;
 
 const CMD: Duration = Duration::from_secs(120);
 const MARKER: &str = "[overboot livepatch]";
 const STAT_LINE: &str = "livepatched_iowait ";
+/// A monotonic offset whose nanoseconds (2^64-1) the kernel parses into a negative `tv_nsec`.
+const BAD_NSEC: &str = "monotonic 0 18446744073709551615";
+
+/// What `lab-workload timens OFFSETS` reports: the kernel's answer to the write (`accepted`
+/// or `rejected <errno>`) and the offsets it keeps as (clock, seconds, nanoseconds).
+#[derive(Debug, PartialEq)]
+struct TimensProbe {
+    write: String,
+    kept: Vec<(String, i64, i64)>,
+}
+
+impl TimensProbe {
+    fn parse(text: &str) -> TimensProbe {
+        let write = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("write: "))
+            .unwrap_or_else(|| panic!("no write result from the probe: {text}"))
+            .to_string();
+        let kept = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let clock = f.next().filter(|c| *c == "monotonic" || *c == "boottime")?;
+                let secs = f.next()?.parse().ok()?;
+                let nsecs = f.next()?.parse().ok()?;
+                Some((clock.to_string(), secs, nsecs))
+            })
+            .collect();
+        TimensProbe { write, kept }
+    }
+
+    fn monotonic(&self) -> (i64, i64) {
+        self.kept
+            .iter()
+            .find(|(clock, _, _)| clock == "monotonic")
+            .map(|&(_, s, ns)| (s, ns))
+            .unwrap_or_else(|| panic!("no monotonic offset: {self:?}"))
+    }
+}
+
+fn timens_probe(guest: &mut Guest, offsets: &str) -> TimensProbe {
+    let cmd = format!("lab-workload timens '{offsets}'");
+    TimensProbe::parse(&guest.run_ok(&cmd, CMD).expect("probe").text())
+}
 
 fn patches_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../livepatch/patches")
@@ -94,6 +145,16 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
         text.contains("get_iowait_time"),
         "the static callee is not reached through a livepatch relocation: {text}"
     );
+    // The real stable fix from 6.1.192.
+    let timens_ko = work.join("timens.ko");
+    let text = build_ok(
+        &overboot,
+        &release,
+        &patches_dir().join("timens-offset-nsec.patch"),
+        &timens_ko,
+        &[],
+    );
+    assert!(text.contains("patches proc_timens_set_offset"), "{text}");
     // A cumulative patch carrying both fixes.
     let cumulative = work.join("cumulative.patch");
     let both = [
@@ -146,6 +207,7 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
                 (stat_ko, "lp/stat.ko".into()),
                 (cumulative_ko, "lp/cumulative.ko".into()),
                 (other_ko, "lp/other-release.ko".into()),
+                (timens_ko, "lp/timens.ko".into()),
             ],
         )
         .expect("scenario");
@@ -245,6 +307,54 @@ fn livepatch_build_apply_list_revert_replace_on_a() {
     assert!(!sh("cat /proc/version").contains(MARKER));
     assert!(!sh("cat /proc/stat").contains(STAT_LINE));
     assert!(sh("overboot patch list").contains("no live patches"));
+
+    // The stable fix: A keeps a negative nanosecond offset; patched, it refuses it at once.
+    let buggy = timens_probe(&mut guest, BAD_NSEC);
+    assert_eq!(buggy.write, "accepted", "A should have the bug: {buggy:?}");
+    assert_eq!(buggy.monotonic(), (0, -1), "{buggy:?}");
+    let out = guest
+        .run_ok("overboot patch apply /lab/lp/timens.ko", CMD)
+        .expect("apply")
+        .text();
+    assert!(
+        out.contains("applied livepatch_timens_offset_nsec"),
+        "{out}"
+    );
+    let fixed = timens_probe(&mut guest, BAD_NSEC);
+    assert_eq!(fixed.write, "rejected EINVAL", "not fixed: {fixed:?}");
+    assert_eq!(fixed.monotonic(), (0, 0), "{fixed:?}");
+    // Valid offsets are still taken.
+    let valid = timens_probe(&mut guest, "monotonic 5 500000000");
+    assert_eq!(valid.write, "accepted", "{valid:?}");
+    assert_eq!(valid.monotonic(), (5, 500_000_000), "{valid:?}");
+    let list = guest
+        .run_ok("overboot patch list", CMD)
+        .expect("list")
+        .text();
+    assert!(
+        list.contains("livepatch_timens_offset_nsec enabled vmlinux:proc_timens_set_offset"),
+        "{list}"
+    );
+    guest
+        .run_ok("overboot patch revert livepatch_timens_offset_nsec", CMD)
+        .expect("revert");
+    let again = timens_probe(&mut guest, BAD_NSEC);
+    assert_eq!(again, buggy, "revert did not bring the old behaviour back");
+    let mut sh = |cmd: &str| guest.run_ok(cmd, CMD).expect(cmd).text();
+    assert!(sh("overboot patch list").contains("no live patches"));
     let taint = sh("cat /proc/sys/kernel/tainted");
     eprintln!("tainted after the run: {}", taint.trim());
+}
+
+/// Kernel B (6.1.192) carries the stable fix the livepatch backports: the probe that A fails
+/// shows there what the patched A shows.
+#[test]
+fn stable_fix_behaves_as_on_b() {
+    let lab = Lab::prepare(&["B"]).expect("prepare lab");
+    let scenario = lab.scenario("livepatch-b", &["B"], 256).expect("scenario");
+    let config = lab.guest_config(&scenario, "B").expect("config");
+    let mut guest = lab.boot(&config).expect("boot B");
+    let probe = timens_probe(&mut guest, BAD_NSEC);
+    assert_eq!(probe.write, "rejected EINVAL", "B lacks the fix: {probe:?}");
+    assert_eq!(probe.monotonic(), (0, 0), "{probe:?}");
 }

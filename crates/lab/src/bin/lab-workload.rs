@@ -13,6 +13,9 @@
 //! lab-workload uring  LOG               holds an io_uring instance (CRIU 3.17 cannot dump it)
 //! lab-workload tcpout LOG HOST PORT     one outbound TCP connection exchanging numbered lines
 //!                                       with an echo server (never reconnects)
+//! lab-workload timens OFFSETS           not a workload but a probe: writes OFFSETS to
+//!                                       /proc/self/timens_offsets of a new time namespace and
+//!                                       prints whether the kernel took them and what it keeps
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -23,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{fork, pipe, ForkResult};
 
@@ -341,10 +346,41 @@ fn tcpout(log: &str, host: &str, port: u16) -> ExitCode {
     }
 }
 
+/// The live-patch lab test's probe of a stable fix (time/namespace: validate the nanoseconds
+/// of `/proc/PID/timens_offsets`): unshares a time namespace for this process's children,
+/// writes `offsets` to its offsets file and prints `write: accepted` or `write: rejected
+/// <errno>`, then the offsets the kernel keeps, as the file shows them.
+fn timens(offsets: &str) -> ExitCode {
+    if let Err(e) = unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
+        eprintln!("unshare(CLONE_NEWTIME): {e}");
+        return ExitCode::FAILURE;
+    }
+    let path = "/proc/self/timens_offsets";
+    let written = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(offsets.as_bytes()));
+    match written {
+        Ok(()) => println!("write: accepted"),
+        Err(e) => match e.raw_os_error() {
+            Some(code) => println!("write: rejected {:?}", Errno::from_raw(code)),
+            None => println!("write: rejected {e}"),
+        },
+    }
+    match std::fs::read_to_string(path) {
+        Ok(kept) => print!("{kept}"),
+        Err(e) => {
+            eprintln!("read {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
     eprintln!(
         "usage: lab-workload mem LOG MIB THREADS | pipes LOG | append FILE | unix LOG | clock LOG \
-         | uring LOG | tcpout LOG HOST PORT"
+         | uring LOG | tcpout LOG HOST PORT | timens OFFSETS"
     );
     ExitCode::from(2)
 }
@@ -369,6 +405,7 @@ fn main() -> ExitCode {
             };
             return tcpout(&log, &host, port);
         }
+        (Some("timens"), Some(offsets)) => return timens(&offsets),
         _ => return usage(),
     }
     ExitCode::SUCCESS
