@@ -1,5 +1,12 @@
-//! SHA-256 of map files, in parallel: the resume agent verifies every image before it restores
+//! Digests of map files, in parallel: the resume agent verifies every image before it restores
 //! anything, inside the blackout, so hashing uses every core (up to a few) rather than one.
+//!
+//! Image files are checked with XXH3-128 (format 2): the digest guards against damage (a
+//! kernel or device scribbling over the map between the kernels), not against tampering, since
+//! whoever can write the map is root on both kernels. It is several times faster than SHA-256
+//! (measured under QEMU TCG: 242 MB/s against 46 MB/s; on the host 3.4 GB/s against 0.95 GB/s
+//! with SHA instructions), and the map is hashed twice inside the blackout. Maps of format 1
+//! carry SHA-256 and are still verified. The header's pin of `manifest.json` stays SHA-256.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -9,6 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use sha2::{Digest as _, Sha256};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::manifest::DigestAlgorithm;
 
 /// Most threads used to hash a map: beyond this the disk or memory bandwidth is the limit.
 const MAX_HASH_THREADS: usize = 8;
@@ -16,34 +26,72 @@ const MAX_HASH_THREADS: usize = 8;
 /// Read size when hashing.
 const CHUNK: usize = 1 << 20;
 
-/// Size and lower-case hex SHA-256 of a file's content.
+/// Size and lower-case hex digest of a file's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FileDigest {
     pub(crate) size: u64,
-    pub(crate) sha256: String,
+    pub(crate) hex: String,
 }
 
 /// Hashes one file.
-pub(crate) fn sha256_file(path: &Path) -> io::Result<FileDigest> {
-    let mut reader = HashingReader::new(File::open(path)?);
+pub(crate) fn hash_file(path: &Path, algorithm: DigestAlgorithm) -> io::Result<FileDigest> {
+    let mut reader = HashingReader::new(File::open(path)?, algorithm);
     let mut buf = vec![0u8; CHUNK];
     while reader.read(&mut buf)? != 0 {}
     Ok(reader.finish())
+}
+
+/// A running digest of one of the algorithms.
+enum Hasher {
+    Sha256(Box<Sha256>),
+    Xxh3(Box<Xxh3>),
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hasher::Sha256(_) => "Sha256",
+            Hasher::Xxh3(_) => "Xxh3",
+        })
+    }
+}
+
+impl Hasher {
+    fn new(algorithm: DigestAlgorithm) -> Hasher {
+        match algorithm {
+            DigestAlgorithm::Sha256 => Hasher::Sha256(Box::default()),
+            DigestAlgorithm::Xxh3_128 => Hasher::Xxh3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Xxh3(h) => h.update(bytes),
+        }
+    }
+
+    fn finish_hex(self) -> String {
+        match self {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Xxh3(h) => format!("{:032x}", h.digest128()),
+        }
+    }
 }
 
 /// A reader that hashes what passes through it, so a copy can be verified without reading twice.
 #[derive(Debug)]
 pub(crate) struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Hasher,
     size: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R, algorithm: DigestAlgorithm) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(algorithm),
             size: 0,
         }
     }
@@ -52,7 +100,7 @@ impl<R: Read> HashingReader<R> {
     pub(crate) fn finish(self) -> FileDigest {
         FileDigest {
             size: self.size,
-            sha256: hex::encode(self.hasher.finalize()),
+            hex: self.hasher.finish_hex(),
         }
     }
 }
@@ -128,11 +176,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("abc");
         std::fs::write(&path, b"abc").unwrap();
-        let digest = sha256_file(&path).unwrap();
+        let digest = hash_file(&path, DigestAlgorithm::Sha256).unwrap();
         assert_eq!(digest.size, 3);
         assert_eq!(
-            digest.sha256,
+            digest.hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // The reference implementation's value (Python `xxhash.xxh3_128_hexdigest(b"abc")`).
+        let digest = hash_file(&path, DigestAlgorithm::Xxh3_128).unwrap();
+        assert_eq!(digest.hex, "06b05ab6733a618578af5f94892f3950");
     }
 }

@@ -77,13 +77,15 @@ pub enum HandoverError {
         actual: u64,
     },
     /// A file has the wrong content.
-    #[error("image {path} is corrupt: sha256 {actual}, expected {expected}")]
+    #[error("image {path} is corrupt: {algorithm} {actual}, expected {expected}")]
     ImageCorrupt {
         /// Relative path in the map.
         path: String,
-        /// SHA-256 in the manifest.
+        /// The manifest's digest algorithm.
+        algorithm: crate::manifest::DigestAlgorithm,
+        /// Digest in the manifest.
         expected: String,
-        /// SHA-256 of the content found.
+        /// Digest of the content found.
         actual: String,
     },
     /// A file is in the map directory but not in the manifest.

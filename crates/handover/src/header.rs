@@ -132,7 +132,7 @@ mod tests {
     fn encodes_the_documented_layout() {
         let bytes = header().encode();
         assert_eq!(&bytes[..8], b"OVBTSSM\0");
-        assert_eq!(&bytes[8..12], &[1, 0, 1, 0]);
+        assert_eq!(&bytes[8..12], &[2, 0, 0, 0]);
         assert_eq!(&bytes[12..20], &[4, 3, 2, 1, 0, 0, 0, 0]);
         assert_eq!(MapHeader::decode(&bytes).unwrap(), header());
     }
@@ -151,11 +151,15 @@ mod tests {
             Err(HeaderError::Length { actual: 51 })
         ));
         let mut bytes = header().encode();
-        bytes[8] = 2;
+        bytes[8] = 3;
         assert!(matches!(
             MapHeader::decode(&bytes),
-            Err(HeaderError::UnsupportedMajor { found, .. }) if found.major == 2
+            Err(HeaderError::UnsupportedMajor { found, .. }) if found.major == 3
         ));
+        // Format 1 (SHA-256 image digests) is still read.
+        let mut bytes = header().encode();
+        bytes[8] = 1;
+        assert_eq!(MapHeader::decode(&bytes).unwrap().version.major, 1);
         let mut bytes = header().encode();
         bytes[10] = 9;
         assert_eq!(MapHeader::decode(&bytes).unwrap().version.minor, 9);

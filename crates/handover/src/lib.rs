@@ -3,7 +3,7 @@
 //!
 //! A map is a directory ([`map`]): a binary [`header`] pinning a JSON [`manifest`] (format
 //! version, kernels, clocks at freeze, preserved trees, carried files, rollback recipe, and the
-//! size and SHA-256 of every file), plus the image files. In the old kernel a [`MapWriter`]
+//! size and digest of every file: XXH3-128 in format 2, SHA-256 in format 1), plus the image files. In the old kernel a [`MapWriter`]
 //! builds it after the dump and a [`Store`] publishes it (appended to the new initrd as a newc
 //! [`cpio`], or copied to a directory). In the new kernel [`locate_from_cmdline`] finds it,
 //! [`SaveStateMap::open`] checks header and manifest, and [`SaveStateMap::verify_files`] checks
@@ -21,8 +21,8 @@ mod writer;
 
 pub use error::HandoverError;
 pub use manifest::{
-    CarriedFile, ClockReadings, FileEntry, FormatVersion, KernelInfo, Manifest, ManifestError,
-    PreservedTree, RollbackRecipe, TargetKernel, CURRENT_FORMAT,
+    CarriedFile, ClockReadings, DigestAlgorithm, FileEntry, FormatVersion, KernelInfo, Manifest,
+    ManifestError, PreservedTree, RollbackRecipe, TargetKernel, CURRENT_DIGEST, CURRENT_FORMAT,
 };
 pub use map::SaveStateMap;
 pub use store::{

@@ -58,7 +58,10 @@ pub enum ManifestError {
 }
 
 /// The manifest format this build writes.
-pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 1, minor: 1 };
+pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 2, minor: 0 };
+
+/// Oldest major version this build still reads (format 1: image digests are SHA-256).
+const OLDEST_READABLE_MAJOR: u16 = 1;
 
 /// Names at the top of a map directory that belong to the map itself, never to an image.
 pub const RESERVED_NAMES: [&str; 2] = ["HEADER", "manifest.json"];
@@ -78,7 +81,7 @@ pub struct FormatVersion {
 impl FormatVersion {
     /// Whether this build can read a map of this version.
     pub fn is_supported(self) -> bool {
-        self.major == CURRENT_FORMAT.major
+        (OLDEST_READABLE_MAJOR..=CURRENT_FORMAT.major).contains(&self.major)
     }
 }
 
@@ -171,13 +174,39 @@ pub struct RollbackRecipe {
     pub cmdline: String,
 }
 
+/// How the image files of a map are checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestAlgorithm {
+    /// SHA-256 (format 1).
+    #[serde(rename = "sha256")]
+    #[default]
+    Sha256,
+    /// XXH3, 128 bits (format 2): against damage, not tampering; see `digest`.
+    #[serde(rename = "xxh3-128")]
+    Xxh3_128,
+}
+
+impl fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Xxh3_128 => "xxh3-128",
+        })
+    }
+}
+
+/// The algorithm this build writes.
+pub const CURRENT_DIGEST: DigestAlgorithm = DigestAlgorithm::Xxh3_128;
+
 /// Size and checksum of one file in the map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Length in bytes.
     pub size: u64,
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Digest of the content with the manifest's `file_digest` algorithm, lower-case hex
+    /// (format 1 called it `sha256`).
+    #[serde(alias = "sha256")]
+    pub digest: String,
 }
 
 /// The manifest of a Save State Map.
@@ -204,6 +233,10 @@ pub struct Manifest {
     pub rollback: RollbackRecipe,
     /// Every file of the map by relative path; filled by [`crate::MapWriter::finish`].
     pub files: BTreeMap<String, FileEntry>,
+    /// How `files` are checked; set by [`crate::MapWriter::finish`] (absent in format 1:
+    /// SHA-256).
+    #[serde(default)]
+    pub file_digest: DigestAlgorithm,
     /// Phase durations measured in the old kernel, in ms (`freeze`, `dump`, ...).
     #[serde(default)]
     pub phases: BTreeMap<String, u64>,
@@ -356,9 +389,10 @@ mod tests {
                 "trees/redis/pages-1.img".into(),
                 FileEntry {
                     size: 4096,
-                    sha256: "00".repeat(32),
+                    digest: "00".repeat(16),
                 },
             )]),
+            file_digest: DigestAlgorithm::Xxh3_128,
             phases: BTreeMap::from([("freeze".into(), 12), ("dump".into(), 340)]),
         }
     }
@@ -374,7 +408,8 @@ mod tests {
             "root_pid",
             "stored_as",
             "boottime_ns",
-            "sha256",
+            "digest",
+            "xxh3-128",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
@@ -382,9 +417,9 @@ mod tests {
 
     #[test]
     fn unknown_major_is_refused_before_the_rest_is_read() {
-        let json = br#"{"format": {"major": 2, "minor": 0}, "whatever": "new layout"}"#;
+        let json = br#"{"format": {"major": 3, "minor": 0}, "whatever": "new layout"}"#;
         match Manifest::from_json(json) {
-            Err(ManifestError::UnsupportedMajor { found, .. }) => assert_eq!(found.major, 2),
+            Err(ManifestError::UnsupportedMajor { found, .. }) => assert_eq!(found.major, 3),
             other => panic!("expected UnsupportedMajor, got {other:?}"),
         }
     }
@@ -393,9 +428,29 @@ mod tests {
     fn higher_minor_with_unknown_fields_is_accepted() {
         let mut value = serde_json::to_value(sample()).unwrap();
         value["format"]["minor"] = 7.into();
-        value["added_in_1_7"] = serde_json::json!({"x": 1});
+        value["added_in_2_7"] = serde_json::json!({"x": 1});
         let parsed = Manifest::from_json(&serde_json::to_vec(&value).unwrap()).unwrap();
-        assert_eq!(parsed.format, FormatVersion { major: 1, minor: 7 });
+        assert_eq!(parsed.format, FormatVersion { major: 2, minor: 7 });
+    }
+
+    #[test]
+    fn a_format_1_manifest_reads_with_sha256_digests() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["format"] = serde_json::json!({"major": 1, "minor": 1});
+        value.as_object_mut().unwrap().remove("file_digest");
+        let files = value["files"].as_object_mut().unwrap();
+        for entry in files.values_mut() {
+            let digest = entry["digest"].take();
+            let entry = entry.as_object_mut().unwrap();
+            entry.remove("digest");
+            entry.insert("sha256".into(), digest);
+        }
+        let parsed = Manifest::from_json(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(parsed.file_digest, DigestAlgorithm::Sha256);
+        assert_eq!(
+            parsed.files["trees/redis/pages-1.img"].digest,
+            "00".repeat(16)
+        );
     }
 
     #[test]

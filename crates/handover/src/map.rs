@@ -16,7 +16,7 @@
 //!
 //! The `trees/` and `files/` names are conventions of the caller: the map only requires that
 //! every regular file except `HEADER` and `manifest.json` is listed in `manifest.files` with its
-//! size and SHA-256, and that nothing else (unlisted file, symlink, fifo) is in the directory.
+//! size and digest (the manifest's `file_digest`), and that nothing else (unlisted file, symlink, fifo) is in the directory.
 //!
 //! Write order is the commit protocol: images first, then `manifest.json`, then `HEADER`. A map
 //! without `HEADER` is unfinished and [`SaveStateMap::open`] refuses it.

@@ -172,7 +172,7 @@ impl Store for InitrdStore {
                 entry.size,
                 &mut reader,
             )?;
-            check_digest(rel, entry, reader)?;
+            check_digest(rel, entry, reader, map.manifest().file_digest)?;
         }
         let (out, bytes) = cpio.finish()?;
         out.into_inner()
@@ -235,7 +235,7 @@ impl Store for DirectoryStore {
             io::copy(&mut (&mut reader).take(entry.size), &mut output)
                 .and_then(|_| output.sync_all())
                 .map_err(HandoverError::io("copy to", &dst))?;
-            check_digest(rel, entry, reader)?;
+            check_digest(rel, entry, reader, map.manifest().file_digest)?;
             bytes += entry.size;
         }
         write_file_synced(&self.path.join(MANIFEST_FILE), map.manifest_bytes())?;
@@ -424,7 +424,7 @@ fn open_listed(
             actual: meta.len(),
         });
     }
-    Ok(HashingReader::new(file))
+    Ok(HashingReader::new(file, map.manifest().file_digest))
 }
 
 /// Compares what went through `reader` with the manifest entry.
@@ -432,13 +432,15 @@ fn check_digest(
     rel: &str,
     entry: &FileEntry,
     reader: HashingReader<File>,
+    algorithm: crate::manifest::DigestAlgorithm,
 ) -> Result<(), HandoverError> {
     let digest = reader.finish();
-    if digest.sha256 != entry.sha256 || digest.size != entry.size {
+    if digest.hex != entry.digest || digest.size != entry.size {
         return Err(HandoverError::ImageCorrupt {
             path: rel.to_owned(),
-            expected: entry.sha256.clone(),
-            actual: digest.sha256,
+            algorithm,
+            expected: entry.digest.clone(),
+            actual: digest.hex,
         });
     }
     Ok(())

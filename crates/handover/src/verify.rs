@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::digest::{parallel_map, sha256_file};
+use crate::digest::{hash_file, parallel_map};
 use crate::error::HandoverError;
 use crate::manifest::{FileEntry, RESERVED_NAMES};
 use crate::map::{is_under, walk, Found, SaveStateMap};
@@ -77,7 +77,10 @@ impl SaveStateMap {
             }
         }
 
-        let digests = parallel_map(&expected, |(rel, _)| sha256_file(&self.path_of(rel)));
+        let algorithm = self.manifest.file_digest;
+        let digests = parallel_map(&expected, |(rel, _)| {
+            hash_file(&self.path_of(rel), algorithm)
+        });
         let mut report = VerifyReport::default();
         for ((rel, entry), digest) in expected.iter().zip(digests) {
             let digest = digest.map_err(|e| match e.kind() {
@@ -86,11 +89,12 @@ impl SaveStateMap {
                 },
                 _ => HandoverError::io("hash", self.path_of(rel))(e),
             })?;
-            if digest.sha256 != entry.sha256 || digest.size != entry.size {
+            if digest.hex != entry.digest || digest.size != entry.size {
                 return Err(HandoverError::ImageCorrupt {
                     path: (*rel).clone(),
-                    expected: entry.sha256.clone(),
-                    actual: digest.sha256,
+                    algorithm,
+                    expected: entry.digest.clone(),
+                    actual: digest.hex,
                 });
             }
             report.files += 1;

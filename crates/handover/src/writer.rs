@@ -8,9 +8,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{parallel_map, sha256_bytes, sha256_file};
+use crate::digest::{hash_file, parallel_map, sha256_bytes};
 use crate::error::HandoverError;
 use crate::header::MapHeader;
+use crate::manifest::CURRENT_DIGEST;
 use crate::manifest::{check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT};
 use crate::map::{
     check_references, create_file, make_dir_all, sync_dir, walk, write_file_synced, Found,
@@ -130,7 +131,9 @@ impl MapWriter {
             }
         }
         let listed: Vec<&String> = self.listed.iter().collect();
-        let digests = parallel_map(&listed, |rel| sha256_file(&self.dir.join(rel.as_str())));
+        let digests = parallel_map(&listed, |rel| {
+            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST)
+        });
         manifest.files.clear();
         for (rel, digest) in listed.into_iter().zip(digests) {
             let digest = digest.map_err(|e| match e.kind() {
@@ -139,11 +142,12 @@ impl MapWriter {
             })?;
             let entry = FileEntry {
                 size: digest.size,
-                sha256: digest.sha256,
+                digest: digest.hex,
             };
             manifest.files.insert(rel.clone(), entry);
         }
         manifest.format = CURRENT_FORMAT;
+        manifest.file_digest = CURRENT_DIGEST;
         manifest.validate()?;
         check_references(&manifest)?;
 

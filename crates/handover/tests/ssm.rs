@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use overboot_handover::cpio::read_archive;
 use overboot_handover::header::HeaderError;
 use overboot_handover::{
-    locate_from_cmdline, ClockReadings, DirectoryStore, HandoverError, InitrdStore, KernelInfo,
-    Manifest, PreservedTree, RollbackRecipe, SaveStateMap, Store, StoreError, TargetKernel,
+    locate_from_cmdline, ClockReadings, DigestAlgorithm, DirectoryStore, HandoverError,
+    InitrdStore, KernelInfo, Manifest, PreservedTree, RollbackRecipe, SaveStateMap, Store,
+    StoreError, TargetKernel,
 };
 
 /// Deterministic, incompressible-looking bytes of any length.
@@ -264,14 +265,16 @@ fn flipped_byte_is_named_and_other_trees_still_verify() {
     fs::write(&victim, content).unwrap();
 
     let expected_sha = map.manifest().files["trees/redis/pages-1.img"]
-        .sha256
+        .digest
         .clone();
     match map.verify_files() {
         Err(HandoverError::ImageCorrupt {
             path,
+            algorithm,
             expected,
             actual,
         }) => {
+            assert_eq!(algorithm, DigestAlgorithm::Xxh3_128);
             assert_eq!(path, "trees/redis/pages-1.img");
             assert_eq!(expected, expected_sha);
             assert_ne!(actual, expected_sha);
@@ -373,11 +376,11 @@ fn damaged_header_or_manifest_is_refused_at_open() {
     restore();
 
     rewrite(dir.join("HEADER"), |h| {
-        h[8..10].copy_from_slice(&2u16.to_le_bytes())
+        h[8..10].copy_from_slice(&3u16.to_le_bytes())
     });
     match SaveStateMap::open(&dir) {
         Err(HandoverError::Header(HeaderError::UnsupportedMajor { found, .. })) => {
-            assert_eq!(found.major, 2);
+            assert_eq!(found.major, 3);
         }
         other => panic!("expected UnsupportedMajor, got {other:?}"),
     }
