@@ -56,7 +56,7 @@ pub struct Plan {
     /// Live patches of the running kernel (not carried: the new kernel must contain the fixes).
     pub livepatches: Vec<String>,
     /// Reserved-RAM stores (legacy persistent memory) found.
-    pub ram_stores: Vec<crate::ramstore::RamStore>,
+    pub ram_stores: Vec<crate::store::RamStore>,
     /// Which store to hand the map over with, or how to reserve RAM for one.
     pub handover_advice: String,
 }
@@ -200,11 +200,11 @@ pub fn make(
                 .collect()
         })
         .unwrap_or_default();
-    let ram_stores = crate::ramstore::find(
+    let ram_stores = crate::store::find(
         Path::new("/sys/block"),
         &std::fs::read_to_string("/proc/mounts").unwrap_or_default(),
     );
-    let handover_advice = crate::ramstore::advice(&ram_stores, handover_bytes);
+    let handover_advice = crate::store::advice(&ram_stores, handover_bytes);
     Plan {
         ok: problems.is_empty(),
         problems,

@@ -27,6 +27,8 @@ use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 use crate::network::{NetworkError, NetworkState};
 use crate::phases::Phases;
 use crate::report::{self, Pending, ReportError};
+pub use crate::store::Handover;
+use crate::store::StoreError;
 use crate::target::{Target, TargetError, TreeInfo};
 
 /// What the operator asked for.
@@ -52,67 +54,6 @@ pub struct UpdateOptions {
     pub handover: Handover,
 }
 
-/// How the Save State Map reaches the new kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Handover {
-    /// Appended to the new kernel's initrd: RAM only, no disk needed in the new kernel.
-    #[default]
-    Initrd,
-    /// Written straight into `<dir>/<update id>` on a persistent disk file system that the new
-    /// kernel's early userspace mounts at the same path; flushed before the jump.
-    Dir(PathBuf),
-}
-
-impl std::str::FromStr for Handover {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Handover, String> {
-        match s.split_once(':') {
-            None if s == "initrd" => Ok(Handover::Initrd),
-            Some(("dir", path)) if Path::new(path).is_absolute() => {
-                Ok(Handover::Dir(PathBuf::from(path)))
-            }
-            Some(("dir", _)) => Err(format!("{s:?}: the directory must be an absolute path")),
-            _ => Err(format!("{s:?}: expected `initrd` or `dir:/absolute/path`")),
-        }
-    }
-}
-
-/// File systems whose contents a kexec loses: a directory store there would hand over nothing.
-const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
-    ("tmpfs", nix::sys::statfs::TMPFS_MAGIC),
-    ("ramfs", nix::sys::statfs::FsType(0x8584_58f6)),
-];
-
-/// Checks a directory store's place before anything is frozen: it exists (or can be created),
-/// is on a file system that survives a kernel switch (a disk, or reserved RAM such as legacy
-/// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes.
-pub fn check_handover_dir(dir: &Path, needed: u64) -> Result<(), UpdateError> {
-    let bad = |reason: String| UpdateError::HandoverDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it: {e}")))?;
-    let fs = nix::sys::statfs::statfs(dir).map_err(|e| bad(format!("statfs: {e}")))?;
-    let kind = fs.filesystem_type();
-    if let Some((name, _)) = RAM_FILESYSTEMS.iter().find(|(_, magic)| *magic == kind) {
-        return Err(bad(format!(
-            "it is on {name}, which does not survive the kernel switch; use a disk file system \
-             that the new kernel's early userspace mounts at the same path, or the initrd store"
-        )));
-    }
-    let vfs = nix::sys::statvfs::statvfs(dir).map_err(|e| bad(format!("statvfs: {e}")))?;
-    let available = vfs.blocks_available() * vfs.fragment_size();
-    if available < needed {
-        return Err(bad(format!(
-            "{} MiB free, the map needs about {} MiB",
-            available >> 20,
-            needed.div_ceil(1 << 20)
-        )));
-    }
-    Ok(())
-}
-
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
 /// back on the running kernel.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +69,8 @@ pub enum UpdateError {
         source: KexecError,
     },
     /// The directory store cannot be used (nothing was frozen).
-    #[error("handover directory {path} cannot hold the map (nothing was frozen): {reason}")]
-    HandoverDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    HandoverDir(#[from] StoreError),
     /// An initrd given does not exist.
     #[error("initrd {0} does not exist (nothing was frozen)")]
     MissingInitrd(PathBuf),
@@ -198,7 +139,7 @@ impl UpdateError {
             UpdateError::Target(_)
             | UpdateError::MissingInitrd(_)
             | UpdateError::NoTargets
-            | UpdateError::HandoverDir { .. } => E::BadInput,
+            | UpdateError::HandoverDir(_) => E::BadInput,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
             }
@@ -441,7 +382,7 @@ pub fn check(
     if let Handover::Dir(dir) = &options.handover {
         // The estimate plus a tenth for file system overhead and growth until the freeze.
         let estimate: u64 = trees.iter().map(crate::plan::estimate_handover).sum();
-        check_handover_dir(dir, estimate + estimate / 10)?;
+        crate::store::check_dir(dir, estimate + estimate / 10)?;
     }
     if options.network_lock {
         effects

@@ -1,11 +1,85 @@
-//! The reserved-RAM store: RAM that both kernels leave alone across kexec because their command
+//! Where the Save State Map goes. The operator picks the store (`--handover`): appended to the
+//! new kernel's initrd (default, RAM, nothing to set up), or a directory on a file system that
+//! survives the switch and that the new kernel mounts at the same path — a disk, or best, a
+//! reserved-RAM store: RAM that both kernels leave alone across kexec because their command
 //! lines reserve it as legacy persistent memory (`memmap=SIZE!OFFSET`, `CONFIG_X86_PMEM_LEGACY`,
-//! modules `nd_e820` and `nd_pmem`), seen as `/dev/pmemN`. With a file system on it mounted at
-//! the same path in both kernels, `--handover dir:<mount>/ssm` hands the map over where it lies:
-//! no initrd copy, no kexec digest of it, no unpacking at boot. `overboot plan` finds such a
-//! store or says how to make one.
+//! modules `nd_e820` and `nd_pmem`), seen as `/dev/pmemN`. With a file system on it,
+//! `--handover dir:<mount>/ssm` hands the map over where it lies: no initrd copy, no kexec
+//! digest of it, no unpacking at boot. `overboot plan` finds such a store or says how to make
+//! one; `update` checks a directory before anything is frozen.
 
 use std::path::{Path, PathBuf};
+
+/// A directory store that cannot hold the map.
+#[derive(Debug, thiserror::Error)]
+#[error("handover directory {path} cannot hold the map (nothing was frozen): {reason}")]
+pub struct StoreError {
+    /// The directory.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// How the Save State Map reaches the new kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Handover {
+    /// Appended to the new kernel's initrd: RAM only, no disk needed in the new kernel.
+    #[default]
+    Initrd,
+    /// Written straight into `<dir>/<update id>` on a persistent disk file system that the new
+    /// kernel's early userspace mounts at the same path; flushed before the jump.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Handover {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Handover, String> {
+        match s.split_once(':') {
+            None if s == "initrd" => Ok(Handover::Initrd),
+            Some(("dir", path)) if Path::new(path).is_absolute() => {
+                Ok(Handover::Dir(PathBuf::from(path)))
+            }
+            Some(("dir", _)) => Err(format!("{s:?}: the directory must be an absolute path")),
+            _ => Err(format!("{s:?}: expected `initrd` or `dir:/absolute/path`")),
+        }
+    }
+}
+
+/// File systems whose contents a kexec loses: a directory store there would hand over nothing.
+const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
+    ("tmpfs", nix::sys::statfs::TMPFS_MAGIC),
+    ("ramfs", nix::sys::statfs::FsType(0x8584_58f6)),
+];
+
+/// Checks a directory store's place before anything is frozen: it exists (or can be created),
+/// is on a file system that survives a kernel switch (a disk, or reserved RAM such as legacy
+/// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes.
+pub fn check_dir(dir: &Path, needed: u64) -> Result<(), StoreError> {
+    let bad = |reason: String| StoreError {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it: {e}")))?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(|e| bad(format!("statfs: {e}")))?;
+    let kind = fs.filesystem_type();
+    if let Some((name, _)) = RAM_FILESYSTEMS.iter().find(|(_, magic)| *magic == kind) {
+        return Err(bad(format!(
+            "it is on {name}, which does not survive the kernel switch; use a disk file system \
+             that the new kernel's early userspace mounts at the same path, or the initrd store"
+        )));
+    }
+    let vfs = nix::sys::statvfs::statvfs(dir).map_err(|e| bad(format!("statvfs: {e}")))?;
+    let available = vfs.blocks_available() * vfs.fragment_size();
+    if available < needed {
+        return Err(bad(format!(
+            "{} MiB free, the map needs about {} MiB",
+            available >> 20,
+            needed.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
+}
 
 /// A legacy persistent-memory block device and where it is mounted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
