@@ -7,8 +7,9 @@
 //! gives one tree each.
 //!
 //! Checks here are read-only. They refuse PID 1, overboot itself (or a tree that contains it),
-//! missing processes, and file descriptors of kinds CRIU 3.x cannot checkpoint (io_uring,
-//! pidfd, perf events, BPF objects, KVM), naming the process, the fd and its kind.
+//! missing processes, processes in namespaces of their own, and file descriptors of kinds CRIU
+//! 3.x cannot checkpoint (io_uring, pidfd, perf events, BPF objects, KVM), naming the process,
+//! the fd and its kind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -82,6 +83,20 @@ pub enum TargetError {
     /// A kernel thread.
     #[error("{target}: pid {pid} is a kernel thread")]
     KernelThread { target: String, pid: i32 },
+    /// A process in namespaces of its own (systemd's sandboxing makes them: `PrivateUsers=`,
+    /// `PrivateTmp=`, `ProtectSystem=`, `ProtectHostname=`, …). CRIU dumps such a tree only
+    /// together with its namespaces, which overboot does not carry yet.
+    #[error(
+        "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s); overboot carries \
+         only processes in the host's namespaces (for a systemd unit: turn its sandboxing that \
+         makes namespaces off with a drop-in)"
+    )]
+    ForeignNamespaces {
+        target: String,
+        pid: i32,
+        comm: String,
+        namespaces: String,
+    },
     /// A file descriptor of a kind the checkpoint engine cannot carry.
     #[error("{target}: pid {pid} ({comm}) holds fd {fd}, {kind}, which CRIU cannot checkpoint")]
     UnsupportedFd {
@@ -144,6 +159,33 @@ impl TreeInfo {
     pub fn threads(&self) -> u32 {
         self.processes.iter().map(|p| p.threads).sum()
     }
+}
+
+/// The namespaces a preserved process must share with overboot. Not `time`: a tree restored by
+/// an earlier update lives in the time namespace that continues its clocks.
+const SHARED_NAMESPACES: &[&str] = &["user", "mnt", "uts", "ipc", "net", "pid", "cgroup"];
+
+/// The namespace links (`/proc/<pid>/ns/<kind>`) of `pid`, by kind.
+fn namespaces(pid: &str) -> BTreeMap<&'static str, String> {
+    SHARED_NAMESPACES
+        .iter()
+        .filter_map(|kind| {
+            let link = fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+            Some((*kind, link.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// The kinds in which `theirs` differs from `ours` (kinds missing from either are not judged).
+pub fn foreign_namespaces(
+    ours: &BTreeMap<&'static str, String>,
+    theirs: &BTreeMap<&'static str, String>,
+) -> Vec<&'static str> {
+    SHARED_NAMESPACES
+        .iter()
+        .copied()
+        .filter(|kind| matches!((ours.get(kind), theirs.get(kind)), (Some(a), Some(b)) if a != b))
+        .collect()
 }
 
 /// Reads `/proc/<pid>/stat`: (comm, ppid, threads, rss pages, flags).
@@ -299,6 +341,7 @@ fn inspect_tree(
     let mut processes = Vec::new();
     let mut fds: BTreeMap<String, u32> = BTreeMap::new();
     let mut tmpfs_files = BTreeSet::new();
+    let ours = namespaces("self");
     for pid in descendants(root) {
         if pid == self_pid {
             return Err(TargetError::ContainsSelf { target: name, pid });
@@ -306,6 +349,15 @@ fn inspect_tree(
         let Some((comm, ppid, threads, rss, _)) = stat(pid) else {
             continue; // exited meanwhile
         };
+        let foreign = foreign_namespaces(&ours, &namespaces(&pid.to_string()));
+        if !foreign.is_empty() {
+            return Err(TargetError::ForeignNamespaces {
+                target: name,
+                pid,
+                comm,
+                namespaces: foreign.join(", "),
+            });
+        }
         let dir = format!("/proc/{pid}/fd");
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(link) = fs::read_link(entry.path()) else {
@@ -438,6 +490,32 @@ mod tests {
             fd_kind("anon_inode:[eventfd]"),
             ("anon:eventfd".into(), true)
         );
+    }
+
+    #[test]
+    fn namespaces_of_their_own_are_found() {
+        let ns = |pairs: &[(&'static str, &str)]| -> BTreeMap<&'static str, String> {
+            pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+        };
+        let ours = ns(&[
+            ("user", "user:[1]"),
+            ("mnt", "mnt:[2]"),
+            ("uts", "uts:[3]"),
+            ("net", "net:[4]"),
+        ]);
+        let sandboxed = ns(&[
+            ("user", "user:[11]"),
+            ("mnt", "mnt:[12]"),
+            ("uts", "uts:[3]"),
+            ("net", "net:[4]"),
+        ]);
+        assert_eq!(foreign_namespaces(&ours, &sandboxed), ["user", "mnt"]);
+        assert!(foreign_namespaces(&ours, &ours).is_empty());
+        // What cannot be read is not judged.
+        assert!(foreign_namespaces(&ours, &ns(&[("user", "user:[1]")])).is_empty());
+        // Our own children share our namespaces.
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        assert!(foreign_namespaces(&namespaces("self"), &namespaces(&me.to_string())).is_empty());
     }
 
     #[test]
