@@ -31,7 +31,7 @@ pub const PROFILE_FILES: &[(&str, u32, &str)] = &[
     (
         "/etc/modules-load.d/overboot-lab.conf",
         0o644,
-        "inet_diag\ntcp_diag\nudp_diag\nunix_diag\nnetlink_diag\npacket_diag\nnf_tables\n",
+        "inet_diag\ntcp_diag\nudp_diag\nunix_diag\nnetlink_diag\naf_packet_diag\nnf_tables\n",
     ),
     ("/usr/local/lib/overboot-lab/net-up", 0o755, NET_UP),
     ("/etc/systemd/system/lab-net.service", 0o644, NET_UNIT),
