@@ -1,7 +1,8 @@
 //! Lab tests of the Debian 13 profile: a real trixie server with systemd as PID 1 boots Debian's
 //! 6.12 through the distribution's initramfs, runs `redis-server.service` reachable from the
 //! host, and a bare `overboot kexec` moves it to 7.3 from trixie-backports, where systemd again
-//! reaches multi-user with Redis active.
+//! reaches multi-user with Redis active. On the way, `--preserve unit:NAME.service` is resolved
+//! against the real systemd (and refused for unknown, stopped and non-service units).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -49,6 +50,111 @@ fn redis_round_trip(addr: SocketAddr, value: &str) {
     assert_eq!(get, Reply::Bulk(Some(value.as_bytes().to_vec())));
 }
 
+/// A drop-in that turns off the sandboxing of Debian's `redis-server.service` that puts Redis
+/// in namespaces of its own (user, mount, uts).
+const NO_NAMESPACES: &str = "[Service]\\nPrivateUsers=no\\nProtectHostname=no\\nPrivateTmp=no\\n\
+    PrivateDevices=no\\nProtectSystem=no\\nProtectHome=no\\nProtectKernelTunables=no\\n\
+    ProtectKernelModules=no\\nProtectKernelLogs=no\\nProtectControlGroups=no\\n\
+    ProtectProc=default\\nProtectClock=no\\nReadWritePaths=\\nNoExecPaths=\\nExecPaths=\\n\
+    ReadWriteDirectories=\\n";
+
+/// `overboot plan --json` for one target; the plan and its first tree.
+fn plan_one(guest: &mut Guest, kernel: &str, target: &str) -> serde_json::Value {
+    let out = guest
+        .run(
+            &format!("overboot plan --json {kernel} --preserve {target} 2>/dev/null"),
+            CMD,
+        )
+        .expect("plan");
+    serde_json::from_str(&out.text()).unwrap_or_else(|e| panic!("plan --json: {e}: {}", out.text()))
+}
+
+/// `--preserve unit:NAME.service` against the real systemd: Debian's sandboxed Redis is refused
+/// for its namespaces, naming them; without that sandboxing the unit resolves to its main
+/// process; unknown, stopped and non-service units are refused by name before anything is
+/// frozen (Redis keeps running).
+fn unit_targets_resolve(guest: &mut Guest, new: &str) {
+    let kernel = format!("--kernel /boot/vmlinuz-{new} --initrd /boot/initrd.img-{new}");
+    let plan = plan_one(guest, &kernel, "unit:redis-server.service");
+    let tree = &plan["trees"][0];
+    assert_eq!(tree["target"], "unit:redis-server.service", "{plan:#}");
+    assert_eq!(tree["ok"], false, "{plan:#}");
+    let reason = tree["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("own user, mnt, uts"),
+        "the refusal does not name the namespaces: {plan:#}"
+    );
+
+    guest
+        .run_ok(
+            &format!(
+                "mkdir -p /run/systemd/system/redis-server.service.d && \
+                 printf '{NO_NAMESPACES}' > /run/systemd/system/redis-server.service.d/lab.conf && \
+                 systemctl daemon-reload && systemctl restart redis-server"
+            ),
+            CMD,
+        )
+        .expect("Redis without namespaces of its own");
+    assert_active(guest, "redis-server");
+    let main_pid = guest
+        .run_ok("systemctl show -P MainPID redis-server", CMD)
+        .expect("MainPID")
+        .text()
+        .trim()
+        .to_string();
+    let plan = plan_one(guest, &kernel, "unit:redis-server");
+    let tree = &plan["trees"][0];
+    assert_eq!(tree["ok"], true, "{plan:#}");
+    assert_eq!(
+        tree["tree"]["name"], "unit-redis-server.service",
+        "{plan:#}"
+    );
+    assert_eq!(
+        tree["tree"]["root"].to_string(),
+        main_pid,
+        "the unit's tree is not rooted at its MainPID: {plan:#}"
+    );
+
+    guest
+        .run_ok(
+            "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /run/systemd/system/lab-idle.service && systemctl daemon-reload",
+            CMD,
+        )
+        .expect("an idle unit");
+    // (target, exit code, message): a unit that is not a service is bad usage (2, refused
+    // while the arguments are parsed); the others are bad targets (5).
+    let refusals = [
+        ("unit:nope.service", 5, "no such unit"),
+        ("unit:lab-idle", 5, "not running"),
+        ("unit:redis.socket", 2, "only .service units"),
+    ];
+    for (target, code, message) in refusals {
+        for verb in ["plan", "update"] {
+            let out = guest
+                .run(
+                    &format!("overboot {verb} {kernel} --preserve {target}"),
+                    CMD,
+                )
+                .expect("overboot");
+            assert_eq!(out.status, code, "{verb} {target}: {}", out.text());
+            assert!(
+                out.text().contains(message),
+                "{verb} {target} does not say {message:?}: {}",
+                out.text()
+            );
+        }
+    }
+    let after = guest
+        .run_ok("systemctl show -P MainPID redis-server", CMD)
+        .expect("MainPID");
+    assert_eq!(
+        after.text().trim(),
+        main_pid,
+        "a refused update touched Redis"
+    );
+    assert_active(guest, "redis-server");
+}
+
 #[test]
 fn trixie_systemd_redis_then_kexec_to_7_3() {
     let prepare = Instant::now();
@@ -78,6 +184,7 @@ fn trixie_systemd_redis_then_kexec_to_7_3() {
     settled(&mut guest);
     assert_active(&mut guest, "redis-server");
     redis_round_trip(addr, "on 6.12");
+    unit_targets_resolve(&mut guest, &new);
     let boot_id = guest
         .run_ok("cat /proc/sys/kernel/random/boot_id", CMD)
         .expect("boot id")
