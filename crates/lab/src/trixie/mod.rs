@@ -41,9 +41,12 @@ pub const SUITE: &str = "trixie";
 pub const HOST_PACKAGES: &[&str] = &["debootstrap", "qemu-utils"];
 
 /// The kernel command line of trixie guests: the root is the whole virtio disk, interfaces keep
-/// their kernel names (`eth0`), systemd prints no status lines into the console protocol.
-pub const CMDLINE: &str =
-    "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 quiet systemd.show_status=false";
+/// their kernel names (`eth0`), systemd prints no status lines into the console protocol, and
+/// the boot-time check of the IO-APIC timer is skipped (`no_timer_check`): on a loaded host a
+/// TCG vCPU can miss the ticks it counts, and 6.12 then panics with "IO-APIC + timer doesn't
+/// work!", as it did here once.
+pub const CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 no_timer_check panic=-1 \
+     quiet systemd.show_status=false";
 
 /// How long a trixie guest may take to reach multi-user under TCG (about 45 s when the host's
 /// two cores are otherwise idle; other guests may share them).
