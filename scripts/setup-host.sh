@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the lab needs on a Debian 12 host (as root): QEMU, CRIU, busybox, cpio, ...
+# (debootstrap and qemu-utils build and overlay the Debian 13 profile's root file system)
 # Sourced by scripts/demo and scripts/test; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -19,7 +20,7 @@ fi
 
 packages=(qemu-system-x86 criu busybox-static cpio xz-utils zstd e2fsprogs kmod
           redis-server redis-tools nftables iproute2 gcc gcc-12 make patch tar
-          libelf1 zlib1g)
+          libelf1 zlib1g debootstrap qemu-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

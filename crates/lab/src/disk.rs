@@ -29,6 +29,16 @@ pub enum DiskError {
 
 /// Builds a sparse ext4 image of `size_mib` at `image`, populated from `contents`.
 pub fn build(image: &Path, contents: &Path, size_mib: u64) -> Result<(), DiskError> {
+    build_labelled(image, contents, size_mib, "overboot-lab")
+}
+
+/// Like [`build`], with the file system label `label`.
+pub fn build_labelled(
+    image: &Path,
+    contents: &Path,
+    size_mib: u64,
+    label: &str,
+) -> Result<(), DiskError> {
     if image.exists() {
         fs::remove_file(image).map_err(|source| DiskError::Io {
             path: image.display().to_string(),
@@ -37,15 +47,7 @@ pub fn build(image: &Path, contents: &Path, size_mib: u64) -> Result<(), DiskErr
     }
     host::run(
         Command::new("mkfs.ext4")
-            .args([
-                "-q",
-                "-F",
-                "-L",
-                "overboot-lab",
-                "-E",
-                "root_owner=0:0",
-                "-d",
-            ])
+            .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
             .arg(contents)
             .arg(image)
             .arg(format!("{size_mib}M")),

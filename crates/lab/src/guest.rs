@@ -30,7 +30,9 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// Virtual CPUs.
     pub cpus: u32,
-    /// An ext4 data disk attached as virtio-blk (`/dev/vda`, mounted at `/lab`).
+    /// A disk attached as virtio-blk (`/dev/vda`): the busybox profile's ext4 data disk (mounted
+    /// at `/lab`) or the trixie profile's root. A `.qcow2` file is attached as qcow2 (an overlay),
+    /// anything else as raw.
     pub disk: Option<PathBuf>,
     /// User-mode networking with these `(host_port, guest_port)` TCP forwards.
     pub net: Option<Vec<(u16, u16)>>,
@@ -189,8 +191,13 @@ impl Guest {
             cmd.args(["-monitor", "none", "-no-reboot"]);
         }
         if let Some(disk) = &config.disk {
+            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
             cmd.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe",
+                "file={},format={format},if=virtio,cache=unsafe",
                 disk.display()
             ));
         }
@@ -410,9 +417,9 @@ fn clean_line(raw: &[u8]) -> String {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\u{1b}' => {
+            '\u{1b}' => match chars.peek() {
                 // CSI: ESC [ params final-byte
-                if chars.peek() == Some(&'[') {
+                Some('[') => {
                     chars.next();
                     for c in chars.by_ref() {
                         if ('@'..='~').contains(&c) {
@@ -420,7 +427,22 @@ fn clean_line(raw: &[u8]) -> String {
                         }
                     }
                 }
-            }
+                // OSC: ESC ] text, ended by BEL or ESC \ (systemd resets the palette this way
+                // when it hands a service the console).
+                Some(']') => {
+                    chars.next();
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
             '\r' | '\n' => {}
             c => out.push(c),
         }
@@ -438,5 +460,10 @@ mod tests {
             clean_line(b"\x1b[?7l\x1b[2J@@LAB booted 6.1\r\n"),
             "@@LAB booted 6.1"
         );
+        assert_eq!(
+            clean_line(b"\x1b[!p\x1b]104\x07\x1b[?7h@@LAB booted 7.3\r\n"),
+            "@@LAB booted 7.3"
+        );
+        assert_eq!(clean_line(b"\x1b]0;title\x1b\\ok\n"), "ok");
     }
 }

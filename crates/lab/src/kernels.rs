@@ -219,7 +219,7 @@ fn resolve_package(spec: &KernelSpec) -> Result<String, KernelError> {
 }
 
 /// Picks the newest package name of a series by comparing the numeric parts of its middle.
-fn newest_of_series<'a>(
+pub(crate) fn newest_of_series<'a>(
     names: impl Iterator<Item = &'a str>,
     (prefix, suffix): (&str, &str),
 ) -> Option<String> {

@@ -3,6 +3,7 @@
 //! It fetches Debian kernel packages into a cache ([`kernels`]), builds guest initramfs images
 //! and data disks ([`image`], [`disk`]), boots them in QEMU and talks to the guest over the serial
 //! console with explicit sentinels ([`guest`]). Tests, the demo and the benchmark are built on it.
+//! [`trixie`] is the second profile: a Debian 13 root file system with systemd as PID 1.
 //! Nothing here runs a privileged operation on the host: kexec, CRIU and friends run in guests.
 
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod lab;
 pub mod net;
 pub mod redis;
 pub mod service;
+pub mod trixie;
 pub mod workloads;
 
 pub use guest::{Guest, GuestConfig, GuestError};

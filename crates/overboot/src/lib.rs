@@ -2,7 +2,7 @@
 //!
 //! This crate is the orchestration behind the CLI: [`update`] (checks, freeze and dump, Save
 //! State Map, kexec), [`resume`] (the agent in the new kernel), [`report`] (what `status`
-//! shows), with [`target`] inspection shared by `plan` and `update`. The kernel switch itself is
+//! shows), with [`target`] inspection shared by `plan` and `update` ([`unit`]: systemd services as targets). The kernel switch itself is
 //! `overboot-kexec`, the checkpoint engine `overboot-checkpoint`, the map `overboot-handover`.
 
 pub mod exit;
@@ -17,6 +17,7 @@ pub mod rollback;
 pub mod store;
 pub mod target;
 pub mod timens;
+pub mod unit;
 pub mod update;
 
 pub use exit::ExitClass;

@@ -147,15 +147,17 @@ pub fn make(
     let mut trees = Vec::new();
     for t in targets {
         match target::inspect(t, me) {
-            Ok(tree) => {
-                let bytes = estimate_handover(&tree);
-                trees.push(TreePlan {
-                    target: t.to_string(),
-                    ok: true,
-                    reason: None,
-                    tree: Some(tree),
-                    handover_bytes: bytes,
-                });
+            Ok(found) => {
+                for tree in found {
+                    let bytes = estimate_handover(&tree);
+                    trees.push(TreePlan {
+                        target: t.to_string(),
+                        ok: true,
+                        reason: None,
+                        tree: Some(tree),
+                        handover_bytes: bytes,
+                    });
+                }
             }
             Err(e) => {
                 problems.push(e.to_string());

@@ -2,9 +2,14 @@
 //! the process tree (from `/proc`), its threads, resident memory, open files by kind, and the
 //! reasons it cannot be carried across, if any.
 //!
+//! A target is a process tree (`pid:N`) or a systemd service (`unit:NAME.service`, every
+//! process of its cgroup, see [`crate::unit`]); a service whose processes form several trees
+//! gives one tree each.
+//!
 //! Checks here are read-only. They refuse PID 1, overboot itself (or a tree that contains it),
-//! missing processes, and file descriptors of kinds CRIU 3.x cannot checkpoint (io_uring,
-//! pidfd, perf events, BPF objects, KVM), naming the process, the fd and its kind.
+//! missing processes, processes in namespaces of their own, and file descriptors of kinds CRIU
+//! 3.x cannot checkpoint (io_uring, pidfd, perf events, BPF objects, KVM), naming the process,
+//! the fd and its kind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -15,12 +20,15 @@ use std::path::PathBuf;
 pub enum Target {
     /// `pid:N`: the process tree rooted at N.
     Pid(i32),
+    /// `unit:NAME.service`: every process of a running systemd service.
+    Unit(String),
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Pid(pid) => write!(f, "pid:{pid}"),
+            Target::Unit(name) => write!(f, "unit:{name}"),
         }
     }
 }
@@ -32,6 +40,7 @@ impl std::str::FromStr for Target {
         let bad = || TargetError::Syntax(s.to_string());
         match s.split_once(':') {
             Some(("pid", n)) => n.parse().map(Target::Pid).map_err(|_| bad()),
+            Some(("unit", name)) => crate::unit::unit_name(name).map(Target::Unit),
             _ => Err(bad()),
         }
     }
@@ -40,9 +49,21 @@ impl std::str::FromStr for Target {
 /// Why a target cannot be preserved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    /// Not `pid:N`.
-    #[error("cannot parse target {0:?}: expected pid:N")]
+    /// Neither `pid:N` nor `unit:NAME.service`.
+    #[error("cannot parse target {0:?}: expected pid:N or unit:NAME.service")]
     Syntax(String),
+    /// A unit that is not a service.
+    #[error("{target}: only .service units can be preserved")]
+    NotAService { target: String },
+    /// No cgroup v2 hierarchy to find a unit's processes in.
+    #[error("{target}: no unified cgroup hierarchy (cgroup v2) at /sys/fs/cgroup")]
+    NoUnifiedCgroup { target: String },
+    /// systemd knows no such unit.
+    #[error("{target}: no such unit (no unit file and no cgroup)")]
+    NoSuchUnit { target: String },
+    /// The unit exists but runs no process.
+    #[error("{target}: the unit is not running (no process in its cgroup)")]
+    UnitInactive { target: String },
     /// No such process.
     #[error("{target}: no such process")]
     NoSuchProcess { target: String },
@@ -62,6 +83,20 @@ pub enum TargetError {
     /// A kernel thread.
     #[error("{target}: pid {pid} is a kernel thread")]
     KernelThread { target: String, pid: i32 },
+    /// A process in namespaces of its own (systemd's sandboxing makes them: `PrivateUsers=`,
+    /// `PrivateTmp=`, `ProtectSystem=`, `ProtectHostname=`, …). CRIU dumps such a tree only
+    /// together with its namespaces, which overboot does not carry yet.
+    #[error(
+        "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s); overboot carries \
+         only processes in the host's namespaces (for a systemd unit: turn its sandboxing that \
+         makes namespaces off with a drop-in)"
+    )]
+    ForeignNamespaces {
+        target: String,
+        pid: i32,
+        comm: String,
+        namespaces: String,
+    },
     /// A file descriptor of a kind the checkpoint engine cannot carry.
     #[error("{target}: pid {pid} ({comm}) holds fd {fd}, {kind}, which CRIU cannot checkpoint")]
     UnsupportedFd {
@@ -124,6 +159,33 @@ impl TreeInfo {
     pub fn threads(&self) -> u32 {
         self.processes.iter().map(|p| p.threads).sum()
     }
+}
+
+/// The namespaces a preserved process must share with overboot. Not `time`: a tree restored by
+/// an earlier update lives in the time namespace that continues its clocks.
+const SHARED_NAMESPACES: &[&str] = &["user", "mnt", "uts", "ipc", "net", "pid", "cgroup"];
+
+/// The namespace links (`/proc/<pid>/ns/<kind>`) of `pid`, by kind.
+fn namespaces(pid: &str) -> BTreeMap<&'static str, String> {
+    SHARED_NAMESPACES
+        .iter()
+        .filter_map(|kind| {
+            let link = fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+            Some((*kind, link.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// The kinds in which `theirs` differs from `ours` (kinds missing from either are not judged).
+pub fn foreign_namespaces(
+    ours: &BTreeMap<&'static str, String>,
+    theirs: &BTreeMap<&'static str, String>,
+) -> Vec<&'static str> {
+    SHARED_NAMESPACES
+        .iter()
+        .copied()
+        .filter(|kind| matches!((ours.get(kind), theirs.get(kind)), (Some(a), Some(b)) if a != b))
+        .collect()
 }
 
 /// Reads `/proc/<pid>/stat`: (comm, ppid, threads, rss pages, flags).
@@ -224,9 +286,42 @@ fn on_volatile_fs(path: &std::path::Path) -> bool {
         .is_some_and(|(_, fstype)| matches!(fstype.as_str(), "tmpfs" | "ramfs" | "rootfs"))
 }
 
-/// Inspects a target without changing anything. `self_pid` is overboot's own pid.
-pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> {
-    let Target::Pid(root) = *target;
+/// Inspects a target without changing anything: its trees, one for `pid:N`, one per root for
+/// `unit:NAME.service`. `self_pid` is overboot's own pid.
+pub fn inspect(target: &Target, self_pid: i32) -> Result<Vec<TreeInfo>, TargetError> {
+    match target {
+        Target::Pid(root) => Ok(vec![inspect_tree(
+            target,
+            *root,
+            format!("pid-{root}"),
+            self_pid,
+        )?]),
+        Target::Unit(unit) => {
+            let pids = crate::unit::unit_pids(&crate::unit::SystemdView::host(), unit)?;
+            let roots = crate::unit::tree_roots(&pids, |pid| stat(pid).map(|s| s.1));
+            let several = roots.len() > 1;
+            roots
+                .into_iter()
+                .map(|root| {
+                    let name = if several {
+                        format!("unit-{unit}-{root}")
+                    } else {
+                        format!("unit-{unit}")
+                    };
+                    inspect_tree(target, root, name, self_pid)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Inspects the tree rooted at `root`, which `target` named; `name` names it in the map.
+fn inspect_tree(
+    target: &Target,
+    root: i32,
+    tree_name: String,
+    self_pid: i32,
+) -> Result<TreeInfo, TargetError> {
     let name = target.to_string();
     if root == 1 {
         return Err(TargetError::Init { target: name });
@@ -246,6 +341,7 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
     let mut processes = Vec::new();
     let mut fds: BTreeMap<String, u32> = BTreeMap::new();
     let mut tmpfs_files = BTreeSet::new();
+    let ours = namespaces("self");
     for pid in descendants(root) {
         if pid == self_pid {
             return Err(TargetError::ContainsSelf { target: name, pid });
@@ -253,6 +349,15 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
         let Some((comm, ppid, threads, rss, _)) = stat(pid) else {
             continue; // exited meanwhile
         };
+        let foreign = foreign_namespaces(&ours, &namespaces(&pid.to_string()));
+        if !foreign.is_empty() {
+            return Err(TargetError::ForeignNamespaces {
+                target: name,
+                pid,
+                comm,
+                namespaces: foreign.join(", "),
+            });
+        }
         let dir = format!("/proc/{pid}/fd");
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(link) = fs::read_link(entry.path()) else {
@@ -310,7 +415,7 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
         .unwrap_or_default();
     Ok(TreeInfo {
         target: target.clone(),
-        name: format!("pid-{root}"),
+        name: tree_name,
         root,
         cmdline,
         processes,
@@ -324,17 +429,18 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<TreeInfo, TargetError> 
 pub fn inspect_all(targets: &[Target], self_pid: i32) -> Result<Vec<TreeInfo>, TargetError> {
     let mut trees: Vec<TreeInfo> = Vec::new();
     for target in targets {
-        let tree = inspect(target, self_pid)?;
-        for other in &trees {
-            if let Some(pid) = tree.pids().into_iter().find(|p| other.pids().contains(p)) {
-                return Err(TargetError::Overlap {
-                    target: target.to_string(),
-                    pid,
-                    other: other.target.to_string(),
-                });
+        for tree in inspect(target, self_pid)? {
+            for other in &trees {
+                if let Some(pid) = tree.pids().into_iter().find(|p| other.pids().contains(p)) {
+                    return Err(TargetError::Overlap {
+                        target: target.to_string(),
+                        pid,
+                        other: other.target.to_string(),
+                    });
+                }
             }
+            trees.push(tree);
         }
-        trees.push(tree);
     }
     Ok(trees)
 }
@@ -354,6 +460,22 @@ mod tests {
             "pid:x".parse::<Target>(),
             Err(TargetError::Syntax(_))
         ));
+        assert_eq!(
+            "unit:redis-server.service".parse::<Target>(),
+            Ok(Target::Unit("redis-server.service".into()))
+        );
+        assert_eq!(
+            "unit:redis-server".parse::<Target>(),
+            Ok(Target::Unit("redis-server.service".into()))
+        );
+        assert_eq!(
+            Target::Unit("redis-server.service".into()).to_string(),
+            "unit:redis-server.service"
+        );
+        assert!(matches!(
+            "unit:redis.socket".parse::<Target>(),
+            Err(TargetError::NotAService { .. })
+        ));
     }
 
     #[test]
@@ -368,6 +490,32 @@ mod tests {
             fd_kind("anon_inode:[eventfd]"),
             ("anon:eventfd".into(), true)
         );
+    }
+
+    #[test]
+    fn namespaces_of_their_own_are_found() {
+        let ns = |pairs: &[(&'static str, &str)]| -> BTreeMap<&'static str, String> {
+            pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+        };
+        let ours = ns(&[
+            ("user", "user:[1]"),
+            ("mnt", "mnt:[2]"),
+            ("uts", "uts:[3]"),
+            ("net", "net:[4]"),
+        ]);
+        let sandboxed = ns(&[
+            ("user", "user:[11]"),
+            ("mnt", "mnt:[12]"),
+            ("uts", "uts:[3]"),
+            ("net", "net:[4]"),
+        ]);
+        assert_eq!(foreign_namespaces(&ours, &sandboxed), ["user", "mnt"]);
+        assert!(foreign_namespaces(&ours, &ours).is_empty());
+        // What cannot be read is not judged.
+        assert!(foreign_namespaces(&ours, &ns(&[("user", "user:[1]")])).is_empty());
+        // Our own children share our namespaces.
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        assert!(foreign_namespaces(&namespaces("self"), &namespaces(&me.to_string())).is_empty());
     }
 
     #[test]
@@ -401,7 +549,9 @@ mod tests {
         let tree = inspect(&Target::Pid(pid), 1);
         let _ = child.kill();
         let _ = child.wait();
-        let tree = tree.expect("inspect");
+        let mut trees = tree.expect("inspect");
+        assert_eq!(trees.len(), 1);
+        let tree = trees.remove(0);
         assert_eq!(tree.root, pid);
         assert_eq!(tree.pids(), vec![pid]);
         assert!(tree.cmdline.contains("sleep 30"));

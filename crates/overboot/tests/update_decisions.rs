@@ -69,6 +69,7 @@ impl Effects for Mock {
             .iter()
             .map(|t| match t {
                 Target::Pid(p) => tree(*p),
+                Target::Unit(u) => panic!("the mock resolves no unit ({u})"),
             })
             .collect())
     }

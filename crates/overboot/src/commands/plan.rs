@@ -15,7 +15,7 @@ pub struct Args {
     /// Its initrd.
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// A process tree to carry across: `pid:N`. Repeatable.
+    /// What to carry across: `pid:N` or `unit:NAME.service`. Repeatable.
     #[arg(long = "preserve", value_name = "TARGET")]
     preserve: Vec<Target>,
 }

@@ -25,7 +25,8 @@ pub struct Args {
     /// Give the new kernel the running kernel's command line.
     #[arg(long)]
     reuse_cmdline: bool,
-    /// A process tree to carry across: `pid:N` (the tree rooted at N). Repeatable.
+    /// What to carry across: `pid:N` (the tree rooted at N) or `unit:NAME.service` (every
+    /// process of a running systemd service). Repeatable.
     #[arg(long = "preserve", value_name = "TARGET", required = true)]
     preserve: Vec<Target>,
     /// Where the map is built (a RAM file system).
