@@ -94,7 +94,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
     assert!(blackout.starts_with("<svg") && blackout.trim_end().ends_with("</svg>"));
     assert_eq!(
         blackout.matches("<circle").count(),
-        4,
+        5,
         "one point per method"
     );
     let latency = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");
