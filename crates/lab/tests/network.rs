@@ -138,6 +138,10 @@ fn carry_redis_and_tcp(to: &str) {
         Ok(report) => failures.push(format!("agent report: {report}")),
         Err(e) => failures.push(format!("agent report: {e}")),
     }
+    // Stop the writer and flush the guest's page cache: the log is read from the disk image.
+    if let Err(e) = guest.run_ok(&format!("kill -STOP {tcpout_pid}; sync"), CMD) {
+        failures.push(format!("stopping tcpout and syncing: {e}"));
+    }
     guest.kill();
 
     let log = disk::read_file(&guest_disk(&name), "/wl/tcpout.log").expect("tcpout log");
