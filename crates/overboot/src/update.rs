@@ -112,6 +112,16 @@ pub enum UpdateError {
         #[source]
         source: NetworkError,
     },
+    /// The initrd store would run the machine out of memory (nothing was frozen).
+    #[error(
+        "not enough memory to hand the map over through the initrd: about {} MiB needed (the map, \
+         its copy in the initrd and kexec_file_load's two copies of that initrd), {} MiB \
+         available (nothing was frozen); hand it over with --handover dir:PATH on reserved RAM or \
+         a disk (see `overboot plan`)",
+        needed >> 20,
+        available >> 20
+    )]
+    Memory { needed: u64, available: u64 },
     /// The kernel loaded before the freeze has another command line than the map needs.
     #[error("the kernel was loaded with {loaded:?} but the map needs {needed:?}; {recovery}")]
     EarlyLoadMismatch {
@@ -139,7 +149,8 @@ impl UpdateError {
             UpdateError::Target(_)
             | UpdateError::MissingInitrd(_)
             | UpdateError::NoTargets
-            | UpdateError::HandoverDir(_) => E::BadInput,
+            | UpdateError::HandoverDir(_)
+            | UpdateError::Memory { .. } => E::BadInput,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
             }
@@ -162,6 +173,10 @@ pub trait Effects {
     fn inspect_targets(&mut self, targets: &[Target]) -> Result<Vec<TreeInfo>, TargetError>;
     /// Checks that the engine runs; returns its version.
     fn probe_engine(&mut self) -> Result<String, CheckpointError>;
+    /// `MemAvailable` now, bytes.
+    fn memory_available(&mut self) -> u64 {
+        crate::plan::meminfo("MemAvailable")
+    }
     /// Checks the network lock can be carried for these trees (nft present when they hold
     /// TCP sockets).
     fn check_network(&mut self, trees: &[TreeInfo]) -> Result<(), NetworkError>;
@@ -379,10 +394,22 @@ pub fn check(
         }
     }
     let trees = effects.inspect_targets(&options.preserve)?;
-    if let Handover::Dir(dir) = &options.handover {
+    let estimate: u64 = trees.iter().map(crate::plan::estimate_handover).sum();
+    match &options.handover {
         // The estimate plus a tenth for file system overhead and growth until the freeze.
-        let estimate: u64 = trees.iter().map(crate::plan::estimate_handover).sum();
-        crate::store::check_dir(dir, estimate + estimate / 10)?;
+        Handover::Dir(dir) => crate::store::check_dir(dir, estimate + estimate / 10)?,
+        Handover::Initrd => {
+            let initrd = options
+                .initrd
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len());
+            let needed = crate::plan::initrd_handover_memory(estimate, initrd, image.size);
+            let available = effects.memory_available();
+            if needed > available {
+                return Err(UpdateError::Memory { needed, available });
+            }
+        }
     }
     if options.network_lock {
         effects

@@ -22,6 +22,7 @@ struct Mock {
     fail_load: bool,
     fail_jump: bool,
     log: Vec<String>,
+    memory: Option<u64>,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -137,6 +138,10 @@ impl Effects for Mock {
 
     fn unload(&mut self) {
         self.log.push("unload".into());
+    }
+
+    fn memory_available(&mut self) -> u64 {
+        self.memory.unwrap_or(u64::MAX)
     }
 
     fn jump(&mut self) -> Result<(), KexecError> {
@@ -409,4 +414,33 @@ fn a_failure_after_an_early_load_restores_the_trees_and_unloads_the_kernel() {
         "{err}"
     );
     assert!(!mock.log.contains(&"unload".to_string()));
+}
+
+#[test]
+fn an_initrd_handover_that_would_run_out_of_memory_is_refused_before_anything_is_frozen() {
+    let mut mock = Mock {
+        memory: Some(1 << 20),
+        ..Mock::default()
+    };
+    let (result, _dir) = run(&mut mock);
+    let err = result.expect_err("must refuse");
+    assert!(!dumped(&mock), "{:?}", mock.log);
+    let text = err.to_string();
+    assert!(
+        text.contains("not enough memory") && text.contains("nothing was frozen"),
+        "{text}"
+    );
+    assert!(text.contains("--handover dir:"), "{text}");
+    assert_eq!(err.class(), overboot::ExitClass::BadInput);
+}
+
+#[test]
+fn the_initrd_handover_memory_counts_every_copy() {
+    // 659 MiB map, 39 MiB initrd, 8 MiB kernel: the case that ran out of memory in a 3 GiB
+    // guest with 2.25 GiB available.
+    let needed = overboot::plan::initrd_handover_memory(659 << 20, 39 << 20, 8 << 20);
+    assert!(needed > 2250 << 20, "{}", needed >> 20);
+    // 540 MiB map in the same guest (2.37 GiB available) went through.
+    let needed = overboot::plan::initrd_handover_memory(540 << 20, 39 << 20, 8 << 20);
+    assert!(needed < 2370 << 20, "{}", needed >> 20);
 }

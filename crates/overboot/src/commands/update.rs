@@ -89,6 +89,9 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         network_lock: !args.unsafe_no_network_lock,
         handover: args.handover,
     };
+    // Once trees are dumped, this process is the only way back for them: the kernel's OOM
+    // killer must pick anything else (best effort; needs root, as the update does anyway).
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let start = Instant::now();
     let mut progress = |step: &str| {
         if !json {
