@@ -422,8 +422,12 @@ fn an_initrd_handover_that_would_run_out_of_memory_is_refused_before_anything_is
         memory: Some(1 << 20),
         ..Mock::default()
     };
-    let (result, _dir) = run(&mut mock);
-    let err = result.expect_err("must refuse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, vec![0u8; 4 << 20]).expect("initrd");
+    let mut opts = options(dir.path());
+    opts.initrd = Some(initrd);
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("must refuse");
     assert!(!dumped(&mock), "{:?}", mock.log);
     let text = err.to_string();
     assert!(
