@@ -32,10 +32,7 @@ impl Phases {
 
     /// Notes the memory in use now, if `/proc/meminfo` is readable.
     pub fn sample_memory(&mut self) {
-        if let Some(used) = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| mem_used_bytes(&text))
-        {
+        if let Some(used) = mem_used_now() {
             self.peak_mem = self.peak_mem.max(used);
         }
     }
@@ -64,15 +61,30 @@ impl Phases {
     }
 }
 
+/// A field of a `/proc/meminfo` text (`key` without the colon), in bytes.
+pub fn meminfo_field(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .strip_suffix("kB")
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
 /// `MemTotal - MemAvailable` of a `/proc/meminfo` text, in bytes.
 pub fn mem_used_bytes(meminfo: &str) -> Option<u64> {
-    let field = |name: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+    Some(
+        meminfo_field(meminfo, "MemTotal")?.saturating_sub(meminfo_field(meminfo, "MemAvailable")?),
+    )
+}
+
+/// `MemTotal - MemAvailable` of this machine now, in bytes.
+pub fn mem_used_now() -> Option<u64> {
+    mem_used_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
 #[cfg(test)]

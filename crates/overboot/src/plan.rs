@@ -77,13 +77,9 @@ pub fn initrd_handover_memory(map: u64, initrd: u64, kernel: u64) -> u64 {
 /// A `/proc/meminfo` field in bytes (0 when unreadable).
 pub fn meminfo(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+        .ok()
+        .and_then(|text| crate::phases::meminfo_field(&text, key))
+        .unwrap_or(0)
 }
 
 /// Bytes of a process's memory CRIU writes: anonymous (incl. private copies of file pages)

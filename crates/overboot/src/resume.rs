@@ -363,10 +363,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
     // The new kernel's peak: the map and every restored tree are both in memory now.
-    let peak_here = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| crate::phases::mem_used_bytes(&text))
-        .unwrap_or(0);
+    let peak_here = crate::phases::mem_used_now().unwrap_or(0);
     // Every socket is back: let new connections in.
     crate::network::release(&network);
     for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
