@@ -194,6 +194,14 @@ pub struct DirectoryStore {
     pub path: PathBuf,
 }
 
+impl DirectoryStore {
+    /// The command-line parameter that points the new kernel at this store; refused when the
+    /// path cannot ride on a kernel command line.
+    pub fn cmdline_param(&self) -> Result<String, HandoverError> {
+        Ok(format!("{CMDLINE_KEY}=dir:{}", cmdline_path(&self.path)?))
+    }
+}
+
 impl Store for DirectoryStore {
     fn kind(&self) -> &'static str {
         "dir"
@@ -203,9 +211,9 @@ impl Store for DirectoryStore {
         let span =
             tracing::info_span!("handover_publish", store = "dir", path = %self.path.display());
         let _entered = span.enter();
-        let path = cmdline_path(&self.path)?;
+        let param = self.cmdline_param()?;
         if map.dir() == self.path {
-            return publish_in_place(map, path);
+            return publish_in_place(map, param);
         }
         if let Some(parent) = self.path.parent() {
             make_parents(parent)?;
@@ -241,7 +249,7 @@ impl Store for DirectoryStore {
         write_file_synced(&self.path.join(MANIFEST_FILE), map.manifest_bytes())?;
         write_file_synced(&self.path.join(HEADER_FILE), map.header_bytes())?;
         tracing::info!(bytes, "map copied to directory");
-        finish_directory(map, &self.path, &dirs, bytes, path)
+        finish_directory(map, &self.path, &dirs, bytes, param)
     }
 }
 
@@ -250,7 +258,7 @@ impl Store for DirectoryStore {
 /// back). Files are checked for presence and size only: they were hashed moments ago by
 /// [`crate::MapWriter::finish`], and the new kernel verifies every digest before restoring, so a
 /// third pass over the whole map here would only lengthen the blackout.
-fn publish_in_place(map: &SaveStateMap, path: &str) -> Result<Published, HandoverError> {
+fn publish_in_place(map: &SaveStateMap, param: String) -> Result<Published, HandoverError> {
     let mut dirs = BTreeSet::new();
     let mut bytes = 0u64;
     for (rel, entry) in &map.manifest().files {
@@ -287,7 +295,7 @@ fn publish_in_place(map: &SaveStateMap, path: &str) -> Result<Published, Handove
             .map_err(HandoverError::io("flush", &file))?;
     }
     tracing::info!(bytes, "map flushed in place");
-    finish_directory(map, map.dir(), &dirs, bytes, path)
+    finish_directory(map, map.dir(), &dirs, bytes, param)
 }
 
 /// Flushes a directory store's directories (deepest first), the store and its parent, and
@@ -297,7 +305,7 @@ fn finish_directory(
     store: &Path,
     dirs: &BTreeSet<String>,
     bytes: u64,
-    path: &str,
+    cmdline_param: String,
 ) -> Result<Published, HandoverError> {
     for dir in dirs.iter().rev() {
         sync_dir(&store.join(dir))?;
@@ -307,7 +315,7 @@ fn finish_directory(
         sync_dir(parent)?;
     }
     Ok(Published {
-        cmdline_param: format!("{CMDLINE_KEY}=dir:{path}"),
+        cmdline_param,
         bytes: bytes + (map.manifest_bytes().len() + map.header_bytes().len()) as u64,
         initrd: None,
     })

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{
     ClockReadings, DirectoryStore, HandoverError, InitrdStore, KernelInfo, Manifest, MapWriter,
-    PreservedTree, RollbackRecipe, SaveStateMap, Store, TargetKernel, CMDLINE_KEY,
+    PreservedTree, RollbackRecipe, SaveStateMap, Store, TargetKernel,
 };
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
@@ -485,16 +485,20 @@ pub fn run(
     let early = match &options.handover {
         Handover::Initrd => None,
         Handover::Dir(_) => {
+            let param = DirectoryStore {
+                path: map_dir.clone(),
+            }
+            .cmdline_param()
+            .map_err(|source| UpdateError::Handover {
+                recovery: "no tree had been stopped".into(),
+                source,
+            })?;
             let request = LoadRequest {
                 kernel: options.kernel.clone(),
                 initrd: options.initrd.clone(),
-                cmdline: format!(
-                    "{} {CMDLINE_KEY}=dir:{}",
-                    options.cmdline.trim(),
-                    map_dir.display()
-                )
-                .trim()
-                .to_string(),
+                cmdline: format!("{} {param}", options.cmdline.trim())
+                    .trim()
+                    .to_string(),
             };
             progress(&format!(
                 "loading {} with kexec_file_load (before the freeze)",
