@@ -22,7 +22,8 @@ mod writer;
 pub use error::HandoverError;
 pub use manifest::{
     CarriedFile, ClockReadings, DigestAlgorithm, FileEntry, FormatVersion, KernelInfo, Manifest,
-    ManifestError, PreservedTree, RollbackRecipe, TargetKernel, CURRENT_DIGEST, CURRENT_FORMAT,
+    ManifestError, PreservedTree, PreservedUnit, RollbackRecipe, TargetKernel, CURRENT_DIGEST,
+    CURRENT_FORMAT,
 };
 pub use map::SaveStateMap;
 pub use store::{

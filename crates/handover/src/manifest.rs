@@ -145,6 +145,20 @@ pub struct PreservedTree {
     /// 1.1; 0 when absent).
     #[serde(default)]
     pub clocks_realtime_ns: u64,
+    /// The systemd service this tree belongs to (`unit:NAME.service` targets), so that the new
+    /// boot's systemd adopts it as that unit instead of starting a fresh one (format 2; absent
+    /// for `pid:` targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<PreservedUnit>,
+}
+
+/// The systemd service a preserved tree belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreservedUnit {
+    /// Canonical unit name (`redis-server.service`).
+    pub name: String,
+    /// The unit's main PID at the freeze: systemd's `MainPID` again after the adoption.
+    pub main_pid: i32,
 }
 
 /// A file (typically on a tmpfs) whose contents the new kernel would not otherwise have.
@@ -371,6 +385,10 @@ mod tests {
                 images: "trees/redis".into(),
                 cmdline: "redis-server *:6379".into(),
                 clocks_realtime_ns: 0,
+                unit: Some(PreservedUnit {
+                    name: "redis-server.service".into(),
+                    main_pid: 4242,
+                }),
             }],
             carried_files: vec![CarriedFile {
                 path: "/run/redis/redis.pid".into(),

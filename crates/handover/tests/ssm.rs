@@ -36,6 +36,7 @@ fn tree(name: &str, pid: i32, images: &str) -> PreservedTree {
         images: images.into(),
         cmdline: format!("{name} --serve"),
         clocks_realtime_ns: 0,
+        unit: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod restore;
 pub mod resume;
 pub mod rollback;
 pub mod store;
+pub mod systemd;
 pub mod target;
 pub mod timens;
 pub mod unit;

@@ -8,6 +8,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Installed as systemd's generator, overboot is called by that name.
+    let args: Vec<String> = std::env::args().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str());
+    if called == Some(overboot::systemd::GENERATOR) {
+        return commands::systemd::generator(&args);
+    }
     let cli = commands::Cli::parse();
     init_tracing(cli.verbose, cli.json);
     match commands::run(cli) {

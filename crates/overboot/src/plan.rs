@@ -188,7 +188,17 @@ pub fn make(
     let kernel_bytes = kernel.as_ref().map_or(0, |k| k.size);
     let memory_needed_bytes = initrd_handover_memory(handover_bytes, initrd_bytes, kernel_bytes);
     let memory_available_bytes = meminfo("MemAvailable");
-    if memory_needed_bytes > memory_available_bytes {
+    // With systemd as PID 1 the map goes to a directory store (the initrd's files are gone
+    // after switch_root), and only overboot's generator restores anything in the new boot.
+    let systemd = crate::systemd::Host::detect();
+    if systemd.booted && systemd.generator.is_none() {
+        problems.push(
+            "systemd is PID 1 but overboot's generator is not installed: the new boot would not \
+             restore anything (run `overboot systemd install`)"
+                .into(),
+        );
+    }
+    if !systemd.booted && memory_needed_bytes > memory_available_bytes {
         problems.push(format!(
             "not enough memory for the handover: {} MiB needed, {} MiB available",
             memory_needed_bytes >> 20,

@@ -376,6 +376,10 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             });
         }
     }
+    // Preserved systemd services adopt their processes when systemd starts them.
+    if let Err(e) = crate::systemd::write_records(&options.work_dir, &manifest.trees) {
+        tracing::error!(error = %e, "cannot record the restored units: they will not adopt their processes");
+    }
     let end = read_clocks();
     let blackout_ms = end.realtime_ns.saturating_sub(manifest.clocks.realtime_ns) / 1_000_000;
     phases.insert("agent_total".into(), ms(started.elapsed()));

@@ -142,6 +142,8 @@ pub struct TreeInfo {
     pub tmpfs_files: BTreeSet<PathBuf>,
     /// TCP ports the tree listens on (new connections to them are held off during the switch).
     pub listen_ports: BTreeSet<u16>,
+    /// The systemd service the tree belongs to (`unit:` targets).
+    pub unit: Option<overboot_handover::PreservedUnit>,
 }
 
 impl TreeInfo {
@@ -300,6 +302,10 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<Vec<TreeInfo>, TargetEr
             let pids = crate::unit::unit_pids(&crate::unit::SystemdView::host(), unit)?;
             let roots = crate::unit::tree_roots(&pids, |pid| stat(pid).map(|s| s.1));
             let several = roots.len() > 1;
+            let main_pid = crate::systemd::main_pid(unit)
+                .filter(|pid| pids.contains(pid))
+                .or_else(|| roots.first().copied())
+                .unwrap_or(0);
             roots
                 .into_iter()
                 .map(|root| {
@@ -308,7 +314,12 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<Vec<TreeInfo>, TargetEr
                     } else {
                         format!("unit-{unit}")
                     };
-                    inspect_tree(target, root, name, self_pid)
+                    let mut tree = inspect_tree(target, root, name, self_pid)?;
+                    tree.unit = Some(overboot_handover::PreservedUnit {
+                        name: unit.clone(),
+                        main_pid,
+                    });
+                    Ok(tree)
                 })
                 .collect()
         }
@@ -422,6 +433,7 @@ fn inspect_tree(
         fds,
         tmpfs_files,
         listen_ports,
+        unit: None,
     })
 }
 

@@ -122,6 +122,22 @@ pub enum UpdateError {
         available >> 20
     )]
     Memory { needed: u64, available: u64 },
+    /// systemd is PID 1 and the map was to ride in the initrd, which is gone after switch_root.
+    #[error(
+        "systemd is PID 1 here: the new kernel's initramfs hands over to systemd and the map \
+         appended to the initrd is gone by then (nothing was frozen); use --handover dir:PATH on \
+         a file system the new boot mounts (the default on systemd hosts: {default})"
+    )]
+    SystemdInitrd { default: String },
+    /// systemd is PID 1 and nothing in the new boot would run the agent.
+    #[error(
+        "systemd is PID 1 here but overboot's generator is not installed, so the new boot would \
+         not restore anything (nothing was frozen); run `overboot systemd install` first"
+    )]
+    NoGenerator,
+    /// The preserved units could not be kept from restarting (nothing was frozen).
+    #[error("cannot keep systemd from restarting the preserved units (nothing was frozen)")]
+    Hold(#[source] crate::systemd::SystemdError),
     /// The kernel loaded before the freeze has another command line than the map needs.
     #[error("the kernel was loaded with {loaded:?} but the map needs {needed:?}; {recovery}")]
     EarlyLoadMismatch {
@@ -150,7 +166,10 @@ impl UpdateError {
             | UpdateError::MissingInitrd(_)
             | UpdateError::NoTargets
             | UpdateError::HandoverDir(_)
-            | UpdateError::Memory { .. } => E::BadInput,
+            | UpdateError::Memory { .. }
+            | UpdateError::SystemdInitrd { .. }
+            | UpdateError::NoGenerator => E::BadInput,
+            UpdateError::Hold(_) => E::Internal,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
             }
@@ -198,6 +217,18 @@ pub trait Effects {
     fn unload(&mut self);
     /// Jumps into the loaded kernel. Returns only on failure in reality; `Ok` in tests.
     fn jump(&mut self) -> Result<(), KexecError>;
+    /// The host's init system (systemd or not, overboot's generator installed or not).
+    fn systemd_host(&mut self) -> crate::systemd::Host {
+        crate::systemd::Host::default()
+    }
+    /// Keeps the service manager from restarting the services of `trees` while they are
+    /// dumped (systemd: a runtime `Restart=no`).
+    fn hold_units(&mut self, _trees: &[TreeInfo]) -> Result<(), crate::systemd::SystemdError> {
+        Ok(())
+    }
+    /// Lifts [`Effects::hold_units`] after a failed update; the services of the trees named in
+    /// `restored` (restored on this kernel) adopt their processes again.
+    fn release_units(&mut self, _restored: &[String]) {}
 }
 
 /// The real system: `overboot-kexec`, CRIU, `/proc`, `nft`.
@@ -208,15 +239,31 @@ pub struct HostEffects {
     /// Whether the network lock is carried to the new kernel (off only in tests proving it
     /// matters: CRIU's lock is then lifted right after the dump).
     pub network_lock: bool,
+    /// The units held from restarting, with their trees (see [`Effects::hold_units`]).
+    held: Vec<TreeInfo>,
+    /// The agent's work directory, where records for a local adoption go.
+    work_dir: PathBuf,
 }
 
 impl HostEffects {
-    /// The real system, with or without the network lock.
-    pub fn new(network_lock: bool) -> HostEffects {
+    /// The real system, with or without the network lock; `work_dir` as the update's.
+    pub fn new(network_lock: bool, work_dir: &Path) -> HostEffects {
         HostEffects {
             criu: overboot_checkpoint::Criu::default(),
             network_lock,
+            held: Vec::new(),
+            work_dir: work_dir.to_path_buf(),
         }
+    }
+
+    fn held_units(&self) -> Vec<String> {
+        let mut units: Vec<String> = Vec::new();
+        for unit in self.held.iter().filter_map(|t| t.unit.as_ref()) {
+            if !units.contains(&unit.name) {
+                units.push(unit.name.clone());
+            }
+        }
+        units
     }
 }
 
@@ -342,6 +389,39 @@ impl Effects for HostEffects {
     fn jump(&mut self) -> Result<(), KexecError> {
         overboot_kexec::jump().map(|never| match never {})
     }
+
+    fn systemd_host(&mut self) -> crate::systemd::Host {
+        crate::systemd::Host::detect()
+    }
+
+    fn hold_units(&mut self, trees: &[TreeInfo]) -> Result<(), crate::systemd::SystemdError> {
+        self.held = trees.iter().filter(|t| t.unit.is_some()).cloned().collect();
+        crate::systemd::hold_restarts(&self.held_units())
+    }
+
+    fn release_units(&mut self, restored: &[String]) {
+        let units = self.held_units();
+        if units.is_empty() {
+            return;
+        }
+        let restored: Vec<PreservedTree> = self
+            .held
+            .iter()
+            .filter(|t| restored.contains(&t.name))
+            .map(|t| PreservedTree {
+                name: t.name.clone(),
+                root_pid: t.root,
+                pids: t.pids(),
+                images: String::new(),
+                cmdline: t.cmdline.clone(),
+                clocks_realtime_ns: 0,
+                unit: t.unit.clone(),
+            })
+            .collect();
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/sbin/overboot"));
+        crate::systemd::release_restarts(&units, &restored, &exe, &self.work_dir);
+        self.held.clear();
+    }
 }
 
 /// What an update returns when a (mock) jump returns: only in tests.
@@ -394,6 +474,20 @@ pub fn check(
         }
     }
     let trees = effects.inspect_targets(&options.preserve)?;
+    let systemd = effects.systemd_host();
+    if systemd.booted {
+        if options.handover == Handover::Initrd {
+            return Err(UpdateError::SystemdInitrd {
+                default: format!(
+                    "dir:{}",
+                    crate::systemd::default_store(&options.state_dir).display()
+                ),
+            });
+        }
+        if systemd.generator.is_none() {
+            return Err(UpdateError::NoGenerator);
+        }
+    }
     let estimate: u64 = trees.iter().map(crate::plan::estimate_handover).sum();
     match &options.handover {
         // The estimate plus a tenth for file system overhead and growth until the freeze.
@@ -425,12 +519,18 @@ pub fn check(
 /// Restores every dumped tree on the running kernel and lets new connections in again;
 /// returns a sentence for the error.
 fn restore_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -> String {
-    let sentence = restore_trees_here(effects, dumped);
+    let mut restored = Vec::new();
+    let sentence = restore_trees_here(effects, dumped, &mut restored);
     effects.unblock_new_connections();
+    effects.release_units(&restored);
     sentence
 }
 
-fn restore_trees_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -> String {
+fn restore_trees_here(
+    effects: &mut dyn Effects,
+    dumped: &[(String, PathBuf)],
+    restored: &mut Vec<String>,
+) -> String {
     if dumped.is_empty() {
         return "no tree had been stopped".into();
     }
@@ -438,7 +538,10 @@ fn restore_trees_here(effects: &mut dyn Effects, dumped: &[(String, PathBuf)]) -
     let mut lost = Vec::new();
     for (name, images) in dumped {
         match effects.restore(images) {
-            Ok(pid) => back.push(format!("{name} (pid {pid})")),
+            Ok(pid) => {
+                restored.push(name.clone());
+                back.push(format!("{name} (pid {pid})"));
+            }
             Err(e) => {
                 tracing::error!(tree = %name, error = %overboot_checkpoint::error_chain(&e), "local restore failed");
                 lost.push(format!("{name}: {e} (images kept in {})", images.display()));
@@ -574,6 +677,12 @@ fn freeze_and_switch(
             .block_new_connections(&ports)
             .map_err(UpdateError::NetworkCheck)?;
     }
+    // A service manager must not answer the dump's kill with a fresh copy of the service.
+    if let Err(e) = effects.hold_units(&trees) {
+        effects.unblock_new_connections();
+        effects.release_units(&[]);
+        return Err(UpdateError::Hold(e));
+    }
     let clocks = effects.clocks();
     let mut dumped: Vec<(String, PathBuf)> = Vec::new();
     let mut preserved = Vec::new();
@@ -612,6 +721,7 @@ fn freeze_and_switch(
             images: rel,
             cmdline: tree.cmdline.clone(),
             clocks_realtime_ns,
+            unit: tree.unit.clone(),
         });
     }
 

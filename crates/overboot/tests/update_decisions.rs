@@ -23,6 +23,8 @@ struct Mock {
     fail_jump: bool,
     log: Vec<String>,
     memory: Option<u64>,
+    /// A systemd host (`None`: not systemd), whose unit holds are logged.
+    systemd: Option<overboot::systemd::Host>,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -35,6 +37,7 @@ fn tree(pid: i32) -> TreeInfo {
         fds: Default::default(),
         tmpfs_files: Default::default(),
         listen_ports: Default::default(),
+        unit: None,
     }
 }
 
@@ -142,6 +145,23 @@ impl Effects for Mock {
 
     fn memory_available(&mut self) -> u64 {
         self.memory.unwrap_or(u64::MAX)
+    }
+
+    fn systemd_host(&mut self) -> overboot::systemd::Host {
+        self.systemd.clone().unwrap_or_default()
+    }
+
+    fn hold_units(&mut self, _trees: &[TreeInfo]) -> Result<(), overboot::systemd::SystemdError> {
+        if self.systemd.is_some() {
+            self.log.push("hold".into());
+        }
+        Ok(())
+    }
+
+    fn release_units(&mut self, restored: &[String]) {
+        if self.systemd.is_some() {
+            self.log.push(format!("release {}", restored.join(",")));
+        }
     }
 
     fn jump(&mut self) -> Result<(), KexecError> {
@@ -447,4 +467,56 @@ fn the_initrd_handover_memory_counts_every_copy() {
     // 540 MiB map in the same guest (2.37 GiB available) went through.
     let needed = overboot::plan::initrd_handover_memory(540 << 20, 39 << 20, 8 << 20);
     assert!(needed < 2370 << 20, "{}", needed >> 20);
+}
+
+/// A systemd host: the map cannot ride in the initrd, the generator must be there to restore
+/// anything, and the units are held from restarting from the freeze until a failure releases
+/// them (adopting what was restored here).
+#[test]
+fn systemd_hosts_need_a_directory_store_and_the_generator() {
+    let systemd = |generator: bool| overboot::systemd::Host {
+        booted: true,
+        generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path());
+    let mut mock = Mock {
+        systemd: Some(systemd(true)),
+        ..Mock::default()
+    };
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("initrd store refused");
+    assert!(matches!(err, UpdateError::SystemdInitrd { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("nothing was frozen") && text.contains("/state/ssm"),
+        "{text}"
+    );
+    assert!(!dumped(&mock), "{:?}", mock.log);
+    assert_eq!(err.class(), overboot::ExitClass::BadInput);
+
+    opts.handover = Handover::Dir(dir.path().join("ssm"));
+    let mut mock = Mock {
+        systemd: Some(systemd(false)),
+        ..Mock::default()
+    };
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("no generator refused");
+    assert!(matches!(err, UpdateError::NoGenerator), "{err}");
+    assert!(
+        err.to_string().contains("overboot systemd install"),
+        "{err}"
+    );
+    assert!(!dumped(&mock), "{:?}", mock.log);
+
+    let mut mock = Mock {
+        systemd: Some(systemd(true)),
+        fail_jump: true,
+        ..Mock::default()
+    };
+    update::run(&mut mock, &opts, &mut |_| {}).expect_err("jump fails");
+    let at = |entry: &str| mock.log.iter().position(|l| l == entry);
+    assert!(at("hold") < at("dump 100"), "{:?}", mock.log);
+    assert!(at("block") < at("hold"), "{:?}", mock.log);
+    let release = at("release pid-100,pid-200");
+    assert!(release.is_some(), "{:?}", mock.log);
+    assert!(at("restore pid-200") < release, "{:?}", mock.log);
 }

@@ -6,6 +6,7 @@ mod patch;
 mod plan;
 mod resume;
 mod status;
+pub mod systemd;
 mod update;
 
 use std::io::Write;
@@ -41,6 +42,8 @@ enum Verb {
     Resume(resume::Args),
     /// The last update's report.
     Status(status::Args),
+    /// systemd hosts: install the generator, make a service preservable, adopt restored units.
+    Systemd(systemd::Args),
 }
 
 /// A failed verb: the error chain to print and the class deciding the exit code.
@@ -73,6 +76,9 @@ pub enum CommandError {
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// The systemd integration failed.
+    #[error("systemd")]
+    Systemd(#[source] overboot::systemd::SystemdError),
     /// Writing the output failed.
     #[error("writing output")]
     Output(#[source] std::io::Error),
@@ -92,6 +98,7 @@ impl CommandError {
             CommandError::Patch(e) => patch::runtime_class(e),
             CommandError::Usage(_) => ExitClass::Usage,
             CommandError::PlanRefused(_) => ExitClass::BadInput,
+            CommandError::Systemd(e) => e.class(),
             CommandError::Output(_) => ExitClass::Internal,
         }
     }
@@ -106,6 +113,7 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Verb::Update(args) => update::run(args, cli.json),
         Verb::Resume(args) => resume::run(args, cli.json),
         Verb::Status(args) => status::run(args, cli.json),
+        Verb::Systemd(args) => systemd::run(args, cli.json),
     }
 }
 

@@ -42,10 +42,12 @@ pub struct Args {
     #[arg(long)]
     rollback_initrd: Option<PathBuf>,
     /// How the map reaches the new kernel: `initrd` (appended to --initrd, RAM only) or
-    /// `dir:/path` (written to a disk file system the new kernel's early userspace mounts at the
-    /// same path; each update gets its own subdirectory, removed after a successful resume).
-    #[arg(long, default_value = "initrd", value_name = "STORE")]
-    handover: update::Handover,
+    /// `dir:/path` (written to a file system the new kernel's userspace mounts at the same
+    /// path; each update gets its own subdirectory, removed after a successful resume).
+    /// Default: `initrd`, or `dir:<state dir>/ssm` when systemd is PID 1 (the initrd's files
+    /// are gone after switch_root).
+    #[arg(long, value_name = "STORE")]
+    handover: Option<update::Handover>,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     unsafe_no_network_lock: bool,
@@ -72,13 +74,21 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         let p = PathBuf::from(format!("/boot/initrd.img-{release}"));
         p.exists().then_some(p)
     });
+    let state_dir = args.state_dir.unwrap_or_else(state_dir);
+    let handover = args.handover.unwrap_or_else(|| {
+        if overboot::systemd::Host::detect().booted {
+            update::Handover::Dir(overboot::systemd::default_store(&state_dir))
+        } else {
+            update::Handover::Initrd
+        }
+    });
     let options = UpdateOptions {
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline,
         preserve: args.preserve,
         work_dir: args.work_dir,
-        state_dir: args.state_dir.unwrap_or_else(state_dir),
+        state_dir,
         rollback: RollbackRecipe {
             kernel: args
                 .rollback_kernel
@@ -87,7 +97,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             cmdline: strip_overboot_params(&proc_cmdline),
         },
         network_lock: !args.unsafe_no_network_lock,
-        handover: args.handover,
+        handover,
     };
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
@@ -100,7 +110,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             tracing::info!(step, "progress");
         }
     };
-    let mut effects = HostEffects::new(options.network_lock);
+    let mut effects = HostEffects::new(options.network_lock, &options.work_dir);
     update::run(&mut effects, &options, &mut progress)?;
     Ok(())
 }
