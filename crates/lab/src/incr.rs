@@ -6,8 +6,9 @@
 //!
 //! [`summarize`] turns the samples into what an operator asks: did the connection survive, is
 //! every reply the previous plus one, how long was the longest silence (the client-observed
-//! blackout) and were the commands sent during it answered after it. The benchmark reuses the
-//! raw [`Sample`]s for its latency-over-time plot.
+//! blackout) and were the commands sent during it answered after it, and when the client had
+//! recovered (no command slower than [`SLOW_COMMAND`] any more: see [`recovered_at`]). The
+//! benchmark reuses the raw [`Sample`]s for its latency-over-time plot.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -74,6 +75,11 @@ pub struct IncrSummary {
     pub blackout_ms: u64,
     /// When that gap began (ms after start: the reply before it).
     pub blackout_start_ms: u64,
+    /// From the start of the longest gap to the reply of the last command slower than
+    /// [`SLOW_COMMAND`] (or to the end of the gap if none was): the blackout plus the stalls
+    /// after it, such as a retransmission the client backed off on. Never less than
+    /// `blackout_ms`.
+    pub recovery_ms: u64,
     /// Commands sent inside the longest gap.
     pub sent_during_blackout: u64,
     /// Of those, how many were answered (necessarily after the gap).
@@ -342,6 +348,21 @@ fn read_loop(
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
+/// A command that took longer than this to be answered is still part of the disruption.
+pub const SLOW_COMMAND: Duration = Duration::from_secs(1);
+
+/// When the client had recovered: the reply to the last command answered more than
+/// [`SLOW_COMMAND`] after it was sent, or `gap_end` (the end of the longest gap) if that is later
+/// or no command was that slow. Commands never answered are left out: they are counted as lost.
+/// `sent[i]` and `replies[i]` as for [`summarize`].
+pub fn recovered_at(sent: &[Duration], replies: &[(i64, Duration)], gap_end: Duration) -> Duration {
+    sent.iter()
+        .zip(replies)
+        .filter(|(sent, (_, reply))| reply.saturating_sub(**sent) > SLOW_COMMAND)
+        .map(|(_, (_, reply))| *reply)
+        .fold(gap_end, Duration::max)
+}
+
 /// Judges a run: `sent[i]` is when command `i` went out, `replies[i]` its reply (replies come
 /// in command order on one connection).
 pub fn summarize(
@@ -373,6 +394,9 @@ pub fn summarize(
     s.lost += unanswered;
     s.blackout_ms = ms(gap.0);
     s.blackout_start_ms = ms(gap.1);
+    if replies.len() >= 2 {
+        s.recovery_ms = ms(recovered_at(sent, replies, gap.2).saturating_sub(gap.1));
+    }
     let inside: Vec<usize> = sent
         .iter()
         .enumerate()
@@ -405,6 +429,89 @@ mod tests {
         assert_eq!(s.blackout_ms, 959);
         assert_eq!(s.sent_during_blackout, 7);
         assert_eq!(s.answered_after_blackout, 7);
+    }
+
+    /// Commands every 20 ms for `until` ms, each answered `latency(sent)` ms after it was sent
+    /// (and never before the previous reply: one connection answers in order).
+    fn series(until: u64, latency: impl Fn(u64) -> u64) -> (Vec<Duration>, Vec<(i64, Duration)>) {
+        let sent: Vec<Duration> = (0..until / 20).map(|i| at(i * 20)).collect();
+        let mut last = Duration::ZERO;
+        let replies = sent
+            .iter()
+            .zip(1..)
+            .map(|(t, value)| {
+                last = last.max(*t + at(latency(ms(*t))));
+                (value, last)
+            })
+            .collect();
+        (sent, replies)
+    }
+
+    #[test]
+    fn recovery_is_the_blackout_when_the_client_catches_up_at_once() {
+        // Silent from 1000 to 6000 ms; everything queued is answered at 6000 ms.
+        let (sent, replies) = series(10_000, |t| {
+            if (1000..6000).contains(&t) {
+                6000 - t
+            } else {
+                1
+            }
+        });
+        let s = summarize(&sent, &replies, None);
+        assert_eq!((s.blackout_start_ms, s.blackout_ms), (981, 5019));
+        assert_eq!(s.recovery_ms, s.blackout_ms);
+        assert!(s.connection_survived);
+    }
+
+    #[test]
+    fn a_second_stall_after_the_blackout_extends_the_recovery() {
+        // The blackout 1000–13000 ms; then the commands sent 13000–14000 ms stall until
+        // 22000 ms (a retransmission backed off), and those queued behind them with them: a
+        // second gap of 9 s, shorter than the blackout.
+        let (sent, replies) = series(30_000, |t| match t {
+            1000..=12_999 => 13_000 - t,
+            13_000..=13_999 => 22_000 - t,
+            _ => 1,
+        });
+        let s = summarize(&sent, &replies, None);
+        assert_eq!((s.blackout_start_ms, s.blackout_ms), (981, 12_019));
+        // The last slow command was sent at 20980 ms and answered at 22000 ms.
+        assert_eq!(s.recovery_ms, 22_000 - 981);
+        assert_eq!((s.lost, s.duplicated), (0, 0));
+    }
+
+    #[test]
+    fn a_run_without_a_stall_recovers_with_its_longest_gap() {
+        let (sent, replies) = series(2000, |_| 3);
+        let s = summarize(&sent, &replies, None);
+        assert_eq!(s.blackout_ms, 20);
+        assert_eq!(s.recovery_ms, 20);
+        // Slow but steady (every reply 1.5 s late, no gap): from the first reply, where the
+        // first of the equal 20 ms gaps begins, to the last one.
+        let (sent, replies) = series(2000, |_| 1500);
+        let s = summarize(&sent, &replies, None);
+        assert_eq!((s.blackout_start_ms, s.blackout_ms), (1500, 20));
+        assert_eq!(s.recovery_ms, 3480 - 1500);
+    }
+
+    #[test]
+    fn unanswered_commands_do_not_count_as_recovered() {
+        // The blackout 1000–3000 ms, replies resume, then the connection resets at 5000 ms
+        // with the commands sent after 4000 ms never answered.
+        let (sent, mut replies) = series(6000, |t| {
+            if (1000..3000).contains(&t) {
+                3000 - t
+            } else {
+                1
+            }
+        });
+        replies.truncate(4000 / 20);
+        let s = summarize(&sent, &replies, Some("connection reset by peer".into()));
+        assert!(!s.connection_survived);
+        assert_eq!(s.lost, 2000 / 20);
+        assert_eq!((s.blackout_start_ms, s.blackout_ms), (981, 2019));
+        assert_eq!(s.recovery_ms, s.blackout_ms);
+        assert_eq!(recovered_at(&sent, &[], at(5)), at(5));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The benchmark never rots: `--quick` (64 MiB, one run per method) runs end to end in the lab
 //! and its outputs have the documented shape. Times are not asserted (2 noisy cores); what an
 //! operator relies on is: overboot (map in reserved RAM), initrd and disk kept the connection with no lost or duplicated
-//! increment and every key, restart brought every key back, and each method measured a blackout.
+//! increment and every key, restart brought every key back, and each method measured a blackout
+//! and a recovery that covers it.
 
 use std::collections::BTreeSet;
 
@@ -33,6 +34,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
             "dataset_mib",
             "run",
             "blackout_ms",
+            "recovery_ms",
             "phases",
             "handover_bytes",
             "peak_mem_bytes",
@@ -58,6 +60,12 @@ fn quick_benchmark_writes_results_table_and_plots() {
                 assert_eq!(record.connection_survived, Some(true), "{name}");
                 assert_eq!((record.lost, record.duplicated), (0, 0), "{name}");
                 assert!(
+                    record.recovery_ms >= record.blackout_ms,
+                    "{name}: recovery {} ms shorter than the blackout {} ms",
+                    record.recovery_ms,
+                    record.blackout_ms
+                );
+                assert!(
                     record.handover_bytes > 64 << 20,
                     "{name}: map smaller than the data"
                 );
@@ -74,10 +82,14 @@ fn quick_benchmark_writes_results_table_and_plots() {
                 assert_ne!(record.from, record.to, "{name}: kernel did not change");
             }
             Method::Restart => {
+                assert_eq!(record.recovery_ms, record.blackout_ms, "restart");
                 let check = record.dataset.expect("dataset checked");
                 assert!(check.dbsize >= 4096 && check.bad == 0, "restart: {check:?}");
             }
-            Method::Floor => assert_ne!(record.from, record.to, "floor: kernel did not change"),
+            Method::Floor => {
+                assert_eq!(record.recovery_ms, record.blackout_ms, "floor");
+                assert_ne!(record.from, record.to, "floor: kernel did not change");
+            }
         }
     }
 
@@ -90,6 +102,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
         );
     }
     assert!(md.contains("overboot / floor"), "{md}");
+    assert!(md.contains("recovery s, median"), "{md}");
     let blackout = std::fs::read_to_string(out.join("blackout.svg")).expect("blackout.svg");
     assert!(blackout.starts_with("<svg") && blackout.trim_end().ends_with("</svg>"));
     assert_eq!(

@@ -8,16 +8,20 @@
 //! overboot  Redis on A, INCR client on one connection; overboot update → B with the map in
 //!           reserved RAM (legacy persistent memory, memmap=SIZE!OFFSET on both kernels'
 //!           command lines, ext4 on /dev/pmem0 at /pmem: --handover dir:/pmem/ssm)
-//!           blackout = the longest gap between two replies (client-observed)
+//!           blackout = the longest gap between two replies (client-observed);
+//!           recovery = from the start of that gap to the reply of the last command slower
+//!           than 1 s (a stall after the blackout, such as a backed-off retransmission)
 //! initrd    the same with the map appended to B's initrd (--handover initrd, the default,
 //!           which needs no reserved RAM)
 //! disk      the same with --handover dir:/lab/ssm: the dump goes to the data disk, the new
 //!           kernel restores from it
 //! floor     a bare `overboot kexec` A → B with nothing preserved, same command line;
-//!           blackout = console "jumping into B" → B's init ("@@LAB init"), host clock
+//!           blackout = console "jumping into B" → B's init ("@@LAB init"), host clock;
+//!           recovery = blackout (no client)
 //! restart   Redis on B saved to an RDB file on the data disk; QEMU `system_reset` (firmware
 //!           and all); the lab init, then a fresh redis-server loading the RDB;
-//!           blackout = reset → the first DBSIZE reply showing every key
+//!           blackout = reset → the first DBSIZE reply showing every key;
+//!           recovery = blackout (no client on one connection)
 //! ```
 //!
 //! Output in the output directory (default `target/bench/`), rewritten after every run so an
@@ -107,6 +111,12 @@ pub struct RunRecord {
     pub ok: bool,
     /// The client-observed blackout (ms); see the module doc for each method's definition.
     pub blackout_ms: u64,
+    /// Until the client saw no more stalls (ms): for overboot, initrd and disk from the start
+    /// of the blackout to the reply of the last command slower than 1 s (`IncrSummary`), at
+    /// least `blackout_ms`; for floor and restart equal to `blackout_ms`. 0 in results written
+    /// before it was measured.
+    #[serde(default)]
+    pub recovery_ms: u64,
     /// Phase durations (ms): the agent's for overboot/disk; measured by the host for the others.
     pub phases: BTreeMap<String, u64>,
     /// Bytes of the Save State Map (overboot, disk; 0 otherwise).
@@ -251,10 +261,12 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
                 };
                 let record = ctx.run(method);
                 eprintln!(
-                    "bench: {} at {size} MiB, run {run}: {} blackout {} ms ({:.0} s wall){}",
+                    "bench: {} at {size} MiB, run {run}: {} blackout {} ms, recovery {} ms \
+                     ({:.0} s wall){}",
                     method.name(),
                     if record.ok { "ok" } else { "FAILED" },
                     record.blackout_ms,
+                    record.recovery_ms,
                     started.elapsed().as_secs_f64(),
                     record
                         .error
@@ -350,6 +362,7 @@ struct RunContext<'a> {
 struct Measured {
     ok: bool,
     blackout_ms: u64,
+    recovery_ms: u64,
     phases: BTreeMap<String, u64>,
     handover_bytes: u64,
     peak_mem_bytes: u64,
@@ -398,6 +411,7 @@ impl RunContext<'_> {
             run: self.run,
             ok: m.ok && error.is_none(),
             blackout_ms: m.blackout_ms,
+            recovery_ms: m.recovery_ms,
             phases: m.phases,
             handover_bytes: m.handover_bytes,
             peak_mem_bytes: m.peak_mem_bytes,
@@ -482,6 +496,7 @@ impl RunContext<'_> {
                 && summary.duplicated == 0
                 && check.ok(dataset),
             blackout_ms: summary.blackout_ms,
+            recovery_ms: summary.recovery_ms,
             phases,
             handover_bytes: number("handover_bytes"),
             peak_mem_bytes: number("peak_mem_bytes"),
@@ -531,6 +546,8 @@ impl RunContext<'_> {
         Ok(Measured {
             ok: to == self.release_to,
             blackout_ms: ms(at_init),
+            // No client: nothing can stall after the blackout that the blackout does not cover.
+            recovery_ms: ms(at_init),
             phases: BTreeMap::from([
                 ("jump_to_init".to_string(), ms(at_init)),
                 ("jump_to_shell".to_string(), ms(at_shell)),
@@ -587,6 +604,8 @@ impl RunContext<'_> {
         Ok(Measured {
             ok: check.ok(dataset),
             blackout_ms: ms(loaded),
+            // Every connection was lost; the service is back when every key is.
+            recovery_ms: ms(loaded),
             phases: BTreeMap::from([
                 ("reset_to_shell".to_string(), ms(at_shell)),
                 (

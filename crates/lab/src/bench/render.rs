@@ -24,6 +24,13 @@ const COLOURS: [&str; 8] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
 ];
 
+/// The line under the table that says what the recovery column measures.
+const RECOVERY_NOTE: &str =
+    "\nRecovery: from the start of the blackout (the last reply before the longest gap) to \
+the reply of the last INCR slower than 1 s, or the end of that gap if none was: it covers the \
+stalls after the blackout (a retransmission the client backed off on). Floor and restart have no \
+such client: their recovery is their blackout. – where results.json predates the measure.\n";
+
 /// One cell of the table: one method at one size, over its successful runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
@@ -37,6 +44,9 @@ pub struct Cell {
     pub ok: usize,
     /// Median, min and max blackout (ms).
     pub blackout_ms: (u64, u64, u64),
+    /// Median recovery (ms); `None` when no successful run recorded one (results written
+    /// before it was measured).
+    pub recovery_ms: Option<u64>,
     /// Median of each phase (ms).
     pub phases: BTreeMap<String, u64>,
     /// Median handover bytes.
@@ -65,6 +75,12 @@ pub fn summarize_cells(records: &[RunRecord]) -> Vec<Cell> {
         .map(|((method, dataset_mib), runs)| {
             let ok: Vec<&RunRecord> = runs.iter().copied().filter(|r| r.ok).collect();
             let blackouts: Vec<u64> = ok.iter().map(|r| r.blackout_ms).collect();
+            // A successful run always measured a blackout, so 0 means "not recorded".
+            let recoveries: Vec<u64> = ok
+                .iter()
+                .map(|r| r.recovery_ms)
+                .filter(|ms| *ms > 0)
+                .collect();
             let mut phase_values: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for r in &ok {
                 for (name, value) in &r.phases {
@@ -81,6 +97,7 @@ pub fn summarize_cells(records: &[RunRecord]) -> Vec<Cell> {
                     blackouts.iter().copied().min().unwrap_or(0),
                     blackouts.iter().copied().max().unwrap_or(0),
                 ),
+                recovery_ms: (!recoveries.is_empty()).then(|| median(recoveries)),
                 phases: phase_values
                     .into_iter()
                     .map(|(k, v)| (k, median(v)))
@@ -109,8 +126,8 @@ pub fn markdown(records: &[RunRecord]) -> String {
     let cells = summarize_cells(records);
     let mut out = String::new();
     out.push_str(
-        "| method | dataset MiB | runs ok | blackout s, median (min–max) | handover MiB | peak guest memory MiB | phases, median s |\n\
-         |---|---:|---:|---|---:|---:|---|\n",
+        "| method | dataset MiB | runs ok | blackout s, median (min–max) | recovery s, median | handover MiB | peak guest memory MiB | phases, median s |\n\
+         |---|---:|---:|---|---:|---:|---:|---|\n",
     );
     let mut sizes: Vec<u32> = cells.iter().map(|c| c.dataset_mib).collect();
     sizes.sort_unstable();
@@ -139,7 +156,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
             }
             let _ = writeln!(
                 out,
-                "| {} | {} | {}/{} | {} ({}–{}) | {} | {} | {} |",
+                "| {} | {} | {}/{} | {} ({}–{}) | {} | {} | {} | {} |",
                 method.name(),
                 size,
                 c.ok,
@@ -147,12 +164,14 @@ pub fn markdown(records: &[RunRecord]) -> String {
                 secs(c.blackout_ms.0),
                 secs(c.blackout_ms.1),
                 secs(c.blackout_ms.2),
+                c.recovery_ms.map_or_else(|| "–".into(), secs),
                 mib(c.handover_bytes),
                 mib(c.peak_mem_bytes),
                 phases.join(", ")
             );
         }
     }
+    out.push_str(RECOVERY_NOTE);
     let find = |m: Method, s: u32| {
         cells
             .iter()
@@ -487,6 +506,7 @@ mod tests {
             run,
             ok,
             blackout_ms,
+            recovery_ms: blackout_ms + 500,
             phases: BTreeMap::from([("freeze_dump".into(), 100), ("restore".into(), 50)]),
             handover_bytes: 64 << 20,
             peak_mem_bytes: 512 << 20,
@@ -515,14 +535,34 @@ mod tests {
         let ob = cells.iter().find(|c| c.method == Method::Overboot).unwrap();
         assert_eq!((ob.runs, ob.ok), (4, 3));
         assert_eq!(ob.blackout_ms, (2000, 1000, 3000));
+        assert_eq!(ob.recovery_ms, Some(2500));
         let md = markdown(&records);
         assert!(
-            md.contains("| overboot | 64 | 3/4 | 2.0 (1.0–3.0) | 64 | 512 |"),
+            md.contains("| overboot | 64 | 3/4 | 2.0 (1.0–3.0) | 2.5 | 64 | 512 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("\nRecovery: from the start of the blackout"),
             "{md}"
         );
         assert!(md.contains("64 MiB: overboot / floor = 2.50"), "{md}");
         assert!(md.contains("Failed runs"), "{md}");
         assert!(md.contains("guest: timed out"), "{md}");
+    }
+
+    #[test]
+    fn results_from_before_the_recovery_measure_still_load_and_render() {
+        let mut json = serde_json::to_value(record(Method::Overboot, 64, 1, 3000, true)).unwrap();
+        json.as_object_mut().unwrap().remove("recovery_ms");
+        let old: RunRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.recovery_ms, 0);
+        let cells = summarize_cells(std::slice::from_ref(&old));
+        assert_eq!(cells[0].recovery_ms, None);
+        let md = markdown(&[old]);
+        assert!(
+            md.contains("| overboot | 64 | 1/1 | 3.0 (3.0–3.0) | – | 64 |"),
+            "{md}"
+        );
     }
 
     #[test]
