@@ -207,7 +207,7 @@ pub struct UpdateRun {
 
 /// Waits for a console line containing one of `patterns`, calling `tick` about once a second;
 /// returns the line.
-fn wait_ticking(
+pub(crate) fn wait_ticking(
     guest: &mut Guest,
     patterns: &[&str],
     timeout: Duration,

@@ -70,13 +70,22 @@ pub const FINISHED: &str = "adopted";
 /// How long `adopt` waits for systemd to take the new main PID.
 const BARRIER_TIMEOUT_MS: u16 = 30_000;
 
-/// The options that put a service in namespaces of its own (user, mount, UTS, IPC, network):
-/// CRIU cannot bring those into a new boot's systemd, so a preserved service runs without
-/// them. Empty assignments reset lists (paths) the unit file set.
-pub const PRESERVABLE: &str = "\
-# Written by `overboot systemd prepare`: this service runs in the host's namespaces so that
-# `overboot update --preserve unit:` can carry it across a kernel update (CRIU restores
-# processes, not the private mounts, users and host names systemd makes for a unit).
+/// Where a prepared service's standard output and error go.
+pub const LOG_DIR: &str = "/var/log/overboot";
+
+/// The persistent drop-in that makes `unit` preservable. It turns off the options that put a
+/// service in namespaces of its own (user, mount, UTS, IPC, network): CRIU cannot bring those
+/// into a new boot's systemd. Empty assignments reset lists (paths) the unit file set. And it
+/// sends standard output and error to a file: a service's stream connection to journald
+/// cannot be carried (CRIU cannot dump one half of a unix stream connection whose other half
+/// is journald's).
+pub fn preservable_dropin(unit: &str) -> String {
+    format!(
+        "\
+# Written by `overboot systemd prepare`: this service runs in the host's namespaces and logs
+# to a file, so that `overboot update --preserve unit:{unit}` can carry it across a kernel
+# update (CRIU restores processes, not the private mounts, users and host names systemd makes
+# for a unit, nor a stream connection to journald).
 [Service]
 PrivateUsers=no
 PrivateTmp=no
@@ -102,7 +111,11 @@ NoExecPaths=
 TemporaryFileSystem=
 BindPaths=
 BindReadOnlyPaths=
-";
+StandardOutput=append:{LOG_DIR}/{unit}.log
+StandardError=inherit
+"
+    )
+}
 
 /// Errors of the systemd integration.
 #[derive(Debug, thiserror::Error)]
@@ -704,11 +717,12 @@ pub fn install(exe: &Path, root: &Path) -> Result<PathBuf, SystemdError> {
     Ok(link)
 }
 
-/// `overboot systemd prepare UNIT`: the persistent drop-in [`PRESERVABLE`], then a reload;
+/// `overboot systemd prepare UNIT`: the persistent drop-in [`preservable_dropin`], then a reload;
 /// with `restart` the unit is restarted so that it runs without namespaces of its own.
 pub fn prepare(unit: &str, restart: bool) -> Result<PathBuf, SystemdError> {
     let path = dropin_path(ADMIN_UNITS, unit, PREPARE_DROPIN);
-    write_file(&path, PRESERVABLE)?;
+    std::fs::create_dir_all(LOG_DIR).map_err(io(Path::new(LOG_DIR)))?;
+    write_file(&path, &preservable_dropin(unit))?;
     systemctl(&["daemon-reload"])?;
     if restart {
         systemctl(&["restart", unit])?;
@@ -863,6 +877,21 @@ mod tests {
         let err = adopt("nope.service", dir.path()).unwrap_err();
         assert!(matches!(err, SystemdError::NotRestored { .. }), "{err}");
         assert!(err.to_string().contains("nope.service was not restored"));
+    }
+
+    #[test]
+    fn prepared_units_leave_their_namespaces_and_the_journal() {
+        let text = preservable_dropin("redis-server.service");
+        for line in [
+            "PrivateUsers=no\n",
+            "ProtectHostname=no\n",
+            "ProtectSystem=no\n",
+            "PrivateTmp=no\n",
+            "StandardOutput=append:/var/log/overboot/redis-server.service.log\n",
+            "StandardError=inherit\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
     }
 
     #[test]

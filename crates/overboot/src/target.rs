@@ -88,8 +88,8 @@ pub enum TargetError {
     /// together with its namespaces, which overboot does not carry yet.
     #[error(
         "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s); overboot carries \
-         only processes in the host's namespaces (for a systemd unit: turn its sandboxing that \
-         makes namespaces off with a drop-in)"
+         only processes in the host's namespaces (for a systemd unit: `overboot systemd prepare \
+         NAME --restart` turns the sandboxing that makes them off)"
     )]
     ForeignNamespaces {
         target: String,

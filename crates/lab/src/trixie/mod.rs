@@ -18,6 +18,7 @@
 //! adds to a plain Debian tree are in [`files`].
 
 pub mod apt;
+pub mod carry;
 pub mod files;
 pub mod rootfs;
 
@@ -162,6 +163,7 @@ impl Trixie {
                 (binaries.overboot.clone(), "/usr/sbin/overboot"),
                 (binaries.workload.clone(), "/usr/bin/lab-workload"),
             ],
+            files::IMAGE_LINKS,
         )?;
         Ok(Trixie {
             rootfs,

@@ -314,12 +314,14 @@ fn install_kernel(root: &Path, kernel: &KernelInstall) -> Result<(), RootfsError
     Ok(())
 }
 
-/// The image layer: the rootfs tree plus `binaries` (each `(host path, guest path)`) and the
-/// shared libraries they need that the tree lacks, as an ext4 image.
+/// The image layer: the rootfs tree plus `binaries` (each `(host path, guest path)`), the
+/// shared libraries they need that the tree lacks and the symlinks `links` (`(link, target)`),
+/// as an ext4 image.
 pub fn image(
     cache: &Path,
     rootfs: &Path,
     binaries: &[(PathBuf, &str)],
+    links: &[(&str, &str)],
 ) -> Result<PathBuf, RootfsError> {
     let mut h = Sha256::new();
     h.update(
@@ -331,6 +333,10 @@ pub fn image(
     for (host_path, guest) in binaries {
         h.update(guest);
         h.update(fs::read(host_path).map_err(io(host_path))?);
+    }
+    for (link, target) in links {
+        h.update(link);
+        h.update(target);
     }
     let key = short_hash(h);
     let name = format!("image-{key}.ext4");
@@ -358,6 +364,14 @@ pub fn image(
         fs::copy(host_path, &dest).map_err(io(host_path))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).map_err(io(&dest))?;
         add_missing_libraries(&staging, host_path)?;
+    }
+    for (link, target) in links {
+        let dest = staging.join(link.trim_start_matches('/'));
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let _ = fs::remove_file(&dest);
+        std::os::unix::fs::symlink(target, &dest).map_err(io(&dest))?;
     }
     let tmp = cache.join(format!("{name}.tmp"));
     crate::disk::build_labelled(&tmp, &staging, IMAGE_MIB, "trixie-root").map_err(|e| {
