@@ -20,9 +20,13 @@ enum Command {
     /// update` to B (or C); the last stdout line is a JSON summary. Exits 1 when the client's
     /// connection broke or a key was lost.
     Demo {
-        /// Kernel to switch to: B (6.1 stable update) or C (6.12).
+        /// Kernel to switch to: B (6.1 stable update) or C (6.12) (busybox profile).
         #[arg(long, default_value = "B")]
         to: String,
+        /// `busybox` (the lab's initramfs guest, kernel A → --to) or `trixie` (a Debian 13
+        /// server with systemd: redis-server.service carried from 6.12 to 7.3).
+        #[arg(long, default_value = "busybox", value_parser = ["busybox", "trixie"])]
+        profile: String,
     },
     /// The benchmark: client-observed blackout of overboot against the floor (bare kexec),
     /// a machine restart reloading Redis from disk, and a dump to disk; writes results.json,
@@ -65,16 +69,23 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(Into::into),
-        Command::Demo { to } => overboot_lab::demo::run(&to)
-            .map(|result| {
-                println!(
-                    "{}",
-                    serde_json::to_string(&result)
-                        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-                );
-                result.connection_survived && result.keys_missing == 0 && result.keys_wrong == 0
-            })
-            .map_err(Into::into),
+        Command::Demo { to, profile } => {
+            let result = if profile == "trixie" {
+                overboot_lab::demo::run_trixie()
+            } else {
+                overboot_lab::demo::run(&to)
+            };
+            result
+                .map(|result| {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&result)
+                            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+                    );
+                    result.ok()
+                })
+                .map_err(Into::into)
+        }
         Command::Bench {
             quick,
             sizes,

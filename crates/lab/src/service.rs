@@ -55,6 +55,9 @@ pub enum ServiceError {
     /// `overboot status --json` printed no report.
     #[error("no agent report from `overboot status --json`: {0}")]
     Report(String),
+    /// The Debian 13 profile failed.
+    #[error("trixie profile")]
+    Trixie(#[source] Box<crate::trixie::TrixieError>),
 }
 
 /// A guest on its first kernel with Redis running and reachable from the host.
