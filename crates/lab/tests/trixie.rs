@@ -2,8 +2,10 @@
 //! 6.12 through the distribution's initramfs and runs `redis-server.service` reachable from the
 //! host. `--preserve unit:NAME.service` is resolved against the real systemd (and refused for
 //! Debian's sandboxed unit, unknown, stopped and non-service units); `overboot systemd prepare`
-//! makes Redis preservable; then `overboot update --preserve unit:redis-server.service` carries
-//! it to 7.3 from trixie-backports under a host client's INCR loop: in the new boot systemd
+//! makes Redis preservable; an update that fails on 6.12 after the dump (a second unit that
+//! CRIU cannot dump) restores Redis there and its unit adopts it again; an update whose
+//! restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts Redis again; then `overboot update --preserve unit:redis-server.service`
+//! carries it to 7.3 from trixie-backports, under one host client's INCR loop throughout: systemd
 //! adopts the restored Redis as the same unit with the same main PID, a unit that was not
 //! preserved starts as usual, and `systemctl restart` afterwards starts Debian's Redis anew.
 
@@ -163,6 +165,100 @@ fn redis_pids(guest: &mut Guest) -> String {
         .join(" ")
 }
 
+/// What an operator checks after an update that carried Redis onto `release` (or rolled back
+/// to it): the system settled, `redis-server` active with its old main PID and no second
+/// Redis, overboot's drop-ins gone (`Restart=` is Debian's again), the unpreserved
+/// `lab-sleeper` active, and the agent's report saying `outcome` (when an agent ran).
+/// Failures are collected.
+fn check_carried(
+    guest: &mut Guest,
+    release: &str,
+    redis_main: &str,
+    outcome: Option<&str>,
+    failures: &mut Vec<String>,
+) {
+    let uname = guest.run_ok("uname -r", CMD).expect("uname").text();
+    if uname.trim() != release {
+        failures.push(format!("running {:?}, not {release}", uname.trim()));
+    }
+    let state = guest
+        .run("systemctl is-system-running --wait", SETTLE)
+        .expect("is-system-running")
+        .text();
+    if state.trim() != "running" {
+        let failed = guest
+            .run("systemctl --failed --no-legend --plain", CMD)
+            .expect("failed units")
+            .text();
+        failures.push(format!("system is {:?}: {failed}", state.trim()));
+    }
+    for (unit, what) in [
+        ("redis-server", "preserved"),
+        ("lab-sleeper", "not preserved"),
+    ] {
+        let active = carry::unit_state(guest, unit).expect("unit state").active;
+        if active != "active" {
+            failures.push(format!("{unit} ({what}) is {active:?}"));
+        }
+    }
+    let main_after = main_pid(guest, "redis-server");
+    if main_after != redis_main {
+        failures.push(format!(
+            "MainPID of redis-server is {main_after}, was {redis_main}"
+        ));
+    }
+    let pids = redis_pids(guest);
+    if pids != redis_main {
+        failures.push(format!(
+            "redis-server processes: {pids:?}, expected only {redis_main}"
+        ));
+    }
+    // The adoption handed the unit back to its own unit file.
+    let dropins = guest
+        .run("systemctl show -P DropInPaths redis-server", CMD)
+        .expect("DropInPaths")
+        .text();
+    if dropins.contains("zz-overboot") {
+        failures.push(format!("overboot's drop-ins are still loaded: {dropins}"));
+    }
+    let restart = guest
+        .run_ok("systemctl show -P Restart redis-server", CMD)
+        .expect("Restart")
+        .text();
+    if restart.trim() != "always" {
+        failures.push(format!("redis-server has Restart={}", restart.trim()));
+    }
+    let Some(outcome) = outcome else {
+        return;
+    };
+    let report = guest
+        .run("overboot status --json", CMD)
+        .expect("overboot status")
+        .text();
+    if !report.contains(&format!("\"outcome\":\"{outcome}\"")) {
+        failures.push(format!("agent report is not {outcome}: {report}"));
+    }
+}
+
+/// Panics with every failure and the journal of the units involved.
+fn fail_with_journal(guest: &mut Guest, release: &str, failures: &[String]) {
+    if failures.is_empty() {
+        return;
+    }
+    let journal = guest
+        .run(
+            "journalctl -b --no-pager -o short-monotonic -u overboot-resume -u redis-server \
+             -u overboot-adopted | tail -n 60",
+            CMD,
+        )
+        .map(|o| o.text())
+        .unwrap_or_default();
+    panic!(
+        "on {release}:\n- {}\njournal:\n{journal}",
+        failures.join("\n- ")
+    );
+}
+
 /// A unit that is not preserved: enabled, so that every boot starts it.
 const SLEEPER: &str = "[Unit]\\nDescription=lab: a service overboot does not preserve\\n\
     [Service]\\nExecStart=/bin/sleep infinity\\n[Install]\\nWantedBy=multi-user.target\\n";
@@ -223,6 +319,77 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     );
     let token = format!("lab.token={}", std::process::id());
     let append = format!("{CMDLINE} {token}");
+
+    // An update that fails on 6.12 after Redis was dumped: lab-sleeper's output goes to the
+    // journal, whose stream CRIU cannot dump. Redis is restored here and its unit adopts it
+    // again; lab-sleeper was never stopped.
+    let failed = guest
+        .run(
+            &format!(
+                "overboot update --kernel /boot/vmlinuz-{new} --initrd /boot/initrd.img-{new} \
+                 --append '{append}' --preserve unit:redis-server.service \
+                 --preserve unit:lab-sleeper.service"
+            ),
+            Duration::from_secs(600),
+        )
+        .expect("overboot update that fails on 6.12");
+    assert_eq!(failed.status, 7, "{}", failed.text());
+    assert!(
+        failed
+            .text()
+            .contains("restored on this kernel: unit-redis-server.service"),
+        "{}",
+        failed.text()
+    );
+    let mut failures = Vec::new();
+    check_carried(&mut guest, &old, &redis_main, None, &mut failures);
+    fail_with_journal(&mut guest, &old, &failures);
+    assert!(
+        incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)),
+        "the INCR client got no 50 further replies after the failed update: {:?}",
+        incr.progress()
+    );
+
+    // Then an update whose restore fails on 7.3 (injected): the agent there rolls back to
+    // 6.12 through the same directory store, where systemd adopts Redis again.
+    let switch = Instant::now();
+    let (booted, _) = carry::update_units(
+        &mut guest,
+        &new,
+        &format!("{append} overboot.fault=restore-fail:unit-redis-server.service"),
+        &["redis-server.service"],
+        &mut || {},
+    )
+    .unwrap_or_else(|e| panic!("overboot update to 7.3 (restore fails): {e}"));
+    eprintln!(
+        "trixie: failed restore on 7.3, back on 6.12 at multi-user in {:.1} s (host): {booted}",
+        switch.elapsed().as_secs_f64()
+    );
+    assert!(
+        guest
+            .history()
+            .iter()
+            .any(|l| l.contains("rolling back to")),
+        "7.3's agent did not roll back: {}",
+        guest.log_path().display()
+    );
+    assert!(booted.contains(&old), "booted {booted:?}, not {old}");
+    let mut failures = Vec::new();
+    check_carried(
+        &mut guest,
+        &old,
+        &redis_main,
+        Some("rolled_back"),
+        &mut failures,
+    );
+    fail_with_journal(&mut guest, &old, &failures);
+    assert!(
+        incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)),
+        "the INCR client got no 50 further replies after the rollback: {:?}",
+        incr.progress()
+    );
+
+    // Then the update itself.
     let switch = Instant::now();
     let (booted, _) = carry::update_units(
         &mut guest,
@@ -237,8 +404,6 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         switch.elapsed().as_secs_f64()
     );
     assert!(booted.contains(&new), "booted {booted:?}, not {new}");
-    let uname = guest.run_ok("uname -r", CMD).expect("uname");
-    assert_eq!(uname.text().trim(), new);
     let cmdline = guest.run_ok("cat /proc/cmdline", CMD).expect("cmdline");
     assert!(
         cmdline.text().trim().starts_with(&format!(
@@ -257,7 +422,7 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         .text();
     assert_ne!(boot_id, new_boot_id, "the boot id did not change");
 
-    // The client ran through the switch: 50 more replies on 7.3, then stop it.
+    // The client ran through both switches: 50 more replies on 7.3, then stop it.
     let answered = incr.progress().answered;
     let steady = incr.wait_answered(answered + 50, Duration::from_secs(120));
     let (summary, _samples) = incr.finish();
@@ -272,83 +437,20 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
             summary.connection_survived, summary.lost, summary.duplicated, summary.error
         ));
     }
-    // systemd adopted the restored Redis: the same unit, active, with the same main PID, and no
-    // second Redis beside it.
-    let state = guest
-        .run("systemctl is-system-running --wait", SETTLE)
-        .expect("is-system-running")
-        .text();
-    if state.trim() != "running" {
-        let failed = guest
-            .run("systemctl --failed --no-legend --plain", CMD)
-            .expect("failed units")
-            .text();
-        failures.push(format!("system is {:?} on 7.3: {failed}", state.trim()));
-    }
-    let active = guest
-        .run("systemctl is-active redis-server", CMD)
-        .expect("is-active")
-        .text();
-    if active.trim() != "active" {
-        failures.push(format!("redis-server is {:?} on 7.3", active.trim()));
-    }
-    let main_after = main_pid(&mut guest, "redis-server");
-    if main_after != redis_main {
-        failures.push(format!(
-            "MainPID of redis-server is {main_after} on 7.3, was {redis_main}"
-        ));
-    }
-    let pids = redis_pids(&mut guest);
-    if pids != redis_main {
-        failures.push(format!(
-            "redis-server processes on 7.3: {pids:?}, expected only {redis_main}"
-        ));
-    }
+    check_carried(
+        &mut guest,
+        &new,
+        &redis_main,
+        Some("resumed"),
+        &mut failures,
+    );
     match redis::RespConn::connect(addr, Duration::from_secs(10))
         .and_then(|mut c| c.command(&[b"GET", b"trixie"]))
     {
         Ok(Reply::Bulk(Some(v))) if v == b"before the update" => {}
         other => failures.push(format!("the key written before the update: {other:?}")),
     }
-    // The adoption handed the unit back to its own unit file.
-    let dropins = guest
-        .run("systemctl show -P DropInPaths redis-server", CMD)
-        .expect("DropInPaths")
-        .text();
-    if dropins.contains("zz-overboot-adopt") {
-        failures.push(format!("the adopt drop-in is still loaded: {dropins}"));
-    }
-    let sleeper = guest
-        .run("systemctl is-active lab-sleeper", CMD)
-        .expect("is-active")
-        .text();
-    if sleeper.trim() != "active" {
-        failures.push(format!(
-            "lab-sleeper (not preserved) is {:?} on 7.3",
-            sleeper.trim()
-        ));
-    }
-    let report = guest
-        .run("overboot status --json", CMD)
-        .expect("overboot status")
-        .text();
-    if !report.contains("\"outcome\":\"resumed\"") {
-        failures.push(format!("agent report: {report}"));
-    }
-    if !failures.is_empty() {
-        let journal = guest
-            .run(
-                "journalctl -b --no-pager -o short-monotonic -u overboot-resume -u redis-server \
-                 -u overboot-adopted | tail -n 60",
-                CMD,
-            )
-            .map(|o| o.text())
-            .unwrap_or_default();
-        panic!(
-            "after the update to 7.3:\n- {}\njournal:\n{journal}",
-            failures.join("\n- ")
-        );
-    }
+    fail_with_journal(&mut guest, &new, &failures);
 
     // Where the new boot spent its time until the agent ran (for issue 6; not asserted).
     if let Ok(chain) = guest.run(

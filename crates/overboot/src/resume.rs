@@ -116,7 +116,7 @@ pub const RESTORED_LIST: &str = "restored";
 /// the TCP stream records, which are copied so they can be edited (clocks advanced, windows of
 /// unscaled connections pinned). The map itself stays byte-identical (rollback
 /// verifies it again) and CRIU's restore log lands here, not in the map.
-fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
+pub fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
     if scratch.exists() {
         std::fs::remove_dir_all(scratch)?;
     }

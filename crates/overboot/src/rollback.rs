@@ -226,10 +226,23 @@ pub fn supervise(
     );
     std::fs::create_dir_all(&options.work_dir)
         .map_err(|e| fail("creating the work directory", e.to_string()))?;
+    // The map goes back the way it came: a directory store stays where it is (on a systemd
+    // host the initrd's files are gone after switch_root), RAM goes back in the old initrd.
     let out = options.work_dir.join("rollback-initrd.img");
-    let published = InitrdStore::new(recipe.initrd.clone(), &out)
+    let (published, initrd) = if came_through_directory(&options.cmdline) {
+        let published = DirectoryStore {
+            path: location.clone(),
+        }
         .publish(&map)
-        .map_err(|e| fail("appending the map to the old initrd", e.to_string()))?;
+        .map_err(|e| fail("handing the map's directory back", e.to_string()))?;
+        (published, recipe.initrd.clone())
+    } else {
+        let published = InitrdStore::new(recipe.initrd.clone(), &out)
+            .publish(&map)
+            .map_err(|e| fail("appending the map to the old initrd", e.to_string()))?;
+        let initrd = published.initrd.clone().unwrap_or(out);
+        (published, Some(initrd))
+    };
     let cmdline = format!(
         "{} {} {ROLLBACK_PARAM}",
         recipe.cmdline, published.cmdline_param
@@ -240,7 +253,7 @@ pub fn supervise(
     ));
     overboot_kexec::load(&LoadRequest {
         kernel: recipe.kernel.clone(),
-        initrd: Some(published.initrd.unwrap_or(out)),
+        initrd,
         cmdline: cmdline.trim().to_string(),
     })
     .map_err(|e| fail("loading the old kernel", e.to_string()))?;
@@ -249,6 +262,15 @@ pub fn supervise(
         Ok(never) => match never {},
         Err(e) => Err(fail("jumping into the old kernel", e.to_string())),
     }
+}
+
+/// Whether this boot's map came through a directory store (`overboot.handover=dir:…`).
+fn came_through_directory(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| {
+        w.trim_matches('"')
+            .strip_prefix(overboot_handover::CMDLINE_KEY)
+            .is_some_and(|rest| rest.starts_with("=dir:"))
+    })
 }
 
 /// Whether a command line is a rollback boot's.
@@ -334,6 +356,17 @@ mod tests {
         let report = Report::last(&state).unwrap();
         assert_eq!(report.outcome, Outcome::Failed);
         assert!(report.detail.unwrap().contains("OLD KERNEL TOO"));
+    }
+
+    #[test]
+    fn a_directory_map_goes_back_through_its_directory() {
+        assert!(came_through_directory(
+            "root=/dev/vda overboot.handover=dir:/var/lib/overboot/ssm/1-2"
+        ));
+        assert!(!came_through_directory(
+            "root=/dev/vda overboot.handover=initrd:/overboot/ssm"
+        ));
+        assert!(!came_through_directory("root=/dev/vda"));
     }
 
     #[test]

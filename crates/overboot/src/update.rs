@@ -367,7 +367,22 @@ impl Effects for HostEffects {
     }
 
     fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
-        let mut request = RestoreRequest::new(images);
+        // As in the new kernel (see `resume`): from a scratch directory, the map untouched, with
+        // the windows of connections whose peer does not scale pinned (else they crawl).
+        let scratch = self
+            .work_dir
+            .join("local-restore")
+            .join(images.file_name().unwrap_or_default());
+        let images = crate::resume::restore_dir(images, &scratch).map_err(|source| {
+            CheckpointError::OpenDir {
+                path: scratch.clone(),
+                source,
+            }
+        })?;
+        if let Err(e) = overboot_checkpoint::images::pin_unscaled_windows(&images) {
+            tracing::warn!(error = %e, "cannot pin the windows of unscaled connections");
+        }
+        let mut request = RestoreRequest::new(&images);
         request.log_file = "rollback-restore.log".into();
         request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;

@@ -73,6 +73,7 @@ pub fn update_units(
         });
     }
     let jumped = Instant::now();
-    let booted = wait_ticking(guest, &["@@LAB booted"], BOOT_TIMEOUT, tick)?;
+    // A restore that fails rolls back: two kernels boot before multi-user.
+    let booted = wait_ticking(guest, &["@@LAB booted"], BOOT_TIMEOUT * 2, tick)?;
     Ok((booted, jumped.elapsed()))
 }
