@@ -19,7 +19,7 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{BufRead, BufReader, LineWriter, Seek, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,12 +31,17 @@ use nix::sched::{unshare, CloneFlags};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{fork, pipe, ForkResult};
 
-fn log_file(path: &str) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {path}: {e}"))
+/// A record log: each line reaches the file in one write(2) (`writeln!` on a bare `File`
+/// writes every formatted piece separately, so a writer stopped between two of them — the tests
+/// stop it before reading the log from the disk — leaves half a record).
+fn log_file(path: &str) -> LineWriter<File> {
+    LineWriter::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {path}: {e}")),
+    )
 }
 
 fn now_ns(clock: ClockId) -> i128 {
