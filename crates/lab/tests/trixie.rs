@@ -103,6 +103,12 @@ fn unit_targets_resolve(guest: &mut Guest, new: &str) {
     let plan = plan_one(guest, &kernel, "unit:redis-server");
     let tree = &plan["trees"][0];
     assert_eq!(tree["ok"], true, "{plan:#}");
+    // On a systemd host the map goes to the root file system, not through the initrd.
+    let advice = plan["handover_advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("dir:/var/lib/overboot/ssm"),
+        "the plan does not name the systemd default store: {advice}"
+    );
     assert_eq!(
         tree["tree"]["name"], "unit-redis-server.service",
         "{plan:#}"

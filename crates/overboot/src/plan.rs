@@ -224,7 +224,10 @@ pub fn make(
         Path::new("/sys/block"),
         &std::fs::read_to_string("/proc/mounts").unwrap_or_default(),
     );
-    let handover_advice = crate::store::advice(&ram_stores, handover_bytes);
+    let fallback = systemd
+        .booted
+        .then(|| crate::systemd::default_store(&state_dir()));
+    let handover_advice = crate::store::advice(&ram_stores, handover_bytes, fallback.as_deref());
     Plan {
         ok: problems.is_empty(),
         problems,

@@ -135,7 +135,9 @@ pub fn find(sys_block: &Path, mounts: &str) -> Vec<RamStore> {
 
 /// One sentence for the operator: which store to use for a map of `needed` bytes, or how to
 /// reserve one.
-pub fn advice(stores: &[RamStore], needed: u64) -> String {
+/// `fallback` is where the map goes without a reserved-RAM store: `None` for the initrd store,
+/// or the directory store a systemd host uses by default.
+pub fn advice(stores: &[RamStore], needed: u64, fallback: Option<&Path>) -> String {
     let mib = |b: u64| b >> 20;
     let want = needed + needed / 10 + (64 << 20);
     if let Some(s) = stores
@@ -167,9 +169,17 @@ pub fn advice(stores: &[RamStore], needed: u64) -> String {
         ),
         None => "no reserved RAM".into(),
     };
+    let goes = match fallback {
+        None => "the map goes through the new kernel's initrd (copied, checksummed by kexec, \
+                 unpacked at boot)"
+            .to_string(),
+        Some(dir) => format!(
+            "the map goes to dir:{} (systemd host: written to the disk and read back)",
+            dir.display()
+        ),
+    };
     format!(
-        "{found}: the map goes through the new kernel's initrd (copied, checksummed by kexec, \
-         unpacked at boot). To hand it over in place, reserve at least {} MiB on the command \
+        "{found}: {goes}. To hand it over in place, reserve at least {} MiB on the command \
          line of both kernels with memmap={}M!<offset> (an unused System RAM range of \
          /proc/iomem; CONFIG_X86_PMEM_LEGACY, modules nd_e820 and nd_pmem), format /dev/pmem0 \
          once, mount it at boot, and pass --handover dir:<mount point>/ssm",
@@ -215,10 +225,10 @@ mod tests {
             mount_point: Some("/pmem".into()),
             available_bytes: 900 << 20,
         };
-        let text = advice(std::slice::from_ref(&store), 512 << 20);
+        let text = advice(std::slice::from_ref(&store), 512 << 20, None);
         assert!(text.contains("--handover dir:/pmem/ssm"), "{text}");
 
-        let text = advice(std::slice::from_ref(&store), 2 << 30);
+        let text = advice(std::slice::from_ref(&store), 2 << 30, None);
         assert!(
             text.contains("too little") && text.contains("memmap="),
             "{text}"
@@ -229,11 +239,18 @@ mod tests {
             available_bytes: 0,
             ..store
         };
-        let text = advice(&[unmounted], 1 << 20);
+        let text = advice(&[unmounted], 1 << 20, None);
         assert!(text.contains("not mounted"), "{text}");
 
-        let text = advice(&[], 512 << 20);
+        let text = advice(&[], 512 << 20, None);
         assert!(text.starts_with("no reserved RAM"), "{text}");
+        assert!(text.contains("initrd"), "{text}");
         assert!(text.contains("memmap=640M!<offset>"), "{text}");
+
+        let text = advice(&[], 512 << 20, Some(Path::new("/var/lib/overboot/ssm")));
+        assert!(
+            text.contains("dir:/var/lib/overboot/ssm (systemd host") && !text.contains("initrd"),
+            "{text}"
+        );
     }
 }
