@@ -157,8 +157,9 @@ fn comm_of(pid: i32) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+/// Whether process `pid` exists (0 and negative pids name groups, never one process).
+pub(crate) fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 fn ms(d: std::time::Duration) -> u64 {

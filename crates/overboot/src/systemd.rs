@@ -529,10 +529,6 @@ fn own_cgroup() -> Result<PathBuf, SystemdError> {
     Ok(Path::new("/sys/fs/cgroup").join(rel.trim().trim_start_matches('/')))
 }
 
-fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
 /// Sends one notification datagram to systemd, with `fds` attached.
 fn notify_send(
     socket: &nix::sys::socket::UnixAddr,
@@ -607,14 +603,14 @@ pub fn adopt(unit: &str, work_dir: &Path) -> Result<i32, SystemdError> {
     })?;
     let record: Restored =
         serde_json::from_str(&text).map_err(|source| SystemdError::Record { path, source })?;
-    if !alive(record.main_pid) {
+    if !crate::resume::alive(record.main_pid) {
         return Err(SystemdError::NotAlive {
             unit: unit.into(),
             pid: record.main_pid,
         });
     }
     let procs = own_cgroup()?.join("cgroup.procs");
-    for pid in record.pids.iter().filter(|p| alive(**p)) {
+    for pid in record.pids.iter().filter(|p| crate::resume::alive(**p)) {
         // Threads follow their process; a pid already here is rewritten harmlessly.
         std::fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
     }
