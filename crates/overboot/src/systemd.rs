@@ -34,7 +34,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use overboot_handover::{Manifest, PreservedTree};
+use overboot_handover::{Manifest, PreservedTree, PreservedUnit};
 
 /// The generator's file name; `overboot` run under this name is the generator.
 pub const GENERATOR: &str = "overboot-generator";
@@ -358,13 +358,18 @@ ExecStart=+{} systemd adopt {}
 
 /// The preserved units of a manifest, in order, each once.
 pub fn preserved_units(trees: &[PreservedTree]) -> Vec<String> {
-    let mut units: Vec<String> = Vec::new();
-    for unit in trees.iter().filter_map(|t| t.unit.as_ref()) {
-        if !units.contains(&unit.name) {
-            units.push(unit.name.clone());
+    unit_names(trees.iter().filter_map(|t| t.unit.as_ref()))
+}
+
+/// The names of `units`, in order, each once.
+pub fn unit_names<'a>(units: impl Iterator<Item = &'a PreservedUnit>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for unit in units {
+        if !names.contains(&unit.name) {
+            names.push(unit.name.clone());
         }
     }
-    units
+    names
 }
 
 /// What the generator writes. `map` is the map's directory when the command line names one
@@ -729,7 +734,6 @@ pub fn prepare(unit: &str, restart: bool) -> Result<PathBuf, SystemdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use overboot_handover::PreservedUnit;
 
     fn tree(name: &str, unit: Option<&str>, pids: &[i32]) -> PreservedTree {
         PreservedTree {

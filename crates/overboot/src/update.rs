@@ -257,13 +257,7 @@ impl HostEffects {
     }
 
     fn held_units(&self) -> Vec<String> {
-        let mut units: Vec<String> = Vec::new();
-        for unit in self.held.iter().filter_map(|t| t.unit.as_ref()) {
-            if !units.contains(&unit.name) {
-                units.push(unit.name.clone());
-            }
-        }
-        units
+        crate::systemd::unit_names(self.held.iter().filter_map(|t| t.unit.as_ref()))
     }
 }
 
