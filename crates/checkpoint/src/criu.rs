@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use crate::engine::{CriuVersion, DumpOutcome, Engine, NotifyHandler, Probe, RestoreOutcome};
+use crate::engine::{
+    CriuVersion, DumpOutcome, Engine, Features, NotifyHandler, Probe, RestoreOutcome,
+};
 use crate::error::CheckpointError;
 use crate::request::{DumpRequest, RestoreRequest};
 use crate::session::Session;
@@ -79,6 +81,12 @@ impl Criu {
     /// The binary this engine runs.
     pub fn binary(&self) -> &Path {
         &self.binary
+    }
+
+    /// The optional features that work with this CRIU on this kernel (memory tracking, lazy
+    /// pages, pidfd store).
+    pub fn features(&self) -> Result<Features, CheckpointError> {
+        self.run(|s| s.features(false))
     }
 
     /// Version, optional features and `criu check`, from one criu process. A failed check is

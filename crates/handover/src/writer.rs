@@ -2,7 +2,7 @@
 //! images the engine wrote into the map directory itself), then [`MapWriter::finish`] hashes
 //! them all into the manifest and commits `manifest.json` and `HEADER` (layout: [`crate::map`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,6 +23,9 @@ use crate::map::{
 pub struct MapWriter {
     dir: PathBuf,
     listed: BTreeSet<String>,
+    /// Files hashed ahead of [`Self::finish`] by [`Self::seal_dir`] (pre-copy images written
+    /// while the services still ran), with their entries.
+    sealed: BTreeMap<String, FileEntry>,
 }
 
 impl MapWriter {
@@ -30,6 +33,7 @@ impl MapWriter {
         Self {
             dir,
             listed: BTreeSet::new(),
+            sealed: BTreeMap::new(),
         }
     }
 
@@ -116,6 +120,53 @@ impl MapWriter {
         Ok(adopted)
     }
 
+    /// Adopts every file below `rel_dir` (as [`Self::adopt_tree`]) and hashes them now, so that
+    /// [`Self::finish`] does not: for images written ahead of the freeze (pre-copy), whose
+    /// hashing then stays out of the blackout. `finish` still checks that each sealed file has
+    /// the size it had when sealed and hashes it again if not. Returns the files' total bytes.
+    pub fn seal_dir(&mut self, rel_dir: &str) -> Result<u64, HandoverError> {
+        self.adopt_tree(rel_dir)?;
+        let files: Vec<String> = self
+            .listed
+            .iter()
+            .filter(|rel| crate::map::is_under(rel, rel_dir) && !self.sealed.contains_key(*rel))
+            .cloned()
+            .collect();
+        let digests = parallel_map(&files, |rel| {
+            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST)
+        });
+        let mut bytes = 0;
+        for (rel, digest) in files.into_iter().zip(digests) {
+            let digest = digest.map_err(HandoverError::io("hash", self.dir.join(&rel)))?;
+            bytes += digest.size;
+            self.sealed.insert(
+                rel,
+                FileEntry {
+                    size: digest.size,
+                    digest: digest.hex,
+                },
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Forgets every file below `rel_dir` and removes the directory (a pre-copy round that
+    /// failed half-way).
+    pub fn discard_dir(&mut self, rel_dir: &str) -> Result<(), HandoverError> {
+        check_map_path(rel_dir)?;
+        self.listed
+            .retain(|rel| !crate::map::is_under(rel, rel_dir));
+        self.sealed
+            .retain(|rel, _| !crate::map::is_under(rel, rel_dir));
+        let path = self.dir.join(rel_dir);
+        match fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(HandoverError::io("remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Hashes every listed file into `manifest.files` (replacing what was there), sets the
     /// format to [`CURRENT_FORMAT`], checks the manifest against the directory (nothing
     /// unlisted, nothing dangling), then writes `manifest.json` and, last, `HEADER`.
@@ -130,11 +181,22 @@ impl MapWriter {
                 Found::File { .. } => return Err(HandoverError::Unlisted { path: rel }),
             }
         }
-        let listed: Vec<&String> = self.listed.iter().collect();
+        manifest.files.clear();
+        let mut listed: Vec<&String> = Vec::new();
+        for rel in &self.listed {
+            let still = self.sealed.get(rel).filter(|entry| {
+                fs::metadata(self.dir.join(rel.as_str())).is_ok_and(|m| m.len() == entry.size)
+            });
+            match still {
+                Some(entry) => {
+                    manifest.files.insert(rel.clone(), entry.clone());
+                }
+                None => listed.push(rel),
+            }
+        }
         let digests = parallel_map(&listed, |rel| {
             hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST)
         });
-        manifest.files.clear();
         for (rel, digest) in listed.into_iter().zip(digests) {
             let digest = digest.map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => HandoverError::ImageMissing { path: rel.clone() },

@@ -518,3 +518,44 @@ fn directory_store_in_place_flushes_without_copying_and_refuses_a_truncated_file
         Err(HandoverError::ImageSize { path, .. }) if path == "trees/redis/pages-1.img"
     ));
 }
+
+#[test]
+fn sealed_pre_copy_images_verify_and_a_resized_one_is_hashed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut writer = SaveStateMap::create(tmp.path().join("ssm")).unwrap();
+    let pre1 = writer.create_dir("trees/redis/pre-1").unwrap();
+    fs::write(pre1.join("pages-1.img"), bytes(1, 40_000)).unwrap();
+    fs::write(pre1.join("pagemap-7.img"), bytes(2, 100)).unwrap();
+    assert_eq!(writer.seal_dir("trees/redis/pre-1").unwrap(), 40_100);
+    // A second round that failed half-way is forgotten with its directory.
+    let pre2 = writer.create_dir("trees/redis/pre-2").unwrap();
+    fs::write(pre2.join("pages-1.img"), bytes(3, 10)).unwrap();
+    assert_eq!(writer.seal_dir("trees/redis/pre-2").unwrap(), 10);
+    writer.discard_dir("trees/redis/pre-2").unwrap();
+    assert!(!pre2.exists());
+    // The final dump beside them; a sealed file changed after sealing is hashed again.
+    let dir = writer.create_dir("trees/redis").unwrap();
+    fs::write(dir.join("core-7.img"), bytes(4, 300)).unwrap();
+    fs::write(pre1.join("pagemap-7.img"), bytes(5, 101)).unwrap();
+    writer.adopt_tree("trees/redis").unwrap();
+    let map = writer
+        .finish(Manifest {
+            trees: vec![tree("redis.service", 7, "trees/redis")],
+            ..Manifest::default()
+        })
+        .unwrap();
+    let files: Vec<&String> = map.manifest().files.keys().collect();
+    assert_eq!(
+        files,
+        [
+            "trees/redis/core-7.img",
+            "trees/redis/pre-1/pagemap-7.img",
+            "trees/redis/pre-1/pages-1.img"
+        ]
+    );
+    let report = SaveStateMap::open(map.dir())
+        .unwrap()
+        .verify_files()
+        .unwrap();
+    assert_eq!(report.bytes, 40_000 + 101 + 300);
+}

@@ -10,6 +10,7 @@ pub mod fault;
 pub mod network;
 pub mod phases;
 pub mod plan;
+pub mod precopy;
 pub mod report;
 pub mod restore;
 pub mod resume;

@@ -95,6 +95,13 @@ pub struct Pending {
     /// Most memory in use on the old kernel at a phase boundary (bytes).
     #[serde(default)]
     pub peak_mem_bytes: u64,
+    /// Pre-copy rounds before the freeze.
+    #[serde(default)]
+    pub pre_copy: Vec<crate::precopy::Round>,
+    /// Bytes the dump wrote after the freeze (with pre-copy: the pages changed since the last
+    /// round, and everything that is not memory).
+    #[serde(default)]
+    pub frozen_dump_bytes: u64,
 }
 
 /// The report of one update.
@@ -129,6 +136,12 @@ pub struct Report {
     pub clock_offsets_ns: BTreeMap<String, i64>,
     /// CRIU logs kept with this report.
     pub logs: Vec<PathBuf>,
+    /// Pre-copy rounds before the freeze, per tree: bytes and time of each.
+    #[serde(default)]
+    pub pre_copy: Vec<crate::precopy::Round>,
+    /// Bytes the dump wrote after the freeze (see [`Pending::frozen_dump_bytes`]).
+    #[serde(default)]
+    pub frozen_dump_bytes: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -221,6 +234,22 @@ impl Report {
                     .map_or_else(|| "not restored".to_string(), |p| p.to_string()),
                 tree.pids.len(),
                 if tree.alive { "alive" } else { "NOT alive" }
+            ));
+        }
+        if !self.pre_copy.is_empty() {
+            out.push_str("  pre-copy (service running):");
+            for r in &self.pre_copy {
+                out.push_str(&format!(
+                    " {} round {} {} KiB in {} ms;",
+                    r.tree,
+                    r.round,
+                    r.bytes >> 10,
+                    r.ms
+                ));
+            }
+            out.push_str(&format!(
+                " then {} KiB dumped frozen\n",
+                self.frozen_dump_bytes >> 10
             ));
         }
         out.push_str("  phases (ms):");

@@ -115,23 +115,44 @@ pub const RESTORED_LIST: &str = "restored";
 /// A directory CRIU restores from: symlinks to the map's images, except the clock record and
 /// the TCP stream records, which are copied so they can be edited (clocks advanced, windows of
 /// unscaled connections pinned). The map itself stays byte-identical (rollback
-/// verifies it again) and CRIU's restore log lands here, not in the map.
+/// verifies it again) and CRIU's restore log lands here, not in the map. Pre-copy rounds
+/// (`pre-1`, `pre-2`, ... beside the images: [`crate::precopy`]) become directories of links
+/// too, chained by the `parent` links CRIU follows.
 pub fn restore_dir(images: &Path, scratch: &Path) -> std::io::Result<PathBuf> {
     if scratch.exists() {
         std::fs::remove_dir_all(scratch)?;
     }
     std::fs::create_dir_all(scratch)?;
+    let rounds = link_images(images, scratch)?;
+    for k in &rounds {
+        let name = crate::precopy::round_dir(*k);
+        std::fs::create_dir(scratch.join(&name))?;
+        link_images(&images.join(&name), &scratch.join(&name))?;
+    }
+    crate::precopy::link_rounds(scratch, &rounds)?;
+    Ok(scratch.to_path_buf())
+}
+
+/// Links (or copies, for the records a restore edits) the files of `images` into `scratch`;
+/// returns the pre-copy rounds found there, which it leaves to the caller.
+fn link_images(images: &Path, scratch: &Path) -> std::io::Result<Vec<u32>> {
+    let mut rounds = Vec::new();
     for entry in std::fs::read_dir(images)? {
         let entry = entry?;
         let name = entry.file_name();
         let target = scratch.join(&name);
-        if name == "timens-0.img" || name.to_string_lossy().starts_with("tcp-stream-") {
+        let round = name.to_str().and_then(crate::precopy::round_of);
+        if let Some(k) = round.filter(|_| entry.path().is_dir()) {
+            rounds.push(k);
+        } else if name == crate::precopy::PARENT_LINK {
+            // Not in a map (dropped after the dump); the chain is rebuilt from the rounds.
+        } else if name == "timens-0.img" || name.to_string_lossy().starts_with("tcp-stream-") {
             std::fs::copy(entry.path(), &target)?;
         } else {
             std::os::unix::fs::symlink(entry.path(), &target)?;
         }
     }
-    Ok(scratch.to_path_buf())
+    Ok(rounds)
 }
 
 /// Appends a restored tree to the work dir's list (best effort: the list only helps a rollback
@@ -416,6 +437,11 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             .max(peak_here),
         clock_offsets_ns: clock_advance_ns,
         logs,
+        pre_copy: pending
+            .as_ref()
+            .map(|p| p.pre_copy.clone())
+            .unwrap_or_default(),
+        frozen_dump_bytes: pending.as_ref().map_or(0, |p| p.frozen_dump_bytes),
     };
     report.save(&options.state_dir)?;
     let _ = std::fs::remove_file(options.state_dir.join("pending.json"));

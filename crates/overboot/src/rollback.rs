@@ -150,6 +150,8 @@ fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
         peak_mem_bytes: 0,
         clock_offsets_ns: Default::default(),
         logs: Vec::new(),
+        pre_copy: Vec::new(),
+        frozen_dump_bytes: 0,
     };
     if let Err(e) = report.save(&options.state_dir) {
         tracing::error!(error = %e, "cannot write the failure report");

@@ -52,6 +52,8 @@ pub struct UpdateOptions {
     pub network_lock: bool,
     /// How the map reaches the new kernel.
     pub handover: Handover,
+    /// Pre-copy rounds at most before the freeze (0: none; see [`crate::precopy`]).
+    pub pre_copy_rounds: u32,
 }
 
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
@@ -207,8 +209,26 @@ pub trait Effects {
     fn capture_network(&mut self) -> Result<NetworkState, NetworkError>;
     /// Clock readings now.
     fn clocks(&mut self) -> ClockReadings;
-    /// Freezes and dumps a tree into `images` (the tree is stopped afterwards).
-    fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError>;
+    /// Whether the engine can track memory changes (soft-dirty), which pre-copy needs.
+    fn memory_tracking(&mut self) -> bool {
+        false
+    }
+    /// Copies a running tree's memory into `images` and tracks changes from here on;
+    /// `parent` (relative to `images`) is the previous round's directory.
+    fn pre_dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError>;
+    /// Freezes and dumps a tree into `images` (the tree is stopped afterwards); with `parent`
+    /// (relative to `images`: the last pre-copy round) only the pages changed since.
+    fn dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError>;
     /// Restores a tree on this kernel from `images`; returns its root pid.
     fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError>;
     /// Loads the new kernel.
@@ -349,8 +369,40 @@ impl Effects for HostEffects {
         read_clocks()
     }
 
-    fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError> {
+    fn memory_tracking(&mut self) -> bool {
+        match self.criu.features() {
+            Ok(features) => features.mem_track,
+            Err(e) => {
+                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for memory tracking: no pre-copy");
+                false
+            }
+        }
+    }
+
+    fn pre_dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError> {
         let mut request = DumpRequest::new(tree.root, images);
+        request.log_file = "pre-dump.log".into();
+        request.parent_images = parent.map(PathBuf::from);
+        request.track_mem = true;
+        self.criu
+            .pre_dump(&request, &mut overboot_checkpoint::accept_all)
+            .map(|_| ())
+    }
+
+    fn dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        let mut request = DumpRequest::new(tree.root, images);
+        request.parent_images = parent.map(PathBuf::from);
+        request.track_mem = parent.is_some();
         // CRIU 3.17 cannot dump TCP without its lock; "no lock" (tests only) lifts it
         // after the dump instead (see `capture_network`).
         request.network_lock = NetworkLockMode::Nftables;
@@ -450,6 +502,8 @@ pub struct Staged {
     pub phases: BTreeMap<String, u64>,
     /// The trees carried.
     pub trees: Vec<TreeInfo>,
+    /// Pre-copy rounds done before the freeze.
+    pub pre_copy: Vec<crate::precopy::Round>,
 }
 
 /// A new update id: UTC seconds and the pid, sortable.
@@ -586,7 +640,7 @@ pub fn run(
         Handover::Initrd => options.work_dir.join(&id).join("map"),
         Handover::Dir(dir) => dir.join(&id),
     };
-    let writer = SaveStateMap::create(&map_dir).map_err(|source| UpdateError::Handover {
+    let mut writer = SaveStateMap::create(&map_dir).map_err(|source| UpdateError::Handover {
         recovery: "no tree had been stopped".into(),
         source,
     })?;
@@ -625,24 +679,121 @@ pub fn run(
             Some(request)
         }
     };
+    // Most of the memory is copied (and hashed) while the services still run.
+    let pre_copy = if options.pre_copy_rounds == 0 {
+        PreCopy::default()
+    } else if effects.memory_tracking() {
+        phases.run("pre_copy", || {
+            pre_copy(
+                effects,
+                &mut writer,
+                &trees,
+                crate::precopy::Policy::new(options.pre_copy_rounds),
+                progress,
+            )
+        })
+    } else {
+        tracing::info!("CRIU cannot track memory changes on this kernel: no pre-copy");
+        PreCopy::default()
+    };
+    let mut any_dumped = false;
     let result = freeze_and_switch(
         effects,
         options,
         progress,
+        &mut any_dumped,
         Staging {
             phases,
             image,
             trees,
             id,
-            map_dir,
+            map_dir: map_dir.clone(),
             writer,
             early: early.clone(),
+            pre_copy,
         },
     );
+    if result.is_err() && !any_dumped {
+        // Only pre-copy rounds there (or a dump CRIU gave up): no process depends on them.
+        if let Err(e) = std::fs::remove_dir_all(&map_dir) {
+            tracing::warn!(dir = %map_dir.display(), error = %e, "cannot remove the unused map");
+        }
+    }
     if result.is_err() && early.is_some() {
         effects.unload();
     }
     result
+}
+
+/// What pre-copy left for the dump after the freeze.
+#[derive(Debug, Default)]
+struct PreCopy {
+    /// Per tree name: its last round's directory, relative to the tree's images directory.
+    parents: BTreeMap<String, String>,
+    /// Every round, in order.
+    rounds: Vec<crate::precopy::Round>,
+}
+
+/// Pre-copy rounds for every tree, each into `trees/<name>/pre-<k>` of the map and sealed
+/// (hashed) right away. A round that fails ends that tree's pre-copy (its half-written
+/// directory is removed; the rounds before it still serve). Never fails the update: without
+/// pre-copy the dump writes everything, as it always did.
+fn pre_copy(
+    effects: &mut dyn Effects,
+    writer: &mut MapWriter,
+    trees: &[TreeInfo],
+    policy: crate::precopy::Policy,
+    progress: &mut dyn FnMut(&str),
+) -> PreCopy {
+    use crate::precopy::{drop_parent_link, round_dir, round_parent, Round};
+    let mut out = PreCopy::default();
+    for tree in trees {
+        let mut bytes: Vec<u64> = Vec::new();
+        let mut k = 0;
+        while policy.go_on(&bytes) {
+            k += 1;
+            progress(&format!(
+                "pre-copy round {k} of {} ({} MiB resident), service running",
+                tree.target,
+                tree.rss_bytes() >> 20
+            ));
+            let rel = format!("trees/{}/{}", tree.name, round_dir(k));
+            let start = std::time::Instant::now();
+            let parent = round_parent(k);
+            let round = writer
+                .create_dir(&rel)
+                .map_err(|e| e.to_string())
+                .and_then(|dir| {
+                    effects
+                        .pre_dump(tree, &dir, parent.as_deref())
+                        .map_err(|e| overboot_checkpoint::error_chain(&e))?;
+                    drop_parent_link(&dir).map_err(|e| e.to_string())
+                })
+                .and_then(|()| writer.seal_dir(&rel).map_err(|e| e.to_string()));
+            match round {
+                Ok(written) => {
+                    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    tracing::info!(tree = %tree.name, round = k, bytes = written, ms, "pre-copy round");
+                    bytes.push(written);
+                    out.rounds.push(Round {
+                        tree: tree.name.clone(),
+                        round: k,
+                        bytes: written,
+                        ms,
+                    });
+                    out.parents.insert(tree.name.clone(), round_dir(k));
+                }
+                Err(error) => {
+                    tracing::warn!(tree = %tree.name, round = k, %error, "pre-copy round failed: the dump after the freeze writes what it lacks");
+                    if let Err(e) = writer.discard_dir(&rel) {
+                        tracing::warn!(error = %e, "cannot remove the failed round");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What [`run`] prepared before anything was frozen.
@@ -655,6 +806,8 @@ struct Staging {
     writer: MapWriter,
     /// The kernel already loaded (directory store), with its command line.
     early: Option<LoadRequest>,
+    /// Pre-copy rounds done.
+    pre_copy: PreCopy,
 }
 
 /// From the network block to the jump: every failure restores the dumped trees here.
@@ -662,6 +815,7 @@ fn freeze_and_switch(
     effects: &mut dyn Effects,
     options: &UpdateOptions,
     progress: &mut dyn FnMut(&str),
+    any_dumped: &mut bool,
     staging: Staging,
 ) -> Result<Staged, UpdateError> {
     let Staging {
@@ -672,6 +826,7 @@ fn freeze_and_switch(
         map_dir,
         mut writer,
         early,
+        pre_copy,
     } = staging;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -709,7 +864,8 @@ fn freeze_and_switch(
                 recovery: restore_here(effects, &dumped),
                 source,
             })?;
-        if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images)) {
+        let parent = pre_copy.parents.get(&tree.name).map(String::as_str);
+        if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images, parent)) {
             return Err(UpdateError::Dump {
                 tree: tree.target.to_string(),
                 recovery: format!(
@@ -722,7 +878,19 @@ fn freeze_and_switch(
         }
         // CRIU records the tree's clocks at the end of its dump.
         let clocks_realtime_ns = effects.clocks().realtime_ns;
-        dumped.push((tree.name.clone(), images));
+        dumped.push((tree.name.clone(), images.clone()));
+        *any_dumped = true;
+        // The map holds regular files only: the restore directory links the rounds again.
+        if let Err(source) = crate::precopy::drop_parent_link(&images) {
+            return Err(UpdateError::Handover {
+                recovery: restore_here(effects, &dumped),
+                source: HandoverError::Io {
+                    action: "remove CRIU's parent link in",
+                    path: images,
+                    source,
+                },
+            });
+        }
         preserved.push(PreservedTree {
             name: tree.name.clone(),
             root_pid: tree.root,
@@ -862,6 +1030,7 @@ fn freeze_and_switch(
         handover_bytes: published.bytes,
         phases: phases.map().clone(),
         trees,
+        pre_copy: pre_copy.rounds.clone(),
     };
     let pending = Pending {
         id,
@@ -870,6 +1039,10 @@ fn freeze_and_switch(
         jump_realtime_ns: effects.clocks().realtime_ns,
         handover_bytes: published.bytes,
         peak_mem_bytes: phases.peak_mem_bytes(),
+        pre_copy: pre_copy.rounds.clone(),
+        frozen_dump_bytes: published
+            .bytes
+            .saturating_sub(pre_copy.rounds.iter().map(|r| r.bytes).sum()),
     };
     report::write_json(&options.state_dir.join("pending.json"), &pending)?;
     progress(&format!("jumping into {}", image.release));

@@ -25,6 +25,12 @@ struct Mock {
     memory: Option<u64>,
     /// A systemd host (`None`: not systemd), whose unit holds are logged.
     systemd: Option<overboot::systemd::Host>,
+    /// The engine tracks memory changes (pre-copy rounds happen).
+    tracking: bool,
+    /// Bytes each pre-copy round writes, in order (then 1 KiB).
+    pre_bytes: Vec<usize>,
+    /// The pre-copy round (from 1) that fails half-way.
+    fail_pre_round: Option<usize>,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -112,8 +118,49 @@ impl Effects for Mock {
         ClockReadings::default()
     }
 
-    fn dump(&mut self, tree: &TreeInfo, images: &Path) -> Result<(), CheckpointError> {
-        self.log.push(format!("dump {}", tree.root));
+    fn memory_tracking(&mut self) -> bool {
+        self.tracking
+    }
+
+    fn pre_dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        let round = self
+            .log
+            .iter()
+            .filter(|l| l.starts_with("pre_dump"))
+            .count()
+            + 1;
+        self.log
+            .push(format!("pre_dump {} {}", tree.root, parent.unwrap_or("-")));
+        // As CRIU: pages, then the link to the parent.
+        let bytes = self.pre_bytes.get(round - 1).copied().unwrap_or(1024);
+        std::fs::write(images.join("pages-1.img"), vec![7u8; bytes]).expect("pages");
+        if self.fail_pre_round == Some(round) {
+            return Err(CheckpointError::CriuExited {
+                status: std::process::ExitStatus::default(),
+                stderr: "pre-dump failed".into(),
+            });
+        }
+        if let Some(parent) = parent {
+            std::os::unix::fs::symlink(parent, images.join("parent")).expect("parent link");
+        }
+        Ok(())
+    }
+
+    fn dump(
+        &mut self,
+        tree: &TreeInfo,
+        images: &Path,
+        parent: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        match parent {
+            Some(parent) => self.log.push(format!("dump {} {parent}", tree.root)),
+            None => self.log.push(format!("dump {}", tree.root)),
+        }
         if self.fail_dump_of == Some(tree.root) {
             return Err(CheckpointError::CriuExited {
                 status: std::process::ExitStatus::default(),
@@ -121,6 +168,9 @@ impl Effects for Mock {
             });
         }
         std::fs::write(images.join("core-1.img"), b"image").expect("write image");
+        if let Some(parent) = parent {
+            std::os::unix::fs::symlink(parent, images.join("parent")).expect("parent link");
+        }
         Ok(())
     }
 
@@ -184,6 +234,7 @@ fn options(work: &Path) -> UpdateOptions {
         rollback: RollbackRecipe::default(),
         network_lock: true,
         handover: Handover::default(),
+        pre_copy_rounds: 3,
     }
 }
 
@@ -519,4 +570,155 @@ fn systemd_hosts_need_a_directory_store_and_the_generator() {
     let release = at("release pid-100,pid-200");
     assert!(release.is_some(), "{:?}", mock.log);
     assert!(at("restore pid-200") < release, "{:?}", mock.log);
+}
+
+#[test]
+fn pre_copy_rounds_run_before_the_freeze_and_the_dump_builds_on_the_last() {
+    let mib = 1 << 20;
+    let mut mock = Mock {
+        tracking: true,
+        // Tree 100: 40 MiB, then 8 (shrank: go on), then 6 (third round: the most).
+        // Tree 200: 40 MiB, then 30 (did not shrink enough: stop).
+        pre_bytes: vec![40 * mib, 8 * mib, 6 * mib, 40 * mib, 30 * mib],
+        ..Mock::default()
+    };
+    let (result, dir) = run(&mut mock);
+    let staged = result.expect("update");
+    let block = mock.log.iter().position(|l| l == "block").unwrap();
+    assert_eq!(
+        mock.log[..block]
+            .iter()
+            .filter(|l| l.starts_with("pre_dump"))
+            .collect::<Vec<_>>(),
+        [
+            "pre_dump 100 -",
+            "pre_dump 100 ../pre-1",
+            "pre_dump 100 ../pre-2",
+            "pre_dump 200 -",
+            "pre_dump 200 ../pre-1",
+        ]
+    );
+    assert!(
+        mock.log.contains(&"dump 100 pre-3".to_string()),
+        "{:?}",
+        mock.log
+    );
+    assert!(
+        mock.log.contains(&"dump 200 pre-2".to_string()),
+        "{:?}",
+        mock.log
+    );
+    let rounds: Vec<(String, u32, u64)> = staged
+        .pre_copy
+        .iter()
+        .map(|r| (r.tree.clone(), r.round, r.bytes >> 20))
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            ("pid-100".to_string(), 1, 40),
+            ("pid-100".to_string(), 2, 8),
+            ("pid-100".to_string(), 3, 6),
+            ("pid-200".to_string(), 1, 40),
+            ("pid-200".to_string(), 2, 30),
+        ]
+    );
+    assert!(staged.phases.contains_key("pre_copy"));
+    // The map holds every round as regular files (CRIU's links dropped) and verifies.
+    let map = overboot_handover::SaveStateMap::open(&staged.map_dir).expect("map");
+    map.verify_files().expect("verify");
+    assert!(map
+        .manifest()
+        .files
+        .contains_key("trees/pid-100/pre-3/pages-1.img"));
+    // A restore directory gets the chain back: final → pre-3 → pre-2 → pre-1.
+    let images = staged.map_dir.join("trees/pid-100");
+    let scratch = dir.path().join("scratch");
+    overboot::resume::restore_dir(&images, &scratch).expect("restore dir");
+    assert_eq!(
+        std::fs::read_link(scratch.join("parent")).unwrap(),
+        Path::new("pre-3")
+    );
+    let first = scratch.join("parent/parent/parent/pages-1.img");
+    assert_eq!(std::fs::metadata(first).unwrap().len(), 40 << 20);
+    assert!(scratch.join("core-1.img").exists());
+}
+
+#[test]
+fn a_failed_pre_copy_round_leaves_the_rounds_before_and_the_update_goes_on() {
+    let mib = 1 << 20;
+    let mut mock = Mock {
+        tracking: true,
+        pre_bytes: vec![40 * mib, 8 * mib, 40 * mib],
+        fail_pre_round: Some(2),
+        ..Mock::default()
+    };
+    let (result, _dir) = run(&mut mock);
+    let staged = result.expect("update");
+    assert!(
+        mock.log.contains(&"dump 100 pre-1".to_string()),
+        "{:?}",
+        mock.log
+    );
+    let map = overboot_handover::SaveStateMap::open(&staged.map_dir).expect("map");
+    map.verify_files().expect("verify");
+    assert!(!staged.map_dir.join("trees/pid-100/pre-2").exists());
+    assert_eq!(
+        staged
+            .pre_copy
+            .iter()
+            .filter(|r| r.tree == "pid-100")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn without_memory_tracking_or_with_zero_rounds_there_is_no_pre_copy() {
+    let mut mock = Mock::default();
+    let (result, _dir) = run(&mut mock);
+    assert!(result.expect("update").pre_copy.is_empty());
+    assert!(!mock.log.iter().any(|l| l.starts_with("pre_dump")));
+    let mut mock = Mock {
+        tracking: true,
+        ..Mock::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path());
+    opts.pre_copy_rounds = 0;
+    update::run(&mut mock, &opts, &mut |_| {}).expect("update");
+    assert!(!mock.log.iter().any(|l| l.starts_with("pre_dump")));
+}
+
+#[test]
+fn an_update_failing_before_any_dump_removes_its_pre_copy_rounds() {
+    let mut mock = Mock {
+        tracking: true,
+        fail_dump_of: Some(100),
+        ..Mock::default()
+    };
+    let (result, dir) = run(&mut mock);
+    result.expect_err("must fail");
+    assert!(mock.log.iter().any(|l| l.starts_with("pre_dump")));
+    let leftovers: Vec<_> = walkdir(&dir.path().join("run"));
+    assert!(
+        !leftovers
+            .iter()
+            .any(|p| p.to_string_lossy().contains("pre-1")),
+        "{leftovers:?}"
+    );
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                pending.push(entry.path());
+            }
+            out.push(entry.path());
+        }
+    }
+    out
 }

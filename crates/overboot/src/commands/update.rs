@@ -48,6 +48,12 @@ pub struct Args {
     /// are gone after switch_root).
     #[arg(long, value_name = "STORE")]
     handover: Option<update::Handover>,
+    /// Pre-copy rounds at most: memory is copied (and hashed) while the services still run,
+    /// round after round while the pages written in between shrink, so the dump after the
+    /// freeze writes only what changed since the last round. 0 turns pre-copy off. Skipped
+    /// when CRIU cannot track memory changes on this kernel.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pre_copy_rounds: u32,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     unsafe_no_network_lock: bool,
@@ -98,6 +104,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         },
         network_lock: !args.unsafe_no_network_lock,
         handover,
+        pre_copy_rounds: args.pre_copy_rounds,
     };
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
