@@ -52,7 +52,8 @@ pub struct UpdateOptions {
     pub network_lock: bool,
     /// How the map reaches the new kernel.
     pub handover: Handover,
-    /// Pre-copy rounds at most before the freeze (0: none; see [`crate::precopy`]).
+    /// Pre-copy rounds at most before the freeze (0: none; see [`crate::precopy`]); only
+    /// with a directory store.
     pub pre_copy_rounds: u32,
 }
 
@@ -679,8 +680,11 @@ pub fn run(
             Some(request)
         }
     };
-    // Most of the memory is copied (and hashed) while the services still run.
-    let pre_copy = if options.pre_copy_rounds == 0 {
+    // Most of the memory is copied (and hashed) while the services still run. Only into a
+    // directory store: the initrd store's RAM was checked for one dump's worth of map (and
+    // its copies are made after the freeze anyway), and pre-copy rounds plus a final dump of
+    // a service that rewrites its memory could need up to twice that.
+    let pre_copy = if options.pre_copy_rounds == 0 || options.handover == Handover::Initrd {
         PreCopy::default()
     } else if effects.memory_tracking() {
         phases.run("pre_copy", || {

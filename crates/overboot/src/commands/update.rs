@@ -51,7 +51,8 @@ pub struct Args {
     /// Pre-copy rounds at most: memory is copied (and hashed) while the services still run,
     /// round after round while the pages written in between shrink, so the dump after the
     /// freeze writes only what changed since the last round. 0 turns pre-copy off. Skipped
-    /// when CRIU cannot track memory changes on this kernel.
+    /// when CRIU cannot track memory changes on this kernel, and with the initrd store (its
+    /// memory check counts one dump).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pre_copy_rounds: u32,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
