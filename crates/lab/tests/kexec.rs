@@ -14,8 +14,9 @@ fn boot_a(lab: &Lab, scenario: &Scenario) -> Guest {
     lab.boot(&config).expect("boot A")
 }
 
-/// Switches from A to `to` with our loader and checks release and command line in the new kernel.
-fn switch_and_check(to: &str) {
+/// Switches from A to `to` with our loader and checks release and command line in the new kernel;
+/// `two_steps`: load with `--load-only`, check A still runs, then jump with `--exec`.
+fn switch_and_check(to: &str, two_steps: bool) {
     let lab = Lab::prepare(&["A", to]).expect("prepare lab");
     let scenario = lab
         .scenario(
@@ -32,13 +33,37 @@ fn switch_and_check(to: &str) {
 
     let token = format!("lab.token={}", std::process::id());
     let append = format!("{BASE_CMDLINE} {token}");
+    let load = format!(
+        "overboot kexec --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img --append '{append}'"
+    );
+    if two_steps {
+        let loaded = guest
+            .run_ok(&format!("{load} --load-only"), CMD)
+            .expect("load only");
+        assert!(
+            loaded.text().contains(&format!("loaded {release_to}")),
+            "{}",
+            loaded.text()
+        );
+        let uname = guest.run_ok("uname -r", CMD).expect("uname");
+        assert_eq!(
+            uname.text().trim(),
+            release_a,
+            "--load-only switched kernels"
+        );
+        guest
+            .send("overboot kexec --exec")
+            .expect("send kexec --exec");
+    } else {
+        guest.send(&load).expect("send kexec");
+    }
+    let jumping = if two_steps {
+        "jumping into the loaded kernel".to_string()
+    } else {
+        format!("jumping into {release_to}")
+    };
     guest
-        .send(&format!(
-            "overboot kexec --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img --append '{append}'"
-        ))
-        .expect("send kexec");
-    guest
-        .wait_for(&format!("jumping into {release_to}"), CMD)
+        .wait_for(&jumping, CMD)
         .expect("overboot loaded the kernel and jumped");
     let booted = guest
         .wait_for("@@LAB booted", BOOT_TIMEOUT)
@@ -71,12 +96,12 @@ fn switch_and_check(to: &str) {
 
 #[test]
 fn kexec_a_to_b_stable_update() {
-    switch_and_check("B");
+    switch_and_check("B", false);
 }
 
 #[test]
-fn kexec_a_to_c_major_jump() {
-    switch_and_check("C");
+fn kexec_a_to_c_major_jump_loaded_first() {
+    switch_and_check("C", true);
 }
 
 /// Bad input: each case gets its own message and exit code, and the guest still runs A.

@@ -12,7 +12,7 @@ use super::{print, CommandError};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The new kernel (an x86 bzImage).
-    #[arg(long, required_unless_present = "unload")]
+    #[arg(long, required_unless_present_any = ["unload", "exec"])]
     kernel: Option<PathBuf>,
     /// Its initrd.
     #[arg(long, conflicts_with = "unload")]
@@ -112,4 +112,30 @@ fn print_image(json: bool, image: &KernelImage) -> Result<(), CommandError> {
     )
     .and_then(|()| out.flush())
     .map_err(CommandError::Output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kexec").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn exec_and_unload_need_no_kernel_and_a_load_does() {
+        assert!(parse(&["--exec"]).unwrap().exec);
+        assert!(parse(&["--unload"]).unwrap().unload);
+        assert!(parse(&["--kernel", "/k", "--load-only"]).unwrap().load_only);
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--load-only"]).is_err());
+        assert!(parse(&["--exec", "--kernel", "/k"]).is_err());
+    }
 }
