@@ -31,29 +31,37 @@ enum Command {
     /// The benchmark: client-observed blackout of overboot against the floor (bare kexec),
     /// a machine restart reloading Redis from disk, and a dump to disk; writes results.json,
     /// results.md and SVG plots. Exits 1 when a run failed.
-    Bench {
-        /// One size (64 MiB), one run per method.
-        #[arg(long)]
-        quick: bool,
-        /// Dataset sizes in MiB (default 64,512,2048).
-        #[arg(long, value_delimiter = ',')]
-        sizes: Option<Vec<u32>>,
-        /// Runs per method and size (default 3; 1 with --quick).
-        #[arg(long)]
-        runs: Option<u32>,
-        /// Methods (default all: overboot,floor,restart,disk).
-        #[arg(long, value_delimiter = ',')]
-        methods: Option<Vec<overboot_lab::bench::Method>>,
-        /// Kernel to switch to from A.
-        #[arg(long, default_value = "B")]
-        to: String,
-        /// Output directory.
-        #[arg(long, default_value = "target/bench")]
-        out: std::path::PathBuf,
-        /// Only redraw results.md and the plots from an existing results.json.
-        #[arg(long)]
-        render_only: bool,
-    },
+    Bench(BenchArgs),
+}
+
+/// Arguments of `overboot-lab bench`.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// One size (64 MiB), one run per method.
+    #[arg(long)]
+    quick: bool,
+    /// Dataset sizes in MiB (default 64,512,2048).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<u32>>,
+    /// Runs per method and size (default 3; 1 with --quick).
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Methods (default all: overboot,floor,restart,disk).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<overboot_lab::bench::Method>>,
+    /// Kernel to switch to from A.
+    #[arg(long, default_value = "B")]
+    to: String,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    out: std::path::PathBuf,
+    /// Only redraw results.md and the plots from an existing results.json.
+    #[arg(long)]
+    render_only: bool,
+    /// `--pre-copy-rounds` for `overboot update` (default: overboot's own; 0 turns
+    /// pre-copy off).
+    #[arg(long, value_name = "N")]
+    pre_copy_rounds: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -86,15 +94,7 @@ fn main() -> ExitCode {
                 })
                 .map_err(Into::into)
         }
-        Command::Bench {
-            quick,
-            sizes,
-            runs,
-            methods,
-            to,
-            out,
-            render_only,
-        } => bench(quick, sizes, runs, methods, to, out, render_only),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -111,16 +111,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(
-    quick: bool,
-    sizes: Option<Vec<u32>>,
-    runs: Option<u32>,
-    methods: Option<Vec<overboot_lab::bench::Method>>,
-    to: String,
-    out: std::path::PathBuf,
-    render_only: bool,
-) -> Result<bool, Box<dyn std::error::Error>> {
+fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
     use overboot_lab::bench::{self, BenchOptions, RunRecord};
+    let BenchArgs {
+        quick,
+        sizes,
+        runs,
+        methods,
+        to,
+        out,
+        render_only,
+        pre_copy_rounds,
+    } = args;
     if render_only {
         let path = out.join("results.json");
         let records: Vec<RunRecord> = serde_json::from_slice(&std::fs::read(&path)?)?;
@@ -143,6 +145,7 @@ fn bench(
         options.methods = methods;
     }
     options.to = to;
+    options.pre_copy_rounds = pre_copy_rounds;
     let records = bench::run(&options)?;
     print!("{}", bench::markdown(&records));
     eprintln!("bench: results in {}", options.out.display());

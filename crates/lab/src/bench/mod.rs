@@ -142,6 +142,16 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// The guest's console log.
     pub console_log: String,
+    /// `--pre-copy-rounds` given to `overboot update` (overboot, disk; `None`: its default,
+    /// or a run measured before pre-copy existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_copy_rounds: Option<u32>,
+    /// Bytes of each pre-copy round, in order (overboot, disk), from the agent's report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_copy_bytes: Vec<u64>,
+    /// Bytes dumped after the freeze (from the agent's report; 0 when not reported).
+    #[serde(default)]
+    pub frozen_dump_bytes: u64,
 }
 
 /// What to run.
@@ -157,6 +167,8 @@ pub struct BenchOptions {
     pub to: String,
     /// Output directory.
     pub out: PathBuf,
+    /// `--pre-copy-rounds` for the update methods (`None`: overboot's default).
+    pub pre_copy_rounds: Option<u32>,
 }
 
 impl BenchOptions {
@@ -168,6 +180,7 @@ impl BenchOptions {
             methods: Method::ALL.to_vec(),
             to: "B".into(),
             out,
+            pre_copy_rounds: None,
         }
     }
 
@@ -260,6 +273,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
                     dataset_mib: size,
                     run,
                     out: &options.out,
+                    pre_copy_rounds: options.pre_copy_rounds,
                 };
                 let record = ctx.run(method);
                 eprintln!(
@@ -357,6 +371,7 @@ struct RunContext<'a> {
     dataset_mib: u32,
     run: u32,
     out: &'a Path,
+    pre_copy_rounds: Option<u32>,
 }
 
 /// What a method measured.
@@ -374,6 +389,8 @@ struct Measured {
     dataset: Option<DatasetCheck>,
     from: String,
     to: String,
+    pre_copy_bytes: Vec<u64>,
+    frozen_dump_bytes: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -426,6 +443,12 @@ impl RunContext<'_> {
             to: m.to,
             error,
             console_log,
+            pre_copy_rounds: match method {
+                Method::Overboot | Method::Disk | Method::Initrd => self.pre_copy_rounds,
+                Method::Floor | Method::Restart => None,
+            },
+            pre_copy_bytes: m.pre_copy_bytes,
+            frozen_dump_bytes: m.frozen_dump_bytes,
         }
     }
 
@@ -453,7 +476,7 @@ impl RunContext<'_> {
             },
         )?;
         incr.wait_answered(50, Duration::from_secs(60));
-        let extra = match method {
+        let mut extra = match method {
             // Both kernels need the reservation: the new one gets the running command line.
             Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
             Method::Disk => {
@@ -462,6 +485,9 @@ impl RunContext<'_> {
             }
             _ => String::new(),
         };
+        if let Some(rounds) = self.pre_copy_rounds {
+            extra.push_str(&format!(" --pre-copy-rounds {rounds}"));
+        }
         let update = service::run_update(
             &mut rg.guest,
             self.to,
@@ -489,6 +515,16 @@ impl RunContext<'_> {
             .and_then(|p| serde_json::from_value(p.clone()).ok())
             .unwrap_or_default();
         let number = |key: &str| report.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        let pre_copy_bytes: Vec<u64> = report
+            .get("pre_copy")
+            .and_then(|r| r.as_array())
+            .map(|rounds| {
+                rounds
+                    .iter()
+                    .filter_map(|r| r.get("bytes").and_then(|b| b.as_u64()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let outcome_resumed = report.get("outcome").and_then(|o| o.as_str()) == Some("resumed");
         Ok(Measured {
             ok: update.resume_rc == 0
@@ -512,6 +548,8 @@ impl RunContext<'_> {
                 .and_then(|t| t.as_str())
                 .unwrap_or_default()
                 .to_string(),
+            pre_copy_bytes,
+            frozen_dump_bytes: number("frozen_dump_bytes"),
         })
     }
 

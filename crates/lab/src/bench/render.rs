@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use super::{LatencyFile, Method, RunRecord};
 
-/// The phases of an update's blackout in the order they happen, as the agent names them (a
-/// directory store loads the kernel before the freeze: `kexec_load_early`, not shaded).
+/// The phases of an update's blackout in the order they happen, as the agent names them (with
+/// a directory store the kernel is loaded and memory pre-copied before the freeze:
+/// `kexec_load_early` and `pre_copy`, not shaded).
 const UPDATE_PHASES: [&str; 8] = [
     "freeze_dump",
     "write_map",
@@ -143,7 +144,8 @@ pub fn markdown(records: &[RunRecord]) -> String {
             let mut phases: Vec<String> = Vec::new();
             let order: Vec<&str> = match method {
                 Method::Overboot | Method::Initrd | Method::Disk => {
-                    std::iter::once("kexec_load_early")
+                    ["kexec_load_early", "pre_copy"]
+                        .into_iter()
                         .chain(UPDATE_PHASES)
                         .collect()
                 }
@@ -519,6 +521,9 @@ mod tests {
             to: "6.1.0-56-cloud-amd64".into(),
             error: (!ok).then(|| "guest: timed out".into()),
             console_log: String::new(),
+            pre_copy_rounds: None,
+            pre_copy_bytes: Vec::new(),
+            frozen_dump_bytes: 0,
         }
     }
 
