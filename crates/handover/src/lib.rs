@@ -27,7 +27,8 @@ pub use manifest::{
 };
 pub use map::SaveStateMap;
 pub use store::{
-    locate_from_cmdline, DirectoryStore, InitrdStore, Published, Store, StoreError, CMDLINE_KEY,
+    locate_from_cmdline, locate_store_from_cmdline, DirectoryStore, InitrdStore, Published, Store,
+    StoreError, StoreKind, CMDLINE_KEY,
 };
 pub use verify::VerifyReport;
 pub use writer::MapWriter;

@@ -321,9 +321,25 @@ fn finish_directory(
     })
 }
 
+/// Which store a map came through, as its command-line parameter names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `initrd:` — unpacked from the new kernel's initrd (RAM).
+    Initrd,
+    /// `dir:` — a directory on a file system both kernels mount.
+    Dir,
+}
+
 /// Finds the map's location in a kernel command line (`/proc/cmdline`): the value of the last
 /// `overboot.handover=<scheme>:<path>`, or `None` when there is no such parameter.
 pub fn locate_from_cmdline(cmdline: &str) -> Result<Option<PathBuf>, HandoverError> {
+    Ok(locate_store_from_cmdline(cmdline)?.map(|(_, path)| path))
+}
+
+/// As [`locate_from_cmdline`], with the store the map came through.
+pub fn locate_store_from_cmdline(
+    cmdline: &str,
+) -> Result<Option<(StoreKind, PathBuf)>, HandoverError> {
     let Some(value) = cmdline
         .split_whitespace()
         .map(|token| token.trim_matches('"'))
@@ -341,20 +357,21 @@ pub fn locate_from_cmdline(cmdline: &str) -> Result<Option<PathBuf>, HandoverErr
     let (scheme, path) = value
         .split_once(':')
         .ok_or_else(|| malformed("expected <scheme>:<path>"))?;
-    match scheme {
-        "initrd" | "dir" => {}
+    let kind = match scheme {
+        "initrd" => StoreKind::Initrd,
+        "dir" => StoreKind::Dir,
         _ => {
             return Err(StoreError::UnknownScheme {
                 scheme: scheme.to_owned(),
             }
             .into())
         }
-    }
+    };
     let path = Path::new(path);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
         return Err(malformed("the path must be absolute, without .."));
     }
-    Ok(Some(path.to_path_buf()))
+    Ok(Some((kind, path.to_path_buf())))
 }
 
 /// Checks that `path` can be written as a command-line value and returns it as a string.
@@ -473,6 +490,19 @@ mod tests {
         assert_eq!(
             locate_from_cmdline("root=/dev/vda1 overboot.handoverx=1").unwrap(),
             None
+        );
+        // The last parameter counts, with the store it names.
+        assert_eq!(
+            locate_store_from_cmdline(
+                "overboot.handover=dir:/var/lib/o/ssm/1 overboot.handover=initrd:/overboot/ssm"
+            )
+            .unwrap(),
+            Some((StoreKind::Initrd, PathBuf::from("/overboot/ssm")))
+        );
+        assert_eq!(
+            locate_store_from_cmdline("overboot.handover=dir:/pmem/ssm/2 overboot.rollback")
+                .unwrap(),
+            Some((StoreKind::Dir, PathBuf::from("/pmem/ssm/2")))
         );
         assert!(matches!(
             locate_from_cmdline("overboot.handover=ram:/x"),

@@ -164,7 +164,9 @@ pub fn supervise(
     worker: &mut dyn FnMut() -> std::io::Result<std::process::Output>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Supervised, RollbackError> {
-    let Ok(Some(location)) = overboot_handover::locate_from_cmdline(&options.cmdline) else {
+    let Ok(Some((store, location))) =
+        overboot_handover::locate_store_from_cmdline(&options.cmdline)
+    else {
         // No map, or a malformed parameter: the worker reports the latter.
         let output = worker().map_err(RollbackError::Worker)?;
         return match output.status.success() {
@@ -231,7 +233,7 @@ pub fn supervise(
     // The map goes back the way it came: a directory store stays where it is (on a systemd
     // host the initrd's files are gone after switch_root), RAM goes back in the old initrd.
     let out = options.work_dir.join("rollback-initrd.img");
-    let (published, initrd) = if came_through_directory(&options.cmdline) {
+    let (published, initrd) = if store == overboot_handover::StoreKind::Dir {
         let published = DirectoryStore {
             path: location.clone(),
         }
@@ -264,15 +266,6 @@ pub fn supervise(
         Ok(never) => match never {},
         Err(e) => Err(fail("jumping into the old kernel", e.to_string())),
     }
-}
-
-/// Whether this boot's map came through a directory store (`overboot.handover=dir:…`).
-fn came_through_directory(cmdline: &str) -> bool {
-    cmdline.split_whitespace().any(|w| {
-        w.trim_matches('"')
-            .strip_prefix(overboot_handover::CMDLINE_KEY)
-            .is_some_and(|rest| rest.starts_with("=dir:"))
-    })
 }
 
 /// Whether a command line is a rollback boot's.
@@ -358,17 +351,6 @@ mod tests {
         let report = Report::last(&state).unwrap();
         assert_eq!(report.outcome, Outcome::Failed);
         assert!(report.detail.unwrap().contains("OLD KERNEL TOO"));
-    }
-
-    #[test]
-    fn a_directory_map_goes_back_through_its_directory() {
-        assert!(came_through_directory(
-            "root=/dev/vda overboot.handover=dir:/var/lib/overboot/ssm/1-2"
-        ));
-        assert!(!came_through_directory(
-            "root=/dev/vda overboot.handover=initrd:/overboot/ssm"
-        ));
-        assert!(!came_through_directory("root=/dev/vda"));
     }
 
     #[test]
