@@ -246,6 +246,27 @@ fn check_carried(
     }
 }
 
+/// After an update that did not switch (`after` says which): Redis carried on `release` as
+/// [`check_carried`] checks it (panicking with the journal otherwise), and the INCR client
+/// answered 50 more times.
+fn back_on_the_old_kernel(
+    guest: &mut Guest,
+    release: &str,
+    redis_main: &str,
+    outcome: Option<&str>,
+    incr: &IncrLoop,
+    after: &str,
+) {
+    let mut failures = Vec::new();
+    check_carried(guest, release, redis_main, outcome, &mut failures);
+    fail_with_journal(guest, release, &failures);
+    assert!(
+        incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)),
+        "the INCR client got no 50 further replies after {after}: {:?}",
+        incr.progress()
+    );
+}
+
 /// Panics with every failure and the journal of the units involved.
 fn fail_with_journal(guest: &mut Guest, release: &str, failures: &[String]) {
     if failures.is_empty() {
@@ -347,13 +368,13 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         "{}",
         failed.text()
     );
-    let mut failures = Vec::new();
-    check_carried(&mut guest, &old, &redis_main, None, &mut failures);
-    fail_with_journal(&mut guest, &old, &failures);
-    assert!(
-        incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)),
-        "the INCR client got no 50 further replies after the failed update: {:?}",
-        incr.progress()
+    back_on_the_old_kernel(
+        &mut guest,
+        &old,
+        &redis_main,
+        None,
+        &incr,
+        "the failed update",
     );
 
     // Then an update whose restore fails on 7.3 (injected): the agent there rolls back to
@@ -380,19 +401,13 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         guest.log_path().display()
     );
     assert!(booted.contains(&old), "booted {booted:?}, not {old}");
-    let mut failures = Vec::new();
-    check_carried(
+    back_on_the_old_kernel(
         &mut guest,
         &old,
         &redis_main,
         Some("rolled_back"),
-        &mut failures,
-    );
-    fail_with_journal(&mut guest, &old, &failures);
-    assert!(
-        incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)),
-        "the INCR client got no 50 further replies after the rollback: {:?}",
-        incr.progress()
+        &incr,
+        "the rollback",
     );
 
     // Then the update itself.
