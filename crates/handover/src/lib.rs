@@ -30,5 +30,5 @@ pub use store::{
     locate_from_cmdline, locate_store_from_cmdline, DirectoryStore, InitrdStore, Published, Store,
     StoreError, StoreKind, CMDLINE_KEY,
 };
-pub use verify::VerifyReport;
+pub use verify::{DeferredFiles, VerifyReport};
 pub use writer::MapWriter;

@@ -2,11 +2,15 @@
 //! restored (all of it), or for one tree (rollback restores trees one at a time).
 //!
 //! Checks run cheapest first, so a broken map is refused quickly: special files, missing files,
-//! sizes, unlisted files, then SHA-256 of every file (in parallel). The error names the first
-//! bad file in path order.
+//! sizes, unlisted files, then the digest of every file (in parallel). The error names the first
+//! bad file in path order. [`SaveStateMap::verify_split`] leaves the digests of some files (the
+//! raw memory pages, which nothing interprets) for later, so that their check can run while
+//! the restore reads them; the caller must not let a restored task run before
+//! [`DeferredFiles::verify`] succeeded.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::PathBuf;
 
 use crate::digest::{hash_file, parallel_map};
 use crate::error::HandoverError;
@@ -22,7 +26,54 @@ pub struct VerifyReport {
     pub bytes: u64,
 }
 
+/// Files whose digests [`SaveStateMap::verify_split`] left unchecked (their presence and
+/// sizes were checked).
+#[derive(Debug, Clone)]
+pub struct DeferredFiles {
+    dir: PathBuf,
+    algorithm: crate::manifest::DigestAlgorithm,
+    files: Vec<(String, FileEntry)>,
+}
+
+impl DeferredFiles {
+    /// Their total size.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, e)| e.size).sum()
+    }
+
+    /// Checks their digests now.
+    pub fn verify(&self) -> Result<VerifyReport, HandoverError> {
+        let span = tracing::info_span!("handover_verify_deferred", dir = %self.dir.display());
+        let _entered = span.enter();
+        let files: Vec<(&String, &FileEntry)> = self.files.iter().map(|(r, e)| (r, e)).collect();
+        hash_and_compare(&self.dir, self.algorithm, &files)
+    }
+}
+
 impl SaveStateMap {
+    /// As [`Self::verify_files`], except that the digests of the files for which `defer`
+    /// holds are left to the returned [`DeferredFiles`] (their presence and sizes are checked
+    /// now).
+    pub fn verify_split(
+        &self,
+        defer: impl Fn(&str) -> bool,
+    ) -> Result<(VerifyReport, DeferredFiles), HandoverError> {
+        let span = tracing::info_span!("handover_verify_split", dir = %self.dir.display());
+        let _entered = span.enter();
+        let expected = self.check_structure(None)?;
+        let (later, now): (Vec<_>, Vec<_>) = expected.into_iter().partition(|(rel, _)| defer(rel));
+        let report = hash_and_compare(&self.dir, self.manifest.file_digest, &now)?;
+        let deferred = DeferredFiles {
+            dir: self.dir.clone(),
+            algorithm: self.manifest.file_digest,
+            files: later
+                .into_iter()
+                .map(|(rel, entry)| (rel.clone(), entry.clone()))
+                .collect(),
+        };
+        Ok((report, deferred))
+    }
+
     /// Verifies every file of the map: each listed file is present with its size and SHA-256,
     /// and nothing unlisted is in the directory.
     pub fn verify_files(&self) -> Result<VerifyReport, HandoverError> {
@@ -40,6 +91,16 @@ impl SaveStateMap {
     }
 
     fn verify_below(&self, dir: Option<&str>) -> Result<VerifyReport, HandoverError> {
+        let expected = self.check_structure(dir)?;
+        hash_and_compare(&self.dir, self.manifest.file_digest, &expected)
+    }
+
+    /// Everything but the digests: no special file, every listed file present with its size,
+    /// nothing unlisted. Returns the listed files below `dir` (all when `None`).
+    fn check_structure(
+        &self,
+        dir: Option<&str>,
+    ) -> Result<Vec<(&String, &FileEntry)>, HandoverError> {
         let found: BTreeMap<String, Found> = walk(&self.dir, dir.unwrap_or(""))?
             .into_iter()
             .filter(|(rel, _)| dir.is_some() || !RESERVED_NAMES.contains(&rel.as_str()))
@@ -76,35 +137,43 @@ impl SaveStateMap {
                 return Err(HandoverError::Unlisted { path: rel.clone() });
             }
         }
-
-        let algorithm = self.manifest.file_digest;
-        let digests = parallel_map(&expected, |(rel, _)| {
-            hash_file(&self.path_of(rel), algorithm)
-        });
-        let mut report = VerifyReport::default();
-        for ((rel, entry), digest) in expected.iter().zip(digests) {
-            let digest = digest.map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => HandoverError::ImageMissing {
-                    path: (*rel).clone(),
-                },
-                _ => HandoverError::io("hash", self.path_of(rel))(e),
-            })?;
-            if digest.hex != entry.digest || digest.size != entry.size {
-                return Err(HandoverError::ImageCorrupt {
-                    path: (*rel).clone(),
-                    algorithm,
-                    expected: entry.digest.clone(),
-                    actual: digest.hex,
-                });
-            }
-            report.files += 1;
-            report.bytes += digest.size;
-        }
-        tracing::info!(
-            files = report.files,
-            bytes = report.bytes,
-            "save state map verified"
-        );
-        Ok(report)
+        Ok(expected)
     }
+}
+
+/// Hashes `files` (relative to `dir`, in parallel) and compares each with its entry; the error
+/// names the first bad file in the order given.
+fn hash_and_compare(
+    dir: &std::path::Path,
+    algorithm: crate::manifest::DigestAlgorithm,
+    files: &[(&String, &FileEntry)],
+) -> Result<VerifyReport, HandoverError> {
+    let digests = parallel_map(files, |(rel, _)| {
+        hash_file(&dir.join(rel.as_str()), algorithm)
+    });
+    let mut report = VerifyReport::default();
+    for ((rel, entry), digest) in files.iter().zip(digests) {
+        let digest = digest.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => HandoverError::ImageMissing {
+                path: (*rel).clone(),
+            },
+            _ => HandoverError::io("hash", dir.join(rel.as_str()))(e),
+        })?;
+        if digest.hex != entry.digest || digest.size != entry.size {
+            return Err(HandoverError::ImageCorrupt {
+                path: (*rel).clone(),
+                algorithm,
+                expected: entry.digest.clone(),
+                actual: digest.hex,
+            });
+        }
+        report.files += 1;
+        report.bytes += digest.size;
+    }
+    tracing::info!(
+        files = report.files,
+        bytes = report.bytes,
+        "save state map files verified"
+    );
+    Ok(report)
 }

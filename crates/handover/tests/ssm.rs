@@ -559,3 +559,48 @@ fn sealed_pre_copy_images_verify_and_a_resized_one_is_hashed_again() {
         .unwrap();
     assert_eq!(report.bytes, 40_000 + 101 + 300);
 }
+
+#[test]
+fn a_split_verification_defers_only_the_digests_it_was_told_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let map = build_map(tmp.path());
+    let pages = |rel: &str| {
+        rel.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("pages-"))
+    };
+    let (now, later) = map.verify_split(pages).unwrap();
+    assert_eq!(now.files, 8);
+    assert_eq!(later.bytes(), 2 * 10_003);
+    assert_eq!(later.verify().unwrap().files, 2);
+
+    // A damaged page file passes the first part and is named by the deferred one.
+    let victim = map.path_of("trees/redis/pages-1.img");
+    let mut content = fs::read(&victim).unwrap();
+    content[5000] ^= 0x40;
+    fs::write(&victim, &content).unwrap();
+    let (_, later) = map.verify_split(pages).unwrap();
+    assert!(matches!(
+        later.verify(),
+        Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/pages-1.img"
+    ));
+    // Sizes are checked at once even for deferred files.
+    content.push(0);
+    fs::write(&victim, &content).unwrap();
+    assert!(matches!(
+        map.verify_split(pages),
+        Err(HandoverError::ImageSize { path, .. }) if path == "trees/redis/pages-1.img"
+    ));
+    // Everything else is hashed at once.
+    content.pop();
+    content[5000] ^= 0x40;
+    fs::write(&victim, &content).unwrap();
+    let core = map.path_of("trees/redis/core-4242.img");
+    let mut bytes = fs::read(&core).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&core, bytes).unwrap();
+    assert!(matches!(
+        map.verify_split(pages),
+        Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/core-4242.img"
+    ));
+}

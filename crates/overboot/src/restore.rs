@@ -9,7 +9,11 @@
 //!  tree a: criu restore ───────────► post-restore ─┐ wait ┌─► unlock, resume
 //!  tree b: criu restore ──► post-restore ──────────┤      │
 //!  tree c: criu restore ──────► post-restore ──────┘ all  └─► (or: abort, tasks killed)
+//!  gate:   check of the memory pages ──────────────┘
 //! ```
+//!
+//! The gate is one more participant: the check of the map's memory pages, which runs while
+//! the trees are restored from them. Its failure aborts every tree like a tree's failure.
 
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
@@ -96,12 +100,36 @@ fn ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Restores every job at once, all or nothing. `on_first_arrival` runs when the first tree
-/// reaches `post-restore` (the kill-agent fault uses it).
-pub fn restore_all(jobs: &[TreeJob], on_first_arrival: &(dyn Fn() + Sync)) -> Vec<TreeResult> {
-    let barrier = AllOrNothing::new(jobs.len());
+/// A check that must pass before any restored task runs, run beside the restores.
+pub type Gate<'a> = &'a (dyn Fn() -> Result<(), overboot_handover::HandoverError> + Sync);
+
+/// Restores every job at once, all or nothing, with `gate` as one more participant (its
+/// result comes back with the trees'). `on_first_arrival` runs when the first tree reaches
+/// `post-restore` (the kill-agent fault uses it).
+pub fn restore_all(
+    jobs: &[TreeJob],
+    gate: Option<Gate<'_>>,
+    on_first_arrival: &(dyn Fn() + Sync),
+) -> (
+    Vec<TreeResult>,
+    Option<Result<(), overboot_handover::HandoverError>>,
+) {
+    let barrier = AllOrNothing::new(jobs.len() + usize::from(gate.is_some()));
     let first = std::sync::Once::new();
     std::thread::scope(|scope| {
+        let gate = gate.map(|check| {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                let result = check();
+                match &result {
+                    Ok(()) => {
+                        barrier.arrive();
+                    }
+                    Err(_) => barrier.fail(),
+                }
+                result
+            })
+        });
         let handles: Vec<_> = jobs
             .iter()
             .map(|job| {
@@ -148,7 +176,7 @@ pub fn restore_all(jobs: &[TreeJob], on_first_arrival: &(dyn Fn() + Sync)) -> Ve
                 })
             })
             .collect();
-        handles
+        let trees = handles
             .into_iter()
             .zip(jobs)
             .map(|(h, job)| {
@@ -158,7 +186,17 @@ pub fn restore_all(jobs: &[TreeJob], on_first_arrival: &(dyn Fn() + Sync)) -> Ve
                     ms: 0,
                 })
             })
-            .collect()
+            .collect();
+        let gate = gate.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(overboot_handover::HandoverError::Io {
+                    action: "check (the checking thread panicked)",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("panic"),
+                })
+            })
+        });
+        (trees, gate)
     })
 }
 
@@ -206,7 +244,32 @@ mod tests {
             lock: NetworkLockMode::Nftables,
             inject_failure: true,
         }];
-        let results = restore_all(&jobs, &|| {});
+        let (results, gate) = restore_all(&jobs, None, &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
+        assert!(gate.is_none());
+    }
+
+    #[test]
+    fn a_failed_gate_is_reported_and_a_passed_one_waits_for_the_trees() {
+        let failing = || {
+            Err(overboot_handover::HandoverError::ImageMissing {
+                path: "trees/a/pages-1.img".into(),
+            })
+        };
+        let (_, gate) = restore_all(&[], Some(&failing), &|| {});
+        assert!(matches!(
+            gate,
+            Some(Err(overboot_handover::HandoverError::ImageMissing { .. }))
+        ));
+        // With a tree that fails, a passing gate still returns (nobody waits forever).
+        let jobs = [TreeJob {
+            name: "pid-1".into(),
+            images: PathBuf::from("/nonexistent"),
+            lock: NetworkLockMode::Nftables,
+            inject_failure: true,
+        }];
+        let (results, gate) = restore_all(&jobs, Some(&|| Ok(())), &|| {});
+        assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
+        assert!(matches!(gate, Some(Ok(()))));
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use overboot_checkpoint::NetworkLockMode;
-use overboot_handover::{HandoverError, SaveStateMap};
+use overboot_handover::{DeferredFiles, HandoverError, SaveStateMap};
 
 use crate::fault::{self, Fault};
 use crate::network::NetworkState;
@@ -155,6 +155,27 @@ fn link_images(images: &Path, scratch: &Path) -> std::io::Result<Vec<u32>> {
     Ok(rounds)
 }
 
+/// Whether a map file holds raw memory pages (CRIU's `pages-<n>.img`, in a tree's images or a
+/// pre-copy round): bytes copied into the restored processes, never interpreted, so their
+/// check can run beside the restore.
+pub fn is_memory_pages(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name.strip_prefix("pages-")
+        .and_then(|rest| rest.strip_suffix(".img"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Puts back the byte an injected `flip-byte` fault flipped, when dropped.
+struct Unflip(Option<(PathBuf, u8)>);
+
+impl Drop for Unflip {
+    fn drop(&mut self) {
+        if let Some((path, original)) = &self.0 {
+            let _ = fault::unflip_byte(path, *original);
+        }
+    }
+}
+
 /// Appends a restored tree to the work dir's list (best effort: the list only helps a rollback
 /// stop what was restored).
 fn note_restored(work_dir: &Path, name: &str, pids: &[i32]) {
@@ -200,12 +221,17 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
 
     let mut phases: BTreeMap<String, u64> = BTreeMap::new();
     let verify_start = Instant::now();
-    let verify = |path: &Path| -> Result<SaveStateMap, HandoverError> {
+    // Everything CRIU interprets is checked now; the memory pages (raw bytes copied into the
+    // restored processes, the bulk of the map) while the restore reads them: no restored task
+    // runs before they passed too (see `restore::restore_all`).
+    let verify = |path: &Path| -> Result<(SaveStateMap, DeferredFiles), HandoverError> {
         let map = SaveStateMap::open(path)?;
-        map.verify_files()?;
-        Ok(map)
+        let (_, pages) = map.verify_split(is_memory_pages)?;
+        Ok((map, pages))
     };
-    let flipped = match &options.fault {
+    // The injected corruption stands for one in transit: the data at rest is good again once
+    // this agent is done with it (the guard puts the byte back when dropped).
+    let _flipped = Unflip(match &options.fault {
         Some(Fault::FlipByte(tree)) => {
             let dir = SaveStateMap::open(&location)
                 .ok()
@@ -213,13 +239,8 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             dir.and_then(|d| fault::flip_byte(&d).ok())
         }
         _ => None,
-    };
-    let verified = verify(&location);
-    if let Some((path, original)) = &flipped {
-        // The injected corruption stands for one in transit: the data at rest is good.
-        let _ = fault::unflip_byte(path, *original);
-    }
-    let map = verified.map_err(|source| ResumeError::Verify {
+    });
+    let (map, pages) = verify(&location).map_err(|source| ResumeError::Verify {
         path: location.clone(),
         source,
     })?;
@@ -325,12 +346,31 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         });
     }
     let kill_agent = options.fault == Some(Fault::KillAgent);
-    let results = crate::restore::restore_all(&jobs, &|| {
+    let pages_ms = std::sync::atomic::AtomicU64::new(0);
+    let check_pages = || {
+        let start = Instant::now();
+        let result = pages.verify().map(drop);
+        pages_ms.store(ms(start.elapsed()), std::sync::atomic::Ordering::Relaxed);
+        result
+    };
+    let (results, checked) = crate::restore::restore_all(&jobs, Some(&check_pages), &|| {
         if kill_agent {
             tracing::warn!("injected fault: killing the agent in the middle of the restore");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
     });
+    // Beside the restore, not after it: not part of the blackout's sum of phases.
+    phases.insert(
+        "verify_pages".into(),
+        pages_ms.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if let Some(Err(source)) = checked {
+        // Every tree was aborted at post-restore: none of their tasks ran.
+        return Err(ResumeError::Verify {
+            path: location.clone(),
+            source,
+        });
+    }
     let mut trees = Vec::new();
     let mut first_failure = None;
     for ((tree, job), result) in manifest.trees.iter().zip(&jobs).zip(results) {
@@ -447,4 +487,30 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
     let _ = std::fs::remove_file(options.state_dir.join(crate::rollback::RECORD));
     Ok(Some(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_criu_page_files_are_memory_pages() {
+        for rel in [
+            "trees/pid-1/pages-1.img",
+            "trees/pid-1/pre-2/pages-13.img",
+            "pages-7.img",
+        ] {
+            assert!(is_memory_pages(rel), "{rel}");
+        }
+        for rel in [
+            "trees/pid-1/pagemap-1.img",
+            "trees/pid-1/pages-.img",
+            "trees/pid-1/pages-1.img.bak",
+            "trees/pages-1.img/core-1.img",
+            "trees/pid-1/pages-x.img",
+            "files/0",
+        ] {
+            assert!(!is_memory_pages(rel), "{rel}");
+        }
+    }
 }
