@@ -25,8 +25,9 @@ pub enum ResumeError {
     /// The map could not be located from the command line.
     #[error("cannot locate the Save State Map from the kernel command line")]
     Locate(#[source] HandoverError),
-    /// The map is corrupt, incomplete or of an unknown version: nothing was restored.
-    #[error("the Save State Map at {path} failed verification; nothing was restored")]
+    /// The map is corrupt, incomplete or of an unknown version: no restored task ran (a bad
+    /// memory page file is found while the trees are restored, and aborts them all).
+    #[error("the Save State Map at {path} failed verification; no restored task ran")]
     Verify {
         path: PathBuf,
         #[source]
