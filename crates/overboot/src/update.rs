@@ -732,10 +732,20 @@ pub fn run(
 /// What pre-copy left for the dump after the freeze.
 #[derive(Debug, Default)]
 struct PreCopy {
-    /// Per tree name: its last round's directory, relative to the tree's images directory.
-    parents: BTreeMap<String, String>,
     /// Every round, in order.
     rounds: Vec<crate::precopy::Round>,
+}
+
+impl PreCopy {
+    /// The last round's directory of tree `name`, relative to its images directory: the
+    /// parent of its dump after the freeze.
+    fn parent_of(&self, name: &str) -> Option<String> {
+        self.rounds
+            .iter()
+            .rev()
+            .find(|r| r.tree == name)
+            .map(|r| crate::precopy::round_dir(r.round))
+    }
 }
 
 /// Pre-copy rounds for every tree, each into `trees/<name>/pre-<k>` of the map and sealed
@@ -785,7 +795,6 @@ fn pre_copy(
                         bytes: written,
                         ms,
                     });
-                    out.parents.insert(tree.name.clone(), round_dir(k));
                 }
                 Err(error) => {
                     tracing::warn!(tree = %tree.name, round = k, %error, "pre-copy round failed: the dump after the freeze writes what it lacks");
@@ -868,8 +877,10 @@ fn freeze_and_switch(
                 recovery: restore_here(effects, &dumped),
                 source,
             })?;
-        let parent = pre_copy.parents.get(&tree.name).map(String::as_str);
-        if let Err(source) = phases.run("freeze_dump", || effects.dump(tree, &images, parent)) {
+        let parent = pre_copy.parent_of(&tree.name);
+        if let Err(source) = phases.run("freeze_dump", || {
+            effects.dump(tree, &images, parent.as_deref())
+        }) {
             return Err(UpdateError::Dump {
                 tree: tree.target.to_string(),
                 recovery: format!(
