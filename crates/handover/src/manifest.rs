@@ -254,6 +254,10 @@ pub struct Manifest {
     /// Phase durations measured in the old kernel, in ms (`freeze`, `dump`, ...).
     #[serde(default)]
     pub phases: BTreeMap<String, u64>,
+    /// CRIU's log level (0–4) for the restores of this map, as the dumps had it; absent in
+    /// maps written before the option existed (then 4, debug).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criu_log_level: Option<u8>,
 }
 
 /// Just enough of a manifest to decide whether the rest can be read.
@@ -412,6 +416,7 @@ mod tests {
             )]),
             file_digest: DigestAlgorithm::Xxh3_128,
             phases: BTreeMap::from([("freeze".into(), 12), ("dump".into(), 340)]),
+            criu_log_level: Some(2),
         }
     }
 
@@ -469,6 +474,15 @@ mod tests {
             parsed.files["trees/redis/pages-1.img"].digest,
             "00".repeat(16)
         );
+    }
+
+    #[test]
+    fn a_manifest_without_a_criu_log_level_reads_as_none() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(value["criu_log_level"], 2);
+        value.as_object_mut().unwrap().remove("criu_log_level");
+        let back = Manifest::from_json(value.to_string().as_bytes()).unwrap();
+        assert_eq!(back.criu_log_level, None);
     }
 
     #[test]

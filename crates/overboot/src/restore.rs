@@ -34,6 +34,8 @@ pub struct TreeJob {
     pub lock: NetworkLockMode,
     /// Test fault: fail this tree without calling CRIU.
     pub inject_failure: bool,
+    /// CRIU's log level.
+    pub log_level: i32,
 }
 
 /// Why a tree was not restored.
@@ -147,6 +149,7 @@ pub fn restore_all(
                     }
                     let mut request = RestoreRequest::new(&job.images);
                     request.network_lock = job.lock;
+                    request.log_level = job.log_level;
                     request.file_locks = true;
                     let mut arrived = false;
                     let mut hook = |n: &Notification| -> Result<(), String> {
@@ -243,6 +246,7 @@ mod tests {
             images: PathBuf::from("/nonexistent"),
             lock: NetworkLockMode::Nftables,
             inject_failure: true,
+            log_level: 2,
         }];
         let (results, gate) = restore_all(&jobs, None, &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
@@ -267,6 +271,7 @@ mod tests {
             images: PathBuf::from("/nonexistent"),
             lock: NetworkLockMode::Nftables,
             inject_failure: true,
+            log_level: 2,
         }];
         let (results, gate) = restore_all(&jobs, Some(&|| Ok(())), &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));

@@ -344,6 +344,9 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             images: restore_images,
             lock: lock_mode,
             inject_failure: options.fault == Some(Fault::RestoreFail(tree.name.clone())),
+            log_level: manifest
+                .criu_log_level
+                .map_or(overboot_checkpoint::DEFAULT_LOG_LEVEL, i32::from),
         });
     }
     let kill_agent = options.fault == Some(Fault::KillAgent);

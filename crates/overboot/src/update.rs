@@ -55,6 +55,9 @@ pub struct UpdateOptions {
     /// Pre-copy rounds at most before the freeze (0: none; see [`crate::precopy`]); only
     /// with a directory store.
     pub pre_copy_rounds: u32,
+    /// CRIU's log level (0–4) for the pre-dumps, dumps and restores of this update (the
+    /// restores in the new kernel read it from the map).
+    pub criu_log_level: u8,
 }
 
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
@@ -264,16 +267,20 @@ pub struct HostEffects {
     held: Vec<TreeInfo>,
     /// The agent's work directory, where records for a local adoption go.
     work_dir: PathBuf,
+    /// CRIU's log level for every request.
+    criu_log_level: i32,
 }
 
 impl HostEffects {
-    /// The real system, with or without the network lock; `work_dir` as the update's.
-    pub fn new(network_lock: bool, work_dir: &Path) -> HostEffects {
+    /// The real system, with or without the network lock; `work_dir` as the update's; CRIU
+    /// logging at `criu_log_level`.
+    pub fn new(network_lock: bool, work_dir: &Path, criu_log_level: u8) -> HostEffects {
         HostEffects {
             criu: overboot_checkpoint::Criu::default(),
             network_lock,
             held: Vec::new(),
             work_dir: work_dir.to_path_buf(),
+            criu_log_level: i32::from(criu_log_level),
         }
     }
 
@@ -388,6 +395,7 @@ impl Effects for HostEffects {
     ) -> Result<(), CheckpointError> {
         let mut request = DumpRequest::new(tree.root, images);
         request.log_file = "pre-dump.log".into();
+        request.log_level = self.criu_log_level;
         request.parent_images = parent.map(PathBuf::from);
         request.track_mem = true;
         self.criu
@@ -402,6 +410,7 @@ impl Effects for HostEffects {
         parent: Option<&str>,
     ) -> Result<(), CheckpointError> {
         let mut request = DumpRequest::new(tree.root, images);
+        request.log_level = self.criu_log_level;
         request.parent_images = parent.map(PathBuf::from);
         request.track_mem = parent.is_some();
         // CRIU 3.17 cannot dump TCP without its lock; "no lock" (tests only) lifts it
@@ -431,6 +440,7 @@ impl Effects for HostEffects {
         }
         let mut request = RestoreRequest::new(&images);
         request.log_file = "rollback-restore.log".into();
+        request.log_level = self.criu_log_level;
         request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;
         self.criu
@@ -963,6 +973,7 @@ fn freeze_and_switch(
             rollback: options.rollback.clone(),
             network: serde_json::to_value(&network).ok(),
             phases: old_phases,
+            criu_log_level: Some(options.criu_log_level),
             ..Manifest::default()
         };
         writer.finish(manifest)

@@ -235,6 +235,7 @@ fn options(work: &Path) -> UpdateOptions {
         network_lock: true,
         handover: Handover::default(),
         pre_copy_rounds: 3,
+        criu_log_level: 2,
     }
 }
 

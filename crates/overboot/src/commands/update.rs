@@ -55,6 +55,12 @@ pub struct Args {
     /// memory check counts one dump).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pre_copy_rounds: u32,
+    /// CRIU's log level for the dumps and restores (0–4): 2 logs errors and warnings; 4
+    /// (debug) logs every page range, which at gigabytes of memory costs seconds inside the
+    /// blackout. The logs go to the update's report directory either way.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    criu_log_level: u8,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     unsafe_no_network_lock: bool,
@@ -106,6 +112,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         network_lock: !args.unsafe_no_network_lock,
         handover,
         pre_copy_rounds: args.pre_copy_rounds,
+        criu_log_level: args.criu_log_level,
     };
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
@@ -118,7 +125,11 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             tracing::info!(step, "progress");
         }
     };
-    let mut effects = HostEffects::new(options.network_lock, &options.work_dir);
+    let mut effects = HostEffects::new(
+        options.network_lock,
+        &options.work_dir,
+        options.criu_log_level,
+    );
     update::run(&mut effects, &options, &mut progress)?;
     Ok(())
 }
