@@ -142,3 +142,28 @@ fn strip_overboot_params(cmdline: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let base = ["update", "--kernel", "/k", "--preserve", "pid:42"];
+        Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|c| c.args)
+    }
+
+    #[test]
+    fn criu_logs_errors_and_warnings_unless_told_otherwise() {
+        assert_eq!(parse(&[]).unwrap().criu_log_level, 2);
+        assert_eq!(parse(&["--criu-log-level", "4"]).unwrap().criu_log_level, 4);
+        assert!(parse(&["--criu-log-level", "5"]).is_err());
+        assert!(parse(&["--criu-log-level", "-1"]).is_err());
+    }
+}
