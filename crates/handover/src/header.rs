@@ -132,7 +132,7 @@ mod tests {
     fn encodes_the_documented_layout() {
         let bytes = header().encode();
         assert_eq!(&bytes[..8], b"OVBTSSM\0");
-        assert_eq!(&bytes[8..12], &[2, 0, 0, 0]);
+        assert_eq!(&bytes[8..12], &[3, 0, 0, 0]);
         assert_eq!(&bytes[12..20], &[4, 3, 2, 1, 0, 0, 0, 0]);
         assert_eq!(MapHeader::decode(&bytes).unwrap(), header());
     }
@@ -151,15 +151,20 @@ mod tests {
             Err(HeaderError::Length { actual: 51 })
         ));
         let mut bytes = header().encode();
-        bytes[8] = 3;
+        bytes[8] = 4;
         assert!(matches!(
             MapHeader::decode(&bytes),
-            Err(HeaderError::UnsupportedMajor { found, .. }) if found.major == 3
+            Err(HeaderError::UnsupportedMajor { found, .. }) if found.major == 4
         ));
-        // Format 1 (SHA-256 image digests) is still read.
-        let mut bytes = header().encode();
-        bytes[8] = 1;
-        assert_eq!(MapHeader::decode(&bytes).unwrap().version.major, 1);
+        // Formats 1 and 2 (SHA-256 and XXH3-128 image digests) are still read.
+        for major in [1, 2] {
+            let mut bytes = header().encode();
+            bytes[8] = major;
+            assert_eq!(
+                MapHeader::decode(&bytes).unwrap().version.major,
+                u16::from(major)
+            );
+        }
         let mut bytes = header().encode();
         bytes[10] = 9;
         assert_eq!(MapHeader::decode(&bytes).unwrap().version.minor, 9);

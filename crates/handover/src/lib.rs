@@ -3,8 +3,8 @@
 //!
 //! A map is a directory ([`map`]): a binary [`header`] pinning a JSON [`manifest`] (format
 //! version, kernels, clocks at freeze, preserved trees, carried files, rollback recipe, and the
-//! size and digest of every file: XXH3-128 in format 2, SHA-256 in format 1), plus the image files. In the old kernel a [`MapWriter`]
-//! builds it after the dump and a [`Store`] publishes it (appended to the new initrd as a newc
+//! size and digest of every file: XXH64 in format 3, XXH3-128 in format 2, SHA-256 in format
+//! 1), plus the image files. In the old kernel a [`MapWriter`] builds it after the dump and a [`Store`] publishes it (appended to the new initrd as a newc
 //! [`cpio`], or copied to a directory). In the new kernel [`locate_from_cmdline`] finds it,
 //! [`SaveStateMap::open`] checks header and manifest, and [`SaveStateMap::verify_files`] checks
 //! every image before anything is restored.

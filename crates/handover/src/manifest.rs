@@ -58,7 +58,7 @@ pub enum ManifestError {
 }
 
 /// The manifest format this build writes.
-pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 2, minor: 0 };
+pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 3, minor: 0 };
 
 /// Oldest major version this build still reads (format 1: image digests are SHA-256).
 const OLDEST_READABLE_MAJOR: u16 = 1;
@@ -198,6 +198,9 @@ pub enum DigestAlgorithm {
     /// XXH3, 128 bits (format 2): against damage, not tampering; see `digest`.
     #[serde(rename = "xxh3-128")]
     Xxh3_128,
+    /// XXH64 (format 3): against damage, not tampering; see `digest`.
+    #[serde(rename = "xxh64")]
+    Xxh64,
 }
 
 impl fmt::Display for DigestAlgorithm {
@@ -205,12 +208,13 @@ impl fmt::Display for DigestAlgorithm {
         f.write_str(match self {
             DigestAlgorithm::Sha256 => "sha256",
             DigestAlgorithm::Xxh3_128 => "xxh3-128",
+            DigestAlgorithm::Xxh64 => "xxh64",
         })
     }
 }
 
 /// The algorithm this build writes.
-pub const CURRENT_DIGEST: DigestAlgorithm = DigestAlgorithm::Xxh3_128;
+pub const CURRENT_DIGEST: DigestAlgorithm = DigestAlgorithm::Xxh64;
 
 /// Size and checksum of one file in the map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,7 +418,7 @@ mod tests {
                     digest: "00".repeat(16),
                 },
             )]),
-            file_digest: DigestAlgorithm::Xxh3_128,
+            file_digest: DigestAlgorithm::Xxh64,
             phases: BTreeMap::from([("freeze".into(), 12), ("dump".into(), 340)]),
             criu_log_level: Some(2),
         }
@@ -432,7 +436,7 @@ mod tests {
             "stored_as",
             "boottime_ns",
             "digest",
-            "xxh3-128",
+            "xxh64",
         ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
@@ -440,9 +444,9 @@ mod tests {
 
     #[test]
     fn unknown_major_is_refused_before_the_rest_is_read() {
-        let json = br#"{"format": {"major": 3, "minor": 0}, "whatever": "new layout"}"#;
+        let json = br#"{"format": {"major": 4, "minor": 0}, "whatever": "new layout"}"#;
         match Manifest::from_json(json) {
-            Err(ManifestError::UnsupportedMajor { found, .. }) => assert_eq!(found.major, 3),
+            Err(ManifestError::UnsupportedMajor { found, .. }) => assert_eq!(found.major, 4),
             other => panic!("expected UnsupportedMajor, got {other:?}"),
         }
     }
@@ -451,9 +455,18 @@ mod tests {
     fn higher_minor_with_unknown_fields_is_accepted() {
         let mut value = serde_json::to_value(sample()).unwrap();
         value["format"]["minor"] = 7.into();
-        value["added_in_2_7"] = serde_json::json!({"x": 1});
+        value["added_in_3_7"] = serde_json::json!({"x": 1});
         let parsed = Manifest::from_json(&serde_json::to_vec(&value).unwrap()).unwrap();
-        assert_eq!(parsed.format, FormatVersion { major: 2, minor: 7 });
+        assert_eq!(parsed.format, FormatVersion { major: 3, minor: 7 });
+    }
+
+    #[test]
+    fn a_format_2_manifest_reads_with_xxh3_digests() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["format"] = serde_json::json!({"major": 2, "minor": 0});
+        value["file_digest"] = "xxh3-128".into();
+        let parsed = Manifest::from_json(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(parsed.file_digest, DigestAlgorithm::Xxh3_128);
     }
 
     #[test]

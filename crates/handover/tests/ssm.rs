@@ -275,7 +275,7 @@ fn flipped_byte_is_named_and_other_trees_still_verify() {
             expected,
             actual,
         }) => {
-            assert_eq!(algorithm, DigestAlgorithm::Xxh3_128);
+            assert_eq!(algorithm, DigestAlgorithm::Xxh64);
             assert_eq!(path, "trees/redis/pages-1.img");
             assert_eq!(expected, expected_sha);
             assert_ne!(actual, expected_sha);
@@ -377,11 +377,11 @@ fn damaged_header_or_manifest_is_refused_at_open() {
     restore();
 
     rewrite(dir.join("HEADER"), |h| {
-        h[8..10].copy_from_slice(&3u16.to_le_bytes())
+        h[8..10].copy_from_slice(&4u16.to_le_bytes())
     });
     match SaveStateMap::open(&dir) {
         Err(HandoverError::Header(HeaderError::UnsupportedMajor { found, .. })) => {
-            assert_eq!(found.major, 3);
+            assert_eq!(found.major, 4);
         }
         other => panic!("expected UnsupportedMajor, got {other:?}"),
     }
