@@ -15,6 +15,7 @@ mod error;
 pub mod header;
 pub mod manifest;
 pub mod map;
+mod mapped;
 pub mod store;
 mod verify;
 mod writer;
