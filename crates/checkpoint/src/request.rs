@@ -164,6 +164,10 @@ pub struct RestoreRequest {
     pub tcp_close: bool,
     /// `--external` resources.
     pub external: Vec<String>,
+    /// Leave the private anonymous memory to a running `criu lazy-pages` daemon (userfaultfd):
+    /// the tasks start before their pages are back. The daemon must listen on
+    /// `lazy-pages.socket` in the work dir (the images dir when there is none).
+    pub lazy_pages: bool,
 }
 
 impl RestoreRequest {
@@ -183,6 +187,7 @@ impl RestoreRequest {
             network_lock: NetworkLockMode::Default,
             tcp_close: false,
             external: Vec::new(),
+            lazy_pages: false,
         }
     }
 
@@ -206,6 +211,7 @@ impl RestoreRequest {
             network_lock: self.network_lock.to_rpc(),
             tcp_close: self.tcp_close.then_some(true),
             external: self.external.clone(),
+            lazy_pages: self.lazy_pages.then_some(true),
             ..CriuOpts::default()
         }
     }
@@ -258,6 +264,14 @@ mod tests {
         assert_eq!(opts.work_dir_fd, Some(8));
         assert_eq!(opts.notify_scripts, Some(true));
         assert_eq!(opts.network_lock, None);
+    }
+
+    #[test]
+    fn lazy_pages_are_asked_only_when_wanted() {
+        let mut req = RestoreRequest::new("/img");
+        assert_eq!(req.to_opts(7, None).lazy_pages, None);
+        req.lazy_pages = true;
+        assert_eq!(req.to_opts(7, None).lazy_pages, Some(true));
     }
 
     #[test]

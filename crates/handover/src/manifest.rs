@@ -262,6 +262,10 @@ pub struct Manifest {
     /// maps written before the option existed (then 4, debug).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub criu_log_level: Option<u8>,
+    /// Restore the trees' memory lazily in the new kernel (`overboot update --lazy-restore`);
+    /// absent means no.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_restore: bool,
 }
 
 /// Just enough of a manifest to decide whether the rest can be read.
@@ -421,6 +425,7 @@ mod tests {
             file_digest: DigestAlgorithm::Xxh64,
             phases: BTreeMap::from([("freeze".into(), 12), ("dump".into(), 340)]),
             criu_log_level: Some(2),
+            lazy_restore: true,
         }
     }
 
@@ -496,6 +501,21 @@ mod tests {
         value.as_object_mut().unwrap().remove("criu_log_level");
         let back = Manifest::from_json(value.to_string().as_bytes()).unwrap();
         assert_eq!(back.criu_log_level, None);
+    }
+
+    #[test]
+    fn lazy_restore_is_written_only_when_asked_and_absent_means_no() {
+        let mut manifest = sample();
+        let value = serde_json::to_value(&manifest).unwrap();
+        assert_eq!(value["lazy_restore"], true);
+        manifest.lazy_restore = false;
+        let value = serde_json::to_value(&manifest).unwrap();
+        assert!(value.get("lazy_restore").is_none());
+        assert!(
+            !Manifest::from_json(value.to_string().as_bytes())
+                .unwrap()
+                .lazy_restore
+        );
     }
 
     #[test]

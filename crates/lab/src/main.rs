@@ -62,6 +62,9 @@ struct BenchArgs {
     /// pre-copy off).
     #[arg(long, value_name = "N")]
     pre_copy_rounds: Option<u32>,
+    /// `--lazy-restore` for `overboot update`: memory restored lazily in the new kernel.
+    #[arg(long)]
+    lazy_restore: bool,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +125,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
         out,
         render_only,
         pre_copy_rounds,
+        lazy_restore,
     } = args;
     if render_only {
         let path = out.join("results.json");
@@ -146,6 +150,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
     }
     options.to = to;
     options.pre_copy_rounds = pre_copy_rounds;
+    options.lazy_restore = lazy_restore;
     let records = bench::run(&options)?;
     print!("{}", bench::markdown(&records));
     eprintln!("bench: results in {}", options.out.display());

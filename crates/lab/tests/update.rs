@@ -1,6 +1,7 @@
-//! Lab tests of `overboot update`: process trees carried from kernel A to B (a stable update)
-//! and to C (6.12) through one update each, every workload asserted separately afterwards;
-//! and bad input refused before anything is frozen.
+//! Lab tests of `overboot update`: process trees carried from kernel A to B (a stable update,
+//! memory restored lazily) and to C (6.12, every page before the tasks run) through one update
+//! each, every workload asserted separately afterwards; and bad input refused before anything
+//! is frozen.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +22,9 @@ fn line_count(guest: &mut Guest, path: &str) -> u64 {
     carry::line_count(guest, path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn carry_across(to: &str) {
+/// Carries the standard workloads from A to `to`; with `lazy`, their memory comes back
+/// through `--lazy-restore` (a `criu lazy-pages` daemon per tree, until every page is back).
+fn carry_across(to: &str, lazy: bool) {
     let lab = Lab::prepare(&["A", to]).expect("prepare lab");
     let name = format!("update-a-to-{}", to.to_lowercase());
     let scenario = lab.scenario(&name, &["A", to], 512).expect("scenario");
@@ -56,7 +59,8 @@ fn carry_across(to: &str) {
         .send(&format!(
             "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
              --append '{BASE_CMDLINE}' --rollback-kernel /lab/boot/A/vmlinuz \
-             --rollback-initrd /lab/boot/A/initrd.img{preserve}"
+             --rollback-initrd /lab/boot/A/initrd.img{preserve}{}",
+            if lazy { " --lazy-restore" } else { "" }
         ))
         .expect("send update");
     guest
@@ -120,6 +124,51 @@ fn carry_across(to: &str) {
             "pid {pid} not restored as itself"
         );
     }
+    let daemons: Vec<i64> = report["trees"]
+        .as_array()
+        .expect("trees")
+        .iter()
+        .filter_map(|t| t["lazy_pages"]["pid"].as_i64())
+        .collect();
+    if lazy {
+        assert_eq!(
+            daemons.len(),
+            pids.len(),
+            "a tree was not restored lazily: {report}"
+        );
+        // Every daemon copies the rest in the background and exits once every page is back,
+        // its shell then writing its exit code beside its log: 0, every page transferred.
+        let status = guest
+            .run_ok(
+                "for f in /run/overboot/*/*/lazy-pages.log; do s=${f%.log}.status; \
+                 while [ ! -e $s ]; do sleep 0.2; done; echo \"$f $(cat $s)\"; done",
+                Duration::from_secs(600),
+            )
+            .expect("lazy-pages daemons finished");
+        let finished: Vec<&String> = status
+            .lines
+            .iter()
+            .filter(|l| l.contains(".log "))
+            .collect();
+        assert_eq!(finished.len(), daemons.len(), "{}", status.text());
+        for line in finished {
+            assert!(line.ends_with(" 0"), "a lazy-pages daemon failed: {line}");
+        }
+        let logs = guest
+            .run_ok("cat /run/overboot/*/*/lazy-pages.log", CMD)
+            .expect("lazy-pages logs");
+        assert!(
+            !logs.text().contains("transferred via UFFD") && !logs.text().contains("UFFDIO_"),
+            "a lazy-pages daemon lost pages: {}",
+            logs.text()
+        );
+        // Gone from the record's point of view too: a next update may start.
+        running
+            .check_alive_and_progressing(&mut guest)
+            .unwrap_or_else(|e| panic!("after every page came back: {e}"));
+    } else {
+        assert!(daemons.is_empty(), "lazy daemons without --lazy-restore");
+    }
     // CLOCK_REALTIME is right after resume (the RTC has one-second resolution).
     let guest_now: i64 = guest
         .run_ok("date +%s", CMD)
@@ -163,12 +212,12 @@ fn carry_across(to: &str) {
 
 #[test]
 fn update_a_to_b_carries_every_workload() {
-    carry_across("B");
+    carry_across("B", true);
 }
 
 #[test]
 fn update_a_to_c_carries_every_workload() {
-    carry_across("C");
+    carry_across("C", false);
 }
 
 /// Bad input: each a clear error before anything is frozen, and the process still runs on A.

@@ -76,6 +76,19 @@ pub struct TreeReport {
     /// The time namespace the restored root runs in (`time:[inode]`), made by CRIU.
     #[serde(default)]
     pub time_namespace: Option<String>,
+    /// With a lazy restore: the `criu lazy-pages` daemon serving this tree's memory, and its
+    /// log. It exits when every page is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_pages: Option<LazyPages>,
+}
+
+/// The daemon of a lazily restored tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LazyPages {
+    /// Its pid.
+    pub pid: i32,
+    /// Its log.
+    pub log: PathBuf,
 }
 
 /// What `update` hands to the agent through the state directory (not the map: it is written

@@ -36,6 +36,9 @@ pub struct TreeJob {
     pub inject_failure: bool,
     /// CRIU's log level.
     pub log_level: i32,
+    /// Restore the memory lazily, from a `criu lazy-pages` daemon (see [`crate::lazy`]); a
+    /// daemon that cannot start makes it an ordinary restore.
+    pub lazy: bool,
 }
 
 /// Why a tree was not restored.
@@ -58,6 +61,8 @@ pub struct TreeResult {
     pub outcome: Result<RestoreOutcome, TreeFailure>,
     /// Time from the start of the restore to its end.
     pub ms: u64,
+    /// The lazy-pages daemon left serving the restored tree.
+    pub lazy: Option<crate::lazy::Daemon>,
 }
 
 /// A barrier that also counts failures: everybody waits until each participant arrived or
@@ -145,9 +150,16 @@ pub fn restore_all(
                             name: job.name.clone(),
                             outcome: Err(TreeFailure::Injected),
                             ms: ms(start),
+                            lazy: None,
                         };
                     }
+                    let mut criu = overboot_checkpoint::Criu::default();
+                    let daemon = job.lazy.then(|| crate::lazy::start(criu.binary(), &job.images, job.log_level))
+                        .and_then(|started| started.map_err(|e| {
+                            tracing::warn!(tree = %job.name, error = %overboot_checkpoint::error_chain(&e), "no lazy restore: restoring every page now");
+                        }).ok());
                     let mut request = RestoreRequest::new(&job.images);
+                    request.lazy_pages = daemon.is_some();
                     request.network_lock = job.lock;
                     request.log_level = job.log_level;
                     request.file_locks = true;
@@ -167,14 +179,24 @@ pub fn restore_all(
                             )
                         }
                     };
-                    let outcome = overboot_checkpoint::Criu::default().restore(&request, &mut hook);
+                    let outcome = criu.restore(&request, &mut hook);
                     if outcome.is_err() && !arrived {
                         barrier.fail();
                     }
+                    // Without restored tasks the daemon has nothing to serve.
+                    let lazy = match (&outcome, daemon) {
+                        (Ok(_), daemon) => daemon,
+                        (Err(_), Some(daemon)) => {
+                            daemon.stop();
+                            None
+                        }
+                        (Err(_), None) => None,
+                    };
                     TreeResult {
                         name: job.name.clone(),
                         outcome: outcome.map_err(TreeFailure::from),
                         ms: ms(start),
+                        lazy,
                     }
                 })
             })
@@ -187,6 +209,7 @@ pub fn restore_all(
                     name: job.name.clone(),
                     outcome: Err(TreeFailure::Injected),
                     ms: 0,
+                    lazy: None,
                 })
             })
             .collect();
@@ -247,6 +270,7 @@ mod tests {
             lock: NetworkLockMode::Nftables,
             inject_failure: true,
             log_level: 2,
+            lazy: false,
         }];
         let (results, gate) = restore_all(&jobs, None, &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
@@ -272,6 +296,7 @@ mod tests {
             lock: NetworkLockMode::Nftables,
             inject_failure: true,
             log_level: 2,
+            lazy: false,
         }];
         let (results, gate) = restore_all(&jobs, Some(&|| Ok(())), &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));

@@ -347,6 +347,8 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             log_level: manifest
                 .criu_log_level
                 .map_or(overboot_checkpoint::DEFAULT_LOG_LEVEL, i32::from),
+            // A rollback brings every page back before the tasks run: it is the safe way home.
+            lazy: manifest.lazy_restore && !options.rollback,
         });
     }
     let kill_agent = options.fault == Some(Fault::KillAgent);
@@ -392,6 +394,13 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         match result.outcome {
             Ok(outcome) => {
                 note_restored(&options.work_dir, &tree.name, &tree.pids);
+                let lazy_pages = result.lazy.map(|daemon| {
+                    let log = daemon.log.clone();
+                    let pid = daemon.detach();
+                    crate::lazy::record(&options.work_dir, &tree.name, pid);
+                    logs.push(log.clone());
+                    crate::report::LazyPages { pid, log }
+                });
                 trees.push(TreeReport {
                     name: tree.name.clone(),
                     root_pid: tree.root_pid,
@@ -402,6 +411,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
                     time_namespace: std::fs::read_link(format!("/proc/{}/ns/time", outcome.pid))
                         .ok()
                         .map(|l| l.to_string_lossy().into_owned()),
+                    lazy_pages,
                 });
             }
             Err(failure) => {

@@ -58,6 +58,8 @@ pub struct UpdateOptions {
     /// CRIU's log level (0–4) for the pre-dumps, dumps and restores of this update (the
     /// restores in the new kernel read it from the map).
     pub criu_log_level: u8,
+    /// Restore the trees' memory lazily in the new kernel (see [`crate::lazy`]).
+    pub lazy_restore: bool,
 }
 
 /// Why an update stopped. When a tree had been dumped, `restored_locally` says it was brought
@@ -118,6 +120,19 @@ pub enum UpdateError {
         #[source]
         source: NetworkError,
     },
+    /// `--lazy-restore` was asked and CRIU cannot restore lazily here (nothing was frozen).
+    #[error(
+        "--lazy-restore: CRIU cannot restore memory lazily on this kernel (userfaultfd); \
+         nothing was frozen; update without it"
+    )]
+    LazyUnsupported,
+    /// The previous update's lazy restore is still copying pages (nothing was frozen).
+    #[error(
+        "{tree} is still being restored lazily by criu lazy-pages (pid {pid}) from the last \
+         update: nothing was frozen; wait until that process exits (every page is back), then \
+         update again"
+    )]
+    LazyStillServing { tree: String, pid: i32 },
     /// The initrd store would run the machine out of memory (nothing was frozen).
     #[error(
         "not enough memory to hand the map over through the initrd: about {} MiB needed (the map, \
@@ -174,7 +189,9 @@ impl UpdateError {
             | UpdateError::HandoverDir(_)
             | UpdateError::Memory { .. }
             | UpdateError::SystemdInitrd { .. }
-            | UpdateError::NoGenerator => E::BadInput,
+            | UpdateError::NoGenerator
+            | UpdateError::LazyStillServing { .. } => E::BadInput,
+            UpdateError::LazyUnsupported => E::Checkpoint,
             UpdateError::Hold(_) => E::Internal,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
@@ -215,6 +232,11 @@ pub trait Effects {
     fn clocks(&mut self) -> ClockReadings;
     /// Whether the engine can track memory changes (soft-dirty), which pre-copy needs.
     fn memory_tracking(&mut self) -> bool {
+        false
+    }
+    /// Whether the engine can restore memory lazily (userfaultfd), which `--lazy-restore`
+    /// needs. This kernel answers for the new one: both are the operator's.
+    fn lazy_pages(&mut self) -> bool {
         false
     }
     /// Copies a running tree's memory into `images` and tracks changes from here on;
@@ -387,6 +409,16 @@ impl Effects for HostEffects {
         }
     }
 
+    fn lazy_pages(&mut self) -> bool {
+        match self.criu.features() {
+            Ok(features) => features.lazy_pages,
+            Err(e) => {
+                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for lazy pages");
+                false
+            }
+        }
+    }
+
     fn pre_dump(
         &mut self,
         tree: &TreeInfo,
@@ -534,6 +566,10 @@ pub fn check(
     if options.preserve.is_empty() {
         return Err(UpdateError::NoTargets);
     }
+    // CRIU cannot dump a task whose memory a lazy restore still fills.
+    if let Some((tree, pid)) = crate::lazy::still_serving(&options.work_dir) {
+        return Err(UpdateError::LazyStillServing { tree, pid });
+    }
     let kernel_err = |source| UpdateError::Kernel {
         path: options.kernel.clone(),
         source,
@@ -587,6 +623,9 @@ pub fn check(
     let engine = effects
         .probe_engine()
         .map_err(|e| UpdateError::Engine(Box::new(e)))?;
+    if options.lazy_restore && !effects.lazy_pages() {
+        return Err(UpdateError::LazyUnsupported);
+    }
     Ok((image, trees, engine))
 }
 
@@ -974,6 +1013,7 @@ fn freeze_and_switch(
             network: serde_json::to_value(&network).ok(),
             phases: old_phases,
             criu_log_level: Some(options.criu_log_level),
+            lazy_restore: options.lazy_restore,
             ..Manifest::default()
         };
         writer.finish(manifest)

@@ -31,6 +31,8 @@ struct Mock {
     pre_bytes: Vec<usize>,
     /// The pre-copy round (from 1) that fails half-way.
     fail_pre_round: Option<usize>,
+    /// The engine can restore lazily.
+    lazy: bool,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -120,6 +122,10 @@ impl Effects for Mock {
 
     fn memory_tracking(&mut self) -> bool {
         self.tracking
+    }
+
+    fn lazy_pages(&mut self) -> bool {
+        self.lazy
     }
 
     fn pre_dump(
@@ -236,13 +242,46 @@ fn options(work: &Path) -> UpdateOptions {
         handover: Handover::default(),
         pre_copy_rounds: 3,
         criu_log_level: 2,
+        lazy_restore: false,
     }
 }
 
 fn run(mock: &mut Mock) -> (Result<update::Staged, UpdateError>, tempfile::TempDir) {
+    run_with(mock, |_| {})
+}
+
+fn run_with(
+    mock: &mut Mock,
+    adjust: impl FnOnce(&mut UpdateOptions),
+) -> (Result<update::Staged, UpdateError>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let result = update::run(mock, &options(dir.path()), &mut |_| {});
+    let mut options = options(dir.path());
+    adjust(&mut options);
+    let result = update::run(mock, &options, &mut |_| {});
     (result, dir)
+}
+
+#[test]
+fn lazy_restore_needs_the_engine_and_travels_in_the_map() {
+    let mut mock = Mock::default();
+    let (result, _dir) = run_with(&mut mock, |o| o.lazy_restore = true);
+    let err = result.expect_err("no lazy pages here");
+    assert!(matches!(err, UpdateError::LazyUnsupported), "{err}");
+    assert!(err.to_string().contains("nothing was frozen"), "{err}");
+    assert!(!dumped(&mock), "{:?}", mock.log);
+
+    let mut mock = Mock {
+        lazy: true,
+        ..Mock::default()
+    };
+    let (result, _dir) = run_with(&mut mock, |o| o.lazy_restore = true);
+    let staged = result.expect("update");
+    let map = overboot_handover::SaveStateMap::open(&staged.map_dir).expect("map");
+    assert!(map.manifest().lazy_restore);
+    // Without the option the map says nothing of it (an eager restore).
+    let (result, _dir) = run(&mut Mock::default());
+    let map = overboot_handover::SaveStateMap::open(&result.expect("update").map_dir).unwrap();
+    assert!(!map.manifest().lazy_restore);
 }
 
 fn dumped(mock: &Mock) -> bool {

@@ -146,6 +146,9 @@ pub struct RunRecord {
     /// or a run measured before pre-copy existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_copy_rounds: Option<u32>,
+    /// `--lazy-restore` was given to `overboot update` (overboot, disk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy_restore: bool,
     /// Bytes of each pre-copy round, in order (overboot, disk), from the agent's report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_copy_bytes: Vec<u64>,
@@ -169,6 +172,8 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// `--pre-copy-rounds` for the update methods (`None`: overboot's default).
     pub pre_copy_rounds: Option<u32>,
+    /// `--lazy-restore` for the update methods.
+    pub lazy_restore: bool,
 }
 
 impl BenchOptions {
@@ -181,6 +186,7 @@ impl BenchOptions {
             to: "B".into(),
             out,
             pre_copy_rounds: None,
+            lazy_restore: false,
         }
     }
 
@@ -274,6 +280,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
                     run,
                     out: &options.out,
                     pre_copy_rounds: options.pre_copy_rounds,
+                    lazy_restore: options.lazy_restore,
                 };
                 let record = ctx.run(method);
                 eprintln!(
@@ -372,6 +379,7 @@ struct RunContext<'a> {
     run: u32,
     out: &'a Path,
     pre_copy_rounds: Option<u32>,
+    lazy_restore: bool,
 }
 
 /// What a method measured.
@@ -447,6 +455,8 @@ impl RunContext<'_> {
                 Method::Overboot | Method::Disk | Method::Initrd => self.pre_copy_rounds,
                 Method::Floor | Method::Restart => None,
             },
+            lazy_restore: self.lazy_restore
+                && matches!(method, Method::Overboot | Method::Disk | Method::Initrd),
             pre_copy_bytes: m.pre_copy_bytes,
             frozen_dump_bytes: m.frozen_dump_bytes,
         }
@@ -487,6 +497,9 @@ impl RunContext<'_> {
         };
         if let Some(rounds) = self.pre_copy_rounds {
             extra.push_str(&format!(" --pre-copy-rounds {rounds}"));
+        }
+        if self.lazy_restore {
+            extra.push_str(" --lazy-restore");
         }
         let update = service::run_update(
             &mut rg.guest,

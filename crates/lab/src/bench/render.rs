@@ -174,6 +174,12 @@ pub fn markdown(records: &[RunRecord]) -> String {
         }
     }
     out.push_str(RECOVERY_NOTE);
+    if records.iter().any(|r| r.lazy_restore) {
+        out.push_str(
+            "\nThe update methods ran with `--lazy-restore`: memory came back after the tasks \
+             resumed, from a `criu lazy-pages` daemon per tree.\n",
+        );
+    }
     let find = |m: Method, s: u32| {
         cells
             .iter()
@@ -522,6 +528,7 @@ mod tests {
             error: (!ok).then(|| "guest: timed out".into()),
             console_log: String::new(),
             pre_copy_rounds: None,
+            lazy_restore: false,
             pre_copy_bytes: Vec::new(),
             frozen_dump_bytes: 0,
         }

@@ -61,6 +61,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     criu_log_level: u8,
+    /// Restore the services' memory lazily in the new kernel: they run again as soon as
+    /// everything but their memory is back, and a `criu lazy-pages` daemon per service copies
+    /// the pages from the map, each on first touch, the rest in the background, then exits.
+    /// The map is still verified before anything runs. Until the daemon is done, a service's
+    /// memory exists only in the map: should the daemon die, the service gets zero-filled
+    /// pages. A later update refuses to start until the daemon has exited.
+    #[arg(long)]
+    lazy_restore: bool,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     unsafe_no_network_lock: bool,
@@ -113,6 +121,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         handover,
         pre_copy_rounds: args.pre_copy_rounds,
         criu_log_level: args.criu_log_level,
+        lazy_restore: args.lazy_restore,
     };
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).

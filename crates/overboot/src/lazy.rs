@@ -1,0 +1,252 @@
+//! Lazy restore (`overboot update --lazy-restore`): the new kernel's agent restores the trees
+//! without their private anonymous memory, which a `criu lazy-pages` daemon per tree then
+//! serves from the map over userfaultfd — a page on demand when a task touches it, the rest
+//! copied in the background until every page is back, when the daemon exits. The tasks answer
+//! before gigabytes are copied; the blackout no longer grows with the memory restored.
+//!
+//! The map's memory pages are still verified before any restored task runs (the restore's
+//! gate), so the daemon serves only checked bytes. What changes is the trust put in the daemon
+//! afterwards: until it is done, a task's missing pages exist only in the map, and should the
+//! daemon die, the kernel hands the task zero-filled pages instead. That is why it is an
+//! option, and why an update refuses to start while a daemon of the previous one still serves.
+//!
+//! Each daemon's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
+//! tell the previous one is still copying: CRIU cannot dump a task with userfaultfd ranges.
+//! A shell stays the daemon's parent and writes its exit code beside its log ([`STATUS`]): 0
+//! once every page came back.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// File in the work dir listing the lazy-pages daemons started by the agent, `tree pid` per line.
+pub const DAEMONS: &str = "lazy-pages";
+
+/// The daemon's log, in the directory it serves.
+pub const LOG: &str = "lazy-pages.log";
+
+/// The daemon's exit code, written in the directory it serves once it exited: 0 when every
+/// page came back.
+pub const STATUS: &str = "lazy-pages.status";
+
+/// The daemon's pid, in the directory it serves.
+const PID: &str = "lazy-pages.pid";
+
+/// The socket CRIU's restore connects to, relative to the work dir both share.
+const SOCKET: &str = "lazy-pages.socket";
+
+/// How long a daemon may take to listen (CRIU probes the kernel first: seconds under TCG, with
+/// a CRIU per tree starting at once).
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a daemon could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    /// The shell that runs `criu lazy-pages` could not be started.
+    #[error("cannot start {shell} to run criu lazy-pages")]
+    Spawn {
+        shell: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon exited before it listened.
+    #[error("criu lazy-pages exited ({status}) before it listened; see {log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
+    /// The daemon did not listen in time.
+    #[error("criu lazy-pages did not listen on {socket} within {secs} s", secs = LISTEN_TIMEOUT.as_secs())]
+    Timeout { socket: PathBuf },
+}
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    shell: Child,
+    pid: i32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon's pid (not its shell's).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Stops it (the restore it was for did not happen).
+    pub fn stop(mut self) {
+        stop_group(&mut self.shell);
+    }
+
+    /// Leaves it running on its own: it exits when every page is back.
+    pub fn detach(self) -> i32 {
+        self.pid
+    }
+}
+
+/// Starts `criu lazy-pages` for the restore images in `dir` (also its work dir, where the
+/// socket and its log go) and waits until it listens. A shell stays its parent to write its
+/// exit code to [`STATUS`] in `dir` when it is done (0: every page came back).
+pub fn start(criu: &Path, dir: &Path, log_level: i32) -> Result<Daemon, LazyError> {
+    let socket = dir.join(SOCKET);
+    let log = dir.join(LOG);
+    let pid_file = dir.join(PID);
+    for stale in [&socket, &pid_file, &dir.join(STATUS)] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let script = format!(
+        "\"$0\" lazy-pages -D \"$1\" -W \"$1\" -v{} -o {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
+         wait $!; echo $? > {STATUS}.tmp && mv {STATUS}.tmp {STATUS}",
+        log_level.clamp(0, 4)
+    );
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg(criu)
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: no signal meant for the agent reaches it, and stopping it
+        // reaches the daemon too.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| LazyError::Spawn {
+            shell: PathBuf::from("/bin/sh"),
+            source,
+        })?;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(LazyError::Exited { status, log });
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let (Some(pid), true) = (pid, socket.exists()) {
+            return Ok(Daemon {
+                shell: child,
+                pid,
+                log,
+            });
+        }
+        if start.elapsed() > LISTEN_TIMEOUT {
+            stop_group(&mut child);
+            return Err(LazyError::Timeout { socket });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills the shell's process group (the shell and its daemon) and reaps the shell.
+fn stop_group(shell: &mut Child) {
+    if let Ok(pgid) = i32::try_from(shell.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = shell.wait();
+}
+
+/// Records a detached daemon in the work dir (best effort: the record only lets the next
+/// update wait for it).
+pub fn record(work_dir: &Path, tree: &str, pid: i32) {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(work_dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work_dir.join(DAEMONS))
+    {
+        let _ = writeln!(f, "{tree} {pid}");
+    }
+}
+
+/// A recorded daemon that is still serving pages: `(tree, pid)`.
+pub fn still_serving(work_dir: &Path) -> Option<(String, i32)> {
+    let text = std::fs::read_to_string(work_dir.join(DAEMONS)).ok()?;
+    parse_records(&text).into_iter().find(|(_, pid)| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "criu")
+    })
+}
+
+fn parse_records(text: &str) -> Vec<(String, i32)> {
+    text.lines()
+        .filter_map(|line| {
+            let (tree, pid) = line.rsplit_once(' ')?;
+            Some((tree.to_string(), pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_and_garbage_is_skipped() {
+        assert_eq!(
+            parse_records("redis.service 412\npid:77 78\nbroken\nx notapid\n"),
+            vec![
+                ("redis.service".to_string(), 412),
+                ("pid:77".to_string(), 78)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dead_or_foreign_pid_is_not_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(still_serving(dir.path()), None);
+        // Our own pid is alive but is not criu.
+        record(
+            dir.path(),
+            "pid:1",
+            i32::try_from(std::process::id()).unwrap(),
+        );
+        record(dir.path(), "pid:2", i32::MAX);
+        assert_eq!(still_serving(dir.path()), None);
+    }
+
+    #[test]
+    fn a_live_criu_process_is_serving_until_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        // A process whose name is `criu` (comm comes from the name it was executed by).
+        let criu = dir.path().join("criu");
+        std::os::unix::fs::symlink("/bin/sleep", &criu).unwrap();
+        let mut child = Command::new(&criu).arg("30").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        record(dir.path(), "redis.service", pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while still_serving(dir.path()).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            still_serving(dir.path()),
+            Some(("redis.service".into(), pid))
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(still_serving(dir.path()), None);
+    }
+
+    #[test]
+    fn a_daemon_that_cannot_start_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        // `false` exits at once without listening, and so does a missing binary; the shell
+        // records the exit code either way.
+        for criu in ["false", "/nonexistent/criu"] {
+            match start(Path::new(criu), dir.path(), 2) {
+                Err(LazyError::Exited { .. }) => {}
+                other => panic!("{criu}: expected Exited, got {other:?}"),
+            }
+            let status = std::fs::read_to_string(dir.path().join(STATUS)).unwrap();
+            assert_ne!(status.trim(), "0", "{criu}");
+        }
+    }
+}
