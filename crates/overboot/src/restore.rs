@@ -107,6 +107,16 @@ fn ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Starts the lazy-pages daemon of `job`; `None` (an ordinary restore) when it cannot serve.
+fn lazy_daemon(criu: &overboot_checkpoint::Criu, job: &TreeJob) -> Option<crate::lazy::Daemon> {
+    crate::lazy::start(criu.binary(), &job.images, job.log_level)
+        .map_err(|e| {
+            let error = overboot_checkpoint::error_chain(&e);
+            tracing::warn!(tree = %job.name, %error, "no lazy restore: restoring every page now");
+        })
+        .ok()
+}
+
 /// A check that must pass before any restored task runs, run beside the restores.
 pub type Gate<'a> = &'a (dyn Fn() -> Result<(), overboot_handover::HandoverError> + Sync);
 
@@ -154,10 +164,7 @@ pub fn restore_all(
                         };
                     }
                     let mut criu = overboot_checkpoint::Criu::default();
-                    let daemon = job.lazy.then(|| crate::lazy::start(criu.binary(), &job.images, job.log_level))
-                        .and_then(|started| started.map_err(|e| {
-                            tracing::warn!(tree = %job.name, error = %overboot_checkpoint::error_chain(&e), "no lazy restore: restoring every page now");
-                        }).ok());
+                    let daemon = job.lazy.then(|| lazy_daemon(&criu, job)).flatten();
                     let mut request = RestoreRequest::new(&job.images);
                     request.lazy_pages = daemon.is_some();
                     request.network_lock = job.lock;
@@ -184,13 +191,13 @@ pub fn restore_all(
                         barrier.fail();
                     }
                     // Without restored tasks the daemon has nothing to serve.
-                    let lazy = match (&outcome, daemon) {
-                        (Ok(_), daemon) => daemon,
-                        (Err(_), Some(daemon)) => {
+                    let lazy = if outcome.is_ok() {
+                        daemon
+                    } else {
+                        if let Some(daemon) = daemon {
                             daemon.stop();
-                            None
                         }
-                        (Err(_), None) => None,
+                        None
                     };
                     TreeResult {
                         name: job.name.clone(),
