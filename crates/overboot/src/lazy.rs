@@ -2,7 +2,9 @@
 //! without their private anonymous memory, which a `criu lazy-pages` daemon per tree then
 //! serves from the map over userfaultfd — a page on demand when a task touches it, the rest
 //! copied in the background until every page is back, when the daemon exits. The tasks answer
-//! before gigabytes are copied; the blackout no longer grows with the memory restored.
+//! before those pages are copied. With CRIU 3.17 that holds only for the pages the frozen dump
+//! wrote itself: pages a pre-copy round holds are written by the dump as holes over the round,
+//! which CRIU restores before the tasks run (README: "Lazy restore", with measurements).
 //!
 //! The map's memory pages are still verified before any restored task runs (the restore's
 //! gate), so the daemon serves only checked bytes. What changes is the trust put in the daemon
