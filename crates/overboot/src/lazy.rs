@@ -158,7 +158,15 @@ fn stop_group(shell: &mut Child) {
 /// Records a detached daemon in the work dir (best effort: the record only lets the next
 /// update wait for it).
 pub fn record(work_dir: &Path, tree: &str, pid: i32) {
-    crate::resume::append_record(work_dir, DAEMONS, &format!("{tree} {pid}"));
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(work_dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(work_dir.join(DAEMONS))
+    {
+        let _ = writeln!(f, "{tree} {pid}");
+    }
 }
 
 /// A recorded daemon that is still serving pages: `(tree, pid)`.

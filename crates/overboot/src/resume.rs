@@ -180,21 +180,15 @@ impl Drop for Unflip {
 /// Appends a restored tree to the work dir's list (best effort: the list only helps a rollback
 /// stop what was restored).
 fn note_restored(work_dir: &Path, name: &str, pids: &[i32]) {
+    use std::io::Write;
     let line = pids
         .iter()
         .fold(name.to_string(), |l, p| format!("{l} {p}"));
-    append_record(work_dir, RESTORED_LIST, &line);
-}
-
-/// Appends `line` to the record `file` in the work dir, creating both as needed (best effort:
-/// such records only help a later rollback or update).
-pub(crate) fn append_record(work_dir: &Path, file: &str, line: &str) {
-    use std::io::Write;
     let _ = std::fs::create_dir_all(work_dir);
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(work_dir.join(file))
+        .open(work_dir.join(RESTORED_LIST))
     {
         let _ = writeln!(f, "{line}");
     }

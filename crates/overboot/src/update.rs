@@ -291,8 +291,6 @@ pub struct HostEffects {
     work_dir: PathBuf,
     /// CRIU's log level for every request.
     criu_log_level: i32,
-    /// CRIU's optional features, asked once.
-    features: Option<overboot_checkpoint::Features>,
 }
 
 impl HostEffects {
@@ -305,27 +303,7 @@ impl HostEffects {
             held: Vec::new(),
             work_dir: work_dir.to_path_buf(),
             criu_log_level: i32::from(criu_log_level),
-            features: None,
         }
-    }
-
-    /// Whether CRIU has a feature (`pick`), asking CRIU the first time only; false, with a
-    /// warning naming what goes without it (`without`), when CRIU cannot be asked.
-    fn criu_has(
-        &mut self,
-        pick: fn(&overboot_checkpoint::Features) -> bool,
-        without: &str,
-    ) -> bool {
-        if self.features.is_none() {
-            match self.criu.features() {
-                Ok(features) => self.features = Some(features),
-                Err(e) => {
-                    tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for its features: {without}");
-                    return false;
-                }
-            }
-        }
-        self.features.as_ref().is_some_and(pick)
     }
 
     fn held_units(&self) -> Vec<String> {
@@ -422,11 +400,23 @@ impl Effects for HostEffects {
     }
 
     fn memory_tracking(&mut self) -> bool {
-        self.criu_has(|f| f.mem_track, "no pre-copy")
+        match self.criu.features() {
+            Ok(features) => features.mem_track,
+            Err(e) => {
+                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for memory tracking: no pre-copy");
+                false
+            }
+        }
     }
 
     fn lazy_pages(&mut self) -> bool {
-        self.criu_has(|f| f.lazy_pages, "no lazy restore")
+        match self.criu.features() {
+            Ok(features) => features.lazy_pages,
+            Err(e) => {
+                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for lazy pages");
+                false
+            }
+        }
     }
 
     fn pre_dump(
