@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub(crate) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const TIMENS_MAGIC: u32 = 0x4311_4433;
 const TCP_STREAM_MAGIC: u32 = 0x5146_5506;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
@@ -121,7 +121,7 @@ pub enum ImageError {
         source: std::io::Error,
     },
     /// Not the layout above.
-    #[error("image {path} is not a CRIU timens image: {reason}")]
+    #[error("image {path} is not a CRIU image of the expected kind: {reason}")]
     Format { path: PathBuf, reason: String },
 }
 

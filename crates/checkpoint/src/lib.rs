@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod images;
 pub mod log;
+pub mod pagemap;
 pub mod request;
 pub mod rpc;
 pub mod session;

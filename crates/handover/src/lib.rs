@@ -27,6 +27,7 @@ pub use manifest::{
     CURRENT_FORMAT,
 };
 pub use map::SaveStateMap;
+pub use mapped::map_read_only;
 pub use store::{
     locate_from_cmdline, locate_store_from_cmdline, DirectoryStore, InitrdStore, Published, Store,
     StoreError, StoreKind, CMDLINE_KEY,

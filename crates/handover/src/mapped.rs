@@ -16,3 +16,15 @@ pub(crate) fn map(file: &File) -> io::Result<memmap2::Mmap> {
     // process takes SIGBUS (a truncation) — never a result that passes for the file's content.
     unsafe { memmap2::MmapOptions::new().populate().map(file) }
 }
+
+/// The bytes of a map file, mapped read-only; its pages come in as they are first read. The
+/// lazy restore's page server copies restored tasks' pages out of such mappings: on the
+/// reserved-RAM store, straight from the store's memory into the task's.
+pub fn map_read_only(file: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: as for `map`: read-only, and the map's files are written once and only read
+    // afterwards; nothing in overboot writes or truncates one while the page server runs, and
+    // the server checks its offsets against the mapping's length before reading. A change from
+    // outside overboot would be a change of the pages served (the map was verified before the
+    // restored tasks ran) or a SIGBUS that ends the server — never memory unsafety of ours.
+    unsafe { memmap2::MmapOptions::new().map(file) }
+}

@@ -1,20 +1,23 @@
 //! Lazy restore (`overboot update --lazy-restore`): the new kernel's agent restores the trees
-//! without their private anonymous memory, which a `criu lazy-pages` daemon per tree then
-//! serves from the map over userfaultfd — a page on demand when a task touches it, the rest
-//! copied in the background until every page is back, when the daemon exits. The tasks answer
-//! before those pages are copied. With CRIU 3.17 that holds only for the pages the frozen dump
-//! wrote itself: pages a pre-copy round holds are written by the dump as holes over the round,
-//! which CRIU restores before the tasks run (README: "Lazy restore", with measurements).
+//! without their private anonymous memory, which a page server per tree — overboot's own,
+//! [`crate::pageserver`], run as `overboot serve-pages` — then puts back from the map over
+//! userfaultfd: a page on demand when a task touches it, the rest copied in the background
+//! until every page is back, when the server exits. The tasks answer before those pages are
+//! copied. That holds for the pages a pre-copy round holds too: the agent flags them lazy in
+//! the restore's copy of each pagemap ([`overboot_checkpoint::pagemap::lazy_parent_pages`]),
+//! and the server finds them down the chain of rounds. (CRIU 3.17's own `criu lazy-pages`
+//! cannot: it serves only the pages the final dump wrote.)
 //!
 //! The map's memory pages are still verified before any restored task runs (the restore's
-//! gate), so the daemon serves only checked bytes. What changes is the trust put in the daemon
+//! gate), so the server puts in only checked bytes. What changes is the trust put in it
 //! afterwards: until it is done, a task's missing pages exist only in the map, and should the
-//! daemon die, the kernel hands the task zero-filled pages instead. That is why it is an
-//! option, and why an update refuses to start while a daemon of the previous one still serves.
+//! server die, the kernel hands the task zero-filled pages instead — so a server that fails
+//! kills the tasks it serves, and that is why it is an option, and why an update refuses to
+//! start while a server of the previous one still serves.
 //!
-//! Each daemon's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
+//! Each server's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
 //! tell the previous one is still copying: CRIU cannot dump a task with userfaultfd ranges.
-//! A shell stays the daemon's parent and writes its exit code beside its log ([`STATUS`]): 0
+//! A shell stays the server's parent and writes its exit code beside its log ([`STATUS`]): 0
 //! once every page came back.
 
 use std::os::unix::process::CommandExt;
@@ -22,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// File in the work dir listing the lazy-pages daemons started by the agent, `tree pid` per line.
+/// File in the work dir listing the page servers started by the agent, `tree pid` per line.
 pub const DAEMONS: &str = "lazy-pages";
 
-/// The daemon's log, in the directory it serves.
+/// The server's log (its stderr), in the directory it serves.
 pub const LOG: &str = "lazy-pages.log";
 
 /// The daemon's exit code, written in the directory it serves once it exited: 0 when every
@@ -36,30 +39,33 @@ pub const STATUS: &str = "lazy-pages.status";
 const PID: &str = "lazy-pages.pid";
 
 /// The socket CRIU's restore connects to, relative to the work dir both share.
-const SOCKET: &str = "lazy-pages.socket";
+const SOCKET: &str = crate::pageserver::SOCKET;
 
-/// How long a daemon may take to listen (CRIU probes the kernel first: seconds under TCG, with
-/// a CRIU per tree starting at once).
+/// The hidden verb that runs [`crate::pageserver`].
+pub const VERB: &str = "serve-pages";
+
+/// How long a server may take to listen (it indexes its pagemaps first: a tree per server,
+/// all starting at once, under TCG).
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a daemon could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum LazyError {
-    /// The shell that runs `criu lazy-pages` could not be started.
-    #[error("cannot start {shell} to run criu lazy-pages")]
+    /// The shell that runs the page server could not be started.
+    #[error("cannot start {shell} to run the page server")]
     Spawn {
         shell: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// The daemon exited before it listened.
-    #[error("criu lazy-pages exited ({status}) before it listened; see {log}")]
+    #[error("the page server exited ({status}) before it listened; see {log}")]
     Exited {
         status: std::process::ExitStatus,
         log: PathBuf,
     },
     /// The daemon did not listen in time.
-    #[error("criu lazy-pages did not listen on {socket} within {secs} s", secs = LISTEN_TIMEOUT.as_secs())]
+    #[error("the page server did not listen on {socket} within {secs} s", secs = LISTEN_TIMEOUT.as_secs())]
     Timeout { socket: PathBuf },
 }
 
@@ -89,10 +95,11 @@ impl Daemon {
     }
 }
 
-/// Starts `criu lazy-pages` for the restore images in `dir` (also its work dir, where the
-/// socket and its log go) and waits until it listens. A shell stays its parent to write its
-/// exit code to [`STATUS`] in `dir` when it is done (0: every page came back).
-pub fn start(criu: &Path, dir: &Path, log_level: i32) -> Result<Daemon, LazyError> {
+/// Starts the page server (`overboot`, the binary at `program`, as `serve-pages`) for the
+/// restore images in `dir` (also the restore's work dir, where the socket and its log go) and
+/// waits until it listens. A shell stays its parent to write its exit code to [`STATUS`] in
+/// `dir` when it is done (0: every page came back).
+pub fn start(program: &Path, dir: &Path) -> Result<Daemon, LazyError> {
     let socket = dir.join(SOCKET);
     let log = dir.join(LOG);
     let pid_file = dir.join(PID);
@@ -100,14 +107,13 @@ pub fn start(criu: &Path, dir: &Path, log_level: i32) -> Result<Daemon, LazyErro
         let _ = std::fs::remove_file(stale);
     }
     let script = format!(
-        "\"$0\" lazy-pages -D \"$1\" -W \"$1\" -v{} -o {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
-         wait $!; echo $? > {STATUS}.tmp && mv {STATUS}.tmp {STATUS}",
-        log_level.clamp(0, 4)
+        "\"$0\" {VERB} \"$1\" 2> {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
+         wait $!; echo $? > {STATUS}.tmp && mv {STATUS}.tmp {STATUS}"
     );
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(script)
-        .arg(criu)
+        .arg(program)
         .arg(dir)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -169,11 +175,16 @@ pub fn record(work_dir: &Path, tree: &str, pid: i32) {
     }
 }
 
-/// A recorded daemon that is still serving pages: `(tree, pid)`.
+/// A recorded server that is still serving pages: `(tree, pid)`. A page server is an
+/// `overboot` running [`VERB`] (or, recorded by an overboot before its own server, `criu`).
 pub fn still_serving(work_dir: &Path) -> Option<(String, i32)> {
     let text = std::fs::read_to_string(work_dir.join(DAEMONS)).ok()?;
     parse_records(&text).into_iter().find(|(_, pid)| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "criu")
+        let criu =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "criu");
+        let server = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == VERB.as_bytes()));
+        criu || server
     })
 }
 
@@ -243,7 +254,7 @@ mod tests {
         // `false` exits at once without listening, and so does a missing binary; the shell
         // records the exit code either way.
         for criu in ["false", "/nonexistent/criu"] {
-            match start(Path::new(criu), dir.path(), 2) {
+            match start(Path::new(criu), dir.path()) {
                 Err(LazyError::Exited { .. }) => {}
                 other => panic!("{criu}: expected Exited, got {other:?}"),
             }

@@ -36,7 +36,7 @@ pub struct TreeJob {
     pub inject_failure: bool,
     /// CRIU's log level.
     pub log_level: i32,
-    /// Restore the memory lazily, from a `criu lazy-pages` daemon (see [`crate::lazy`]); a
+    /// Restore the memory lazily, from overboot's page server (see [`crate::lazy`]); a
     /// daemon that cannot start makes it an ordinary restore.
     pub lazy: bool,
 }
@@ -61,7 +61,7 @@ pub struct TreeResult {
     pub outcome: Result<RestoreOutcome, TreeFailure>,
     /// Time from the start of the restore to its end.
     pub ms: u64,
-    /// The lazy-pages daemon left serving the restored tree.
+    /// The page server left serving the restored tree.
     pub lazy: Option<crate::lazy::Daemon>,
 }
 
@@ -107,9 +107,14 @@ fn ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Starts the lazy-pages daemon of `job`; `None` (an ordinary restore) when it cannot serve.
-fn lazy_daemon(criu: &overboot_checkpoint::Criu, job: &TreeJob) -> Option<crate::lazy::Daemon> {
-    crate::lazy::start(criu.binary(), &job.images, job.log_level)
+/// Starts the page server of `job`; `None` (an ordinary restore) when it cannot serve.
+fn lazy_daemon(job: &TreeJob) -> Option<crate::lazy::Daemon> {
+    std::env::current_exe()
+        .map_err(|source| crate::lazy::LazyError::Spawn {
+            shell: PathBuf::from("/proc/self/exe"),
+            source,
+        })
+        .and_then(|program| crate::lazy::start(&program, &job.images))
         .map_err(|e| {
             let error = overboot_checkpoint::error_chain(&e);
             tracing::warn!(tree = %job.name, %error, "no lazy restore: restoring every page now");
@@ -164,7 +169,7 @@ pub fn restore_all(
                         };
                     }
                     let mut criu = overboot_checkpoint::Criu::default();
-                    let daemon = job.lazy.then(|| lazy_daemon(&criu, job)).flatten();
+                    let daemon = job.lazy.then(|| lazy_daemon(job)).flatten();
                     let mut request = RestoreRequest::new(&job.images);
                     request.lazy_pages = daemon.is_some();
                     request.network_lock = job.lock;

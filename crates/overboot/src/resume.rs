@@ -339,6 +339,14 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         if !pinned.is_empty() {
             tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
         }
+        // A rollback brings every page back before the tasks run: it is the safe way home.
+        let lazy = manifest.lazy_restore && !options.rollback;
+        if lazy {
+            // After pre-copy most pages are holes over the rounds: leave them to the server too.
+            let pages = overboot_checkpoint::pagemap::lazy_parent_pages(&restore_images)
+                .map_err(images_error)?;
+            tracing::info!(tree = %tree.name, pages, "pre-copied pages left to the lazy restore");
+        }
         jobs.push(TreeJob {
             name: tree.name.clone(),
             images: restore_images,
@@ -347,8 +355,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
             log_level: manifest
                 .criu_log_level
                 .map_or(overboot_checkpoint::DEFAULT_LOG_LEVEL, i32::from),
-            // A rollback brings every page back before the tasks run: it is the safe way home.
-            lazy: manifest.lazy_restore && !options.rollback,
+            lazy,
         });
     }
     let kill_agent = options.fault == Some(Fault::KillAgent);

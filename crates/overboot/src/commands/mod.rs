@@ -2,6 +2,7 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod kexec;
+mod pages;
 mod patch;
 mod plan;
 mod resume;
@@ -44,6 +45,9 @@ enum Verb {
     Status(status::Args),
     /// systemd hosts: install the generator, make a service preservable, adopt restored units.
     Systemd(systemd::Args),
+    /// The lazy restore's page server (started by the agent).
+    #[command(hide = true)]
+    ServePages(pages::Args),
 }
 
 /// A failed verb: the error chain to print and the class deciding the exit code.
@@ -79,6 +83,9 @@ pub enum CommandError {
     /// The systemd integration failed.
     #[error("systemd")]
     Systemd(#[source] overboot::systemd::SystemdError),
+    /// The lazy restore's page server stopped before every page was back.
+    #[error("serving the lazy restore's pages")]
+    Pages(#[from] overboot::pageserver::PageServerError),
     /// Writing the output failed.
     #[error("writing output")]
     Output(#[source] std::io::Error),
@@ -100,6 +107,7 @@ impl CommandError {
             CommandError::PlanRefused(_) => ExitClass::BadInput,
             CommandError::Systemd(e) => e.class(),
             CommandError::Output(_) => ExitClass::Internal,
+            CommandError::Pages(_) => ExitClass::Restore,
         }
     }
 }
@@ -114,6 +122,7 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Verb::Resume(args) => resume::run(args, cli.json),
         Verb::Status(args) => status::run(args, cli.json),
         Verb::Systemd(args) => systemd::run(args, cli.json),
+        Verb::ServePages(args) => pages::run(args),
     }
 }
 

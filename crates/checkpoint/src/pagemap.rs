@@ -1,0 +1,700 @@
+//! The memory of a dumped task, as a lazy restore sees it: CRIU's pagemap images, read to
+//! decide which pages the restored task gets from the page server rather than from CRIU, and
+//! where in the map each of those pages lies.
+//!
+//! A lazy restore (CRIU's `--lazy-pages`) leaves a page out of the restore only when the dump
+//! flagged its pagemap entry `PE_LAZY`; a dump on top of pre-dumps writes the pages that did not
+//! change since as `PE_PARENT` holes without that flag, so CRIU 3.17 restores all of them
+//! before the tasks run — most of the memory, after pre-copy. [`lazy_parent_pages`] flags such
+//! a hole lazy when the parent chain holds every one of its pages in an entry CRIU itself
+//! flagged lazy and the region is one CRIU registers for lazy pages. [`lazy_pages`] then lists,
+//! for one task, every page left out of the restore with the file and offset that hold it,
+//! down the chain of pre-dumps: the page server's index.
+//!
+//! ```text
+//! pagemap-<pid>.img: u32 IMG_COMMON_MAGIC | u32 PAGEMAP_MAGIC 0x56084025
+//!                    u32 len | pagemap_head { pages_id }
+//!                    (u32 len | pagemap_entry { vaddr, nr_pages, in_parent?, flags? })*
+//!                    flags: PE_PARENT 1 (pages in parent/), PE_LAZY 2, PE_PRESENT 4
+//!                    (pages in pages-<pages_id>.img, in entry order, 4 KiB each)
+//! mm-<pid>.img:      u32 IMG_COMMON_MAGIC | u32 MM_MAGIC | u32 len | mm_entry { .. vmas: [vma_entry] }
+//! parent/            the previous round's images (a pre-dump), the same layout
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::images::{ImageError, IMG_COMMON_MAGIC};
+
+const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+/// `pagemap.h`: the pages are in the parent images.
+const PE_PARENT: u32 = 1 << 0;
+/// `pagemap.h`: the pages may be restored by the lazy-pages daemon.
+const PE_LAZY: u32 = 1 << 1;
+/// `pagemap.h`: the pages are in this image.
+const PE_PRESENT: u32 = 1 << 2;
+/// `mman.h`.
+const MAP_PRIVATE: u32 = 0x02;
+const MAP_ANONYMOUS: u32 = 0x20;
+const MAP_LOCKED: u32 = 0x2000;
+const MAP_HUGETLB: u32 = 0x4_0000;
+/// `image.h`: VMA status bits.
+const VMA_AREA_REGULAR: u32 = 1 << 0;
+const VMA_AREA_STACK: u32 = 1 << 1;
+const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+const VMA_AREA_VDSO: u32 = 1 << 3;
+const VMA_ANON_PRIVATE: u32 = 1 << 9;
+const VMA_AREA_VVAR: u32 = 1 << 12;
+const VMA_AREA_AIORING: u32 = 1 << 13;
+/// The page size of every image CRIU writes on x86-64.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// `pagemap_head` of `images/pagemap.proto`.
+#[derive(Clone, PartialEq, Message)]
+struct PagemapHead {
+    #[prost(uint32, required, tag = "1")]
+    pages_id: u32,
+}
+
+/// `pagemap_entry` of `images/pagemap.proto`.
+#[derive(Clone, PartialEq, Message)]
+struct PagemapEntry {
+    #[prost(uint64, required, tag = "1")]
+    vaddr: u64,
+    #[prost(uint32, required, tag = "2")]
+    nr_pages: u32,
+    #[prost(bool, optional, tag = "3")]
+    in_parent: Option<bool>,
+    #[prost(uint32, optional, tag = "4")]
+    flags: Option<u32>,
+}
+
+impl PagemapEntry {
+    /// The entry's `PE_*` flags; an image of before the flags says only `in_parent`.
+    fn pe_flags(&self) -> u32 {
+        let parent = if self.in_parent == Some(true) {
+            PE_PARENT
+        } else {
+            0
+        };
+        match self.flags {
+            Some(flags) => flags | parent,
+            None if parent != 0 => parent,
+            None => PE_PRESENT,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.vaddr + u64::from(self.nr_pages) * PAGE_SIZE
+    }
+}
+
+/// `vma_entry` of `images/vma.proto` (the fields read here).
+#[derive(Clone, PartialEq, Message)]
+struct VmaEntry {
+    #[prost(uint64, required, tag = "1")]
+    start: u64,
+    #[prost(uint64, required, tag = "2")]
+    end: u64,
+    #[prost(uint32, required, tag = "6")]
+    flags: u32,
+    #[prost(uint32, required, tag = "7")]
+    status: u32,
+}
+
+impl VmaEntry {
+    /// CRIU 3.17's `vma_entry_can_be_lazy`, narrowed to regular private anonymous memory
+    /// (never the main stack, vDSO, vvar, vsyscall, AIO rings, locked or huge pages).
+    fn can_be_lazy(&self) -> bool {
+        let status_is = |bits: u32| self.status & bits == bits;
+        self.flags & (MAP_ANONYMOUS | MAP_PRIVATE) == MAP_ANONYMOUS | MAP_PRIVATE
+            && self.flags & (MAP_LOCKED | MAP_HUGETLB) == 0
+            && status_is(VMA_AREA_REGULAR | VMA_ANON_PRIVATE)
+            && self.status
+                & (VMA_AREA_STACK
+                    | VMA_AREA_VSYSCALL
+                    | VMA_AREA_VDSO
+                    | VMA_AREA_VVAR
+                    | VMA_AREA_AIORING)
+                == 0
+    }
+}
+
+/// `mm_entry` of `images/mm.proto` (the VMAs only).
+#[derive(Clone, PartialEq, Message)]
+struct MmEntry {
+    #[prost(message, repeated, tag = "14")]
+    vmas: Vec<VmaEntry>,
+}
+
+fn format_error(path: &Path, reason: impl Into<String>) -> ImageError {
+    ImageError::Format {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads every entry of a multi-entry image: `(magic, entries)`.
+fn read_entries(path: &Path) -> Result<(u32, Vec<Vec<u8>>), ImageError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let word = |at: usize| -> Option<u32> {
+        bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    if word(0) != Some(IMG_COMMON_MAGIC) {
+        return Err(format_error(path, "bad magic"));
+    }
+    let magic = word(4).ok_or_else(|| format_error(path, "no magic"))?;
+    let mut entries = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let len = word(at).ok_or_else(|| format_error(path, "truncated entry size"))? as usize;
+        let body = bytes
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| format_error(path, "truncated entry"))?;
+        entries.push(body.to_vec());
+        at += 4 + len;
+    }
+    Ok((magic, entries))
+}
+
+/// One task's pagemap in one directory.
+struct Pagemap {
+    /// The head's bytes, as read (a rewrite keeps them).
+    head: Vec<u8>,
+    /// `pages-<pages_id>.img`, beside the pagemap.
+    pages_id: u32,
+    entries: Vec<PagemapEntry>,
+}
+
+fn read_pagemap(dir: &Path, pid: &str) -> Result<Pagemap, ImageError> {
+    let path = dir.join(format!("pagemap-{pid}.img"));
+    let (magic, mut entries) = read_entries(&path)?;
+    if magic != PAGEMAP_MAGIC || entries.is_empty() {
+        return Err(format_error(&path, "not a pagemap"));
+    }
+    let head = entries.remove(0);
+    let pages_id = PagemapHead::decode(head.as_slice())
+        .map_err(|e| format_error(&path, e.to_string()))?
+        .pages_id;
+    let entries = entries
+        .iter()
+        .map(|b| PagemapEntry::decode(b.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format_error(&path, e.to_string()))?;
+    if entries.windows(2).any(|w| w[1].vaddr < w[0].end()) {
+        return Err(format_error(&path, "entries out of order"));
+    }
+    Ok(Pagemap {
+        head,
+        pages_id,
+        entries,
+    })
+}
+
+fn read_vmas(dir: &Path, pid: &str) -> Result<Vec<VmaEntry>, ImageError> {
+    let path = dir.join(format!("mm-{pid}.img"));
+    let (_, mm) = read_entries(&path)?;
+    let mm = MmEntry::decode(mm.first().map_or(&[][..], Vec::as_slice))
+        .map_err(|e| format_error(&path, e.to_string()))?;
+    let mut vmas = mm.vmas;
+    vmas.sort_by_key(|v| v.start);
+    Ok(vmas)
+}
+
+/// The chain of pagemaps of `pid` below `images`: `parent/`, `parent/parent/`, ...
+fn parent_chain(images: &Path, pid: &str) -> Result<Vec<(PathBuf, Pagemap)>, ImageError> {
+    let mut chain = Vec::new();
+    let mut dir = images.join("parent");
+    while dir.join(format!("pagemap-{pid}.img")).exists() {
+        let pagemap = read_pagemap(&dir, pid)?;
+        chain.push((dir.clone(), pagemap));
+        dir = dir.join("parent");
+    }
+    Ok(chain)
+}
+
+/// Whether every page of `[start, end)` is held, somewhere down the chain of pagemaps
+/// (`chain[0]` the nearest parent), by an entry flagged lazy.
+fn lazy_in_chain(chain: &[&[PagemapEntry]], start: u64, end: u64) -> bool {
+    let Some((level, deeper)) = chain.split_first() else {
+        return false;
+    };
+    let mut at = start;
+    let first = level.partition_point(|e| e.end() <= at);
+    for e in &level[first..] {
+        if at >= end {
+            break;
+        }
+        if e.vaddr > at {
+            return false; // a gap: not in this image at all
+        }
+        let upto = e.end().min(end);
+        let flags = e.pe_flags();
+        let held = if flags & PE_PRESENT != 0 {
+            flags & PE_LAZY != 0
+        } else if flags & PE_PARENT != 0 {
+            lazy_in_chain(deeper, at, upto)
+        } else {
+            false
+        };
+        if !held {
+            return false;
+        }
+        at = upto;
+    }
+    at >= end
+}
+
+/// The pids of the tasks whose pagemaps are in `images`.
+pub fn task_pids(images: &Path) -> Result<Vec<u32>, ImageError> {
+    let entries = std::fs::read_dir(images).map_err(|source| ImageError::Io {
+        path: images.to_path_buf(),
+        source,
+    })?;
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("pagemap-")?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// Flags lazy, in the top pagemaps of `images`, every hole whose pages the parent images hold
+/// in entries CRIU flagged lazy, when its VMA is one CRIU registers for lazy pages (see the
+/// module doc). Rewrites each changed pagemap as a file of its own (a link to the map is
+/// replaced, never written through). Returns the pages flagged.
+pub fn lazy_parent_pages(images: &Path) -> Result<u64, ImageError> {
+    let mut flagged = 0;
+    for pid in task_pids(images)? {
+        let pid = pid.to_string();
+        let mut top = read_pagemap(images, &pid)?;
+        if !top.entries.iter().any(|e| e.pe_flags() & PE_PARENT != 0) {
+            continue;
+        }
+        let chain = parent_chain(images, &pid)?;
+        let levels: Vec<&[PagemapEntry]> = chain.iter().map(|(_, p)| &p.entries[..]).collect();
+        let vmas = read_vmas(images, &pid)?;
+        let mut changed = 0;
+        for e in &mut top.entries {
+            let flags = e.pe_flags();
+            if flags & PE_PARENT == 0 || flags & PE_LAZY != 0 {
+                continue;
+            }
+            let in_lazy_vma = vmas
+                .iter()
+                .any(|v| v.start <= e.vaddr && e.end() <= v.end && v.can_be_lazy());
+            if in_lazy_vma && lazy_in_chain(&levels, e.vaddr, e.end()) {
+                e.flags = Some(flags | PE_LAZY);
+                e.in_parent = None;
+                changed += u64::from(e.nr_pages);
+            }
+        }
+        if changed == 0 {
+            continue;
+        }
+        let path = images.join(format!("pagemap-{pid}.img"));
+        let mut out = Vec::new();
+        out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
+        let entries = top.entries.iter().map(Message::encode_to_vec);
+        for payload in std::iter::once(top.head.clone()).chain(entries) {
+            let len =
+                u32::try_from(payload.len()).map_err(|_| format_error(&path, "entry too large"))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&payload);
+        }
+        let io = |source| ImageError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::remove_file(&path).map_err(io)?;
+        std::fs::write(&path, out).map_err(io)?;
+        flagged += changed;
+    }
+    Ok(flagged)
+}
+
+/// A run of pages the page server puts into a task: `[start, end)` of its address space,
+/// held at `offset` of `LazyPages::files[file]`. Never crosses a VMA of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Index into [`LazyPages::files`].
+    pub file: usize,
+    /// Where `start`'s page begins in that file.
+    pub offset: u64,
+}
+
+impl Extent {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether it holds no page.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Every page of one task that the restore leaves to the page server, and where it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LazyPages {
+    /// The page files (`pages-<id>.img` of the images and of their parents).
+    pub files: Vec<PathBuf>,
+    /// Sorted by address, not overlapping.
+    pub extents: Vec<Extent>,
+}
+
+impl LazyPages {
+    /// The number of pages.
+    pub fn pages(&self) -> u64 {
+        self.extents.iter().map(|e| e.len() / PAGE_SIZE).sum()
+    }
+}
+
+/// One level of the chain, for [`resolve`]: its entries, each present entry's offset in its
+/// page file, and that file's index.
+struct Level {
+    entries: Vec<PagemapEntry>,
+    offsets: Vec<u64>,
+    file: usize,
+}
+
+/// Appends to `out` where `[start, end)` lies, from `levels[depth]` down.
+fn resolve(
+    levels: &[Level],
+    depth: usize,
+    start: u64,
+    end: u64,
+    out: &mut Vec<Extent>,
+) -> Result<(), String> {
+    let missing = || format!("no image of the chain holds pages {start:#x}..{end:#x}");
+    let level = levels.get(depth).ok_or_else(missing)?;
+    let mut at = start;
+    let first = level.entries.partition_point(|e| e.end() <= at);
+    for (e, offset) in level.entries[first..].iter().zip(&level.offsets[first..]) {
+        if at >= end {
+            break;
+        }
+        if e.vaddr > at {
+            return Err(missing());
+        }
+        let upto = e.end().min(end);
+        let flags = e.pe_flags();
+        if flags & PE_PRESENT != 0 {
+            out.push(Extent {
+                start: at,
+                end: upto,
+                file: level.file,
+                offset: offset + (at - e.vaddr),
+            });
+        } else if flags & PE_PARENT != 0 {
+            resolve(levels, depth + 1, at, upto, out)?;
+        } else {
+            return Err(missing());
+        }
+        at = upto;
+    }
+    if at < end {
+        return Err(missing());
+    }
+    Ok(())
+}
+
+/// Every page of task `pid` in `images` that a lazy restore leaves out (entries flagged
+/// `PE_LAZY`, after [`lazy_parent_pages`]), with the page file and offset that hold it, split
+/// at the image's VMA boundaries (one `UFFDIO_COPY` stays in one mapping).
+pub fn lazy_pages(images: &Path, pid: u32) -> Result<LazyPages, ImageError> {
+    let pid = pid.to_string();
+    let top = read_pagemap(images, &pid)?;
+    let chain = parent_chain(images, &pid)?;
+    let vmas = read_vmas(images, &pid)?;
+    let mut files = Vec::new();
+    let mut levels = Vec::new();
+    for (dir, pagemap) in std::iter::once((images.to_path_buf(), top)).chain(chain) {
+        let mut offsets = Vec::with_capacity(pagemap.entries.len());
+        let mut next = 0;
+        for e in &pagemap.entries {
+            offsets.push(next);
+            if e.pe_flags() & PE_PRESENT != 0 {
+                next += u64::from(e.nr_pages) * PAGE_SIZE;
+            }
+        }
+        levels.push(Level {
+            entries: pagemap.entries,
+            offsets,
+            file: files.len(),
+        });
+        files.push(dir.join(format!("pages-{}.img", pagemap.pages_id)));
+    }
+    let mut found = Vec::new();
+    let pagemap_path = images.join(format!("pagemap-{pid}.img"));
+    for e in levels[0]
+        .entries
+        .iter()
+        .filter(|e| e.pe_flags() & PE_LAZY != 0)
+    {
+        let mut pieces = Vec::new();
+        resolve(&levels, 0, e.vaddr, e.end(), &mut pieces)
+            .map_err(|reason| format_error(&pagemap_path, reason))?;
+        found.extend(pieces);
+    }
+    // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
+    let mut extents: Vec<(usize, Extent)> = Vec::with_capacity(found.len());
+    for piece in found {
+        let first = vmas.partition_point(|v| v.end <= piece.start);
+        for (index, vma) in vmas.iter().enumerate().skip(first) {
+            if vma.start >= piece.end {
+                break;
+            }
+            let start = piece.start.max(vma.start);
+            let end = piece.end.min(vma.end);
+            let cut = Extent {
+                start,
+                end,
+                file: piece.file,
+                offset: piece.offset + (start - piece.start),
+            };
+            // Join runs that continue each other in the same file and mapping.
+            match extents.last_mut() {
+                Some((last_vma, last))
+                    if *last_vma == index
+                        && last.end == cut.start
+                        && last.file == cut.file
+                        && last.offset + last.len() == cut.offset =>
+                {
+                    last.end = cut.end;
+                }
+                _ => extents.push((index, cut)),
+            }
+        }
+    }
+    Ok(LazyPages {
+        files,
+        extents: extents.into_iter().map(|(_, e)| e).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_multi(path: &Path, magic: u32, entries: &[Vec<u8>]) {
+        let mut out = Vec::new();
+        out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        out.extend_from_slice(&magic.to_le_bytes());
+        for e in entries {
+            out.extend_from_slice(&u32::try_from(e.len()).unwrap().to_le_bytes());
+            out.extend_from_slice(e);
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn pe(vaddr: u64, nr_pages: u32, flags: u32) -> Vec<u8> {
+        PagemapEntry {
+            vaddr,
+            nr_pages,
+            in_parent: None,
+            flags: Some(flags),
+        }
+        .encode_to_vec()
+    }
+
+    fn pagemap(path: &Path, pages_id: u32, entries: &[Vec<u8>]) {
+        let mut all = vec![PagemapHead { pages_id }.encode_to_vec()];
+        all.extend_from_slice(entries);
+        write_multi(path, PAGEMAP_MAGIC, &all);
+    }
+
+    fn mm(dir: &Path, pid: u32, vmas: Vec<VmaEntry>) {
+        write_multi(
+            &dir.join(format!("mm-{pid}.img")),
+            0x5749_2820,
+            &[MmEntry { vmas }.encode_to_vec()],
+        );
+    }
+
+    fn vma(start: u64, end: u64, flags: u32, status: u32) -> VmaEntry {
+        VmaEntry {
+            start,
+            end,
+            flags,
+            status,
+        }
+    }
+
+    const HEAP: u32 = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+    const ANON: u32 = MAP_ANONYMOUS | MAP_PRIVATE;
+
+    fn p(n: u64) -> u64 {
+        0x10_0000 + n * PAGE_SIZE
+    }
+
+    /// top -> pre-2 -> pre-1, as pre-copy leaves them: returns (root, top).
+    fn chain() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let pre1 = dir.path().join("pre-1");
+        let pre2 = dir.path().join("pre-2");
+        for d in [&top, &pre1, &pre2] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::os::unix::fs::symlink("../pre-2", top.join("parent")).unwrap();
+        std::os::unix::fs::symlink("../pre-1", pre2.join("parent")).unwrap();
+        // Round 1 holds pages 0-9 lazily, 10-11 eagerly (CRIU's choice, e.g. a stack page).
+        pagemap(
+            &pre1.join("pagemap-5.img"),
+            11,
+            &[pe(p(0), 10, PE_PRESENT | PE_LAZY), pe(p(10), 2, PE_PRESENT)],
+        );
+        // Round 2 rewrote pages 2-3 and points at round 1 for the rest.
+        pagemap(
+            &pre2.join("pagemap-5.img"),
+            12,
+            &[
+                pe(p(0), 2, PE_PARENT),
+                pe(p(2), 2, PE_PRESENT | PE_LAZY),
+                pe(p(4), 8, PE_PARENT),
+            ],
+        );
+        (dir, top)
+    }
+
+    #[test]
+    fn holes_over_lazy_parent_pages_become_lazy_and_nothing_else_does() {
+        let (dir, top) = chain();
+        // The dump: holes over pages 0-5, 6-9 (lazy down the chain), 10-11 (not), page 12
+        // written now, and a hole in a VMA that cannot be lazy.
+        let map_file = dir.path().join("map-pagemap");
+        pagemap(
+            &map_file,
+            13,
+            &[
+                pe(p(0), 6, PE_PARENT),
+                pe(p(6), 4, PE_PARENT),
+                pe(p(10), 2, PE_PARENT),
+                pe(p(12), 1, PE_PRESENT | PE_LAZY),
+                pe(p(100), 1, PE_PARENT),
+            ],
+        );
+        let original = std::fs::read(&map_file).unwrap();
+        std::os::unix::fs::symlink(&map_file, top.join("pagemap-5.img")).unwrap();
+        mm(
+            &top,
+            5,
+            vec![
+                vma(p(0), p(13), ANON, HEAP),
+                vma(p(100), p(101), ANON | MAP_LOCKED, HEAP),
+            ],
+        );
+
+        assert_eq!(lazy_parent_pages(&top).unwrap(), 10);
+        // The map's file is untouched: the link was replaced by a file of its own.
+        assert_eq!(std::fs::read(&map_file).unwrap(), original);
+        assert!(!top.join("pagemap-5.img").is_symlink());
+        let entries = read_pagemap(&top, "5").unwrap().entries;
+        let flags: Vec<u32> = entries.iter().map(PagemapEntry::pe_flags).collect();
+        assert_eq!(
+            flags,
+            [
+                PE_PARENT | PE_LAZY,
+                PE_PARENT | PE_LAZY,
+                PE_PARENT,
+                PE_PRESENT | PE_LAZY,
+                PE_PARENT
+            ]
+        );
+        // Idempotent: nothing left to flag.
+        assert_eq!(lazy_parent_pages(&top).unwrap(), 0);
+    }
+
+    #[test]
+    fn every_lazy_page_is_found_in_the_image_that_holds_it() {
+        let (dir, top) = chain();
+        // The dump: page 0 written now (eagerly: not the server's), pages 1-5 lazy holes,
+        // pages 6-7 lazy and written now, 8-9 a lazy hole, 10-11 a hole CRIU restores.
+        pagemap(
+            &top.join("pagemap-5.img"),
+            13,
+            &[
+                pe(p(0), 1, PE_PRESENT),
+                pe(p(1), 5, PE_PARENT | PE_LAZY),
+                pe(p(6), 2, PE_PRESENT | PE_LAZY),
+                pe(p(8), 2, PE_PARENT | PE_LAZY),
+                pe(p(10), 2, PE_PARENT),
+            ],
+        );
+        // Two mappings meet at page 5.
+        mm(
+            &top,
+            5,
+            vec![vma(p(0), p(5), ANON, HEAP), vma(p(5), p(12), ANON, HEAP)],
+        );
+        let lazy = lazy_pages(&top, 5).unwrap();
+        assert_eq!(
+            lazy.files,
+            [
+                top.join("pages-13.img"),
+                top.join("parent/pages-12.img"),
+                top.join("parent/parent/pages-11.img"),
+            ]
+        );
+        let x = |start: u64, end: u64, file: usize, offset_pages: u64| Extent {
+            start: p(start),
+            end: p(end),
+            file,
+            offset: offset_pages * PAGE_SIZE,
+        };
+        assert_eq!(
+            lazy.extents,
+            [
+                // Page 1: round 1 (its page 1); pages 2-3: round 2 (its first two pages);
+                // page 4: round 1 again, cut at the mapping's end.
+                x(1, 2, 2, 1),
+                x(2, 4, 1, 0),
+                x(4, 5, 2, 4),
+                // Page 5 continues round 1 in the next mapping: a new extent.
+                x(5, 6, 2, 5),
+                // Pages 6-7: the dump's own file, after page 0.
+                x(6, 8, 0, 1),
+                // Pages 8-9: round 1.
+                x(8, 10, 2, 8),
+            ]
+        );
+        assert_eq!(lazy.pages(), 9);
+        drop(dir);
+    }
+
+    #[test]
+    fn a_lazy_hole_no_parent_holds_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        pagemap(
+            &dir.path().join("pagemap-9.img"),
+            1,
+            &[pe(p(0), 1, PE_PARENT | PE_LAZY)],
+        );
+        mm(dir.path(), 9, vec![vma(p(0), p(1), ANON, HEAP)]);
+        match lazy_pages(dir.path(), 9) {
+            Err(ImageError::Format { reason, .. }) => assert!(reason.contains("no image")),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+        assert_eq!(task_pids(dir.path()).unwrap(), [9]);
+    }
+}

@@ -1,0 +1,780 @@
+//! The lazy restore's page server (`overboot serve-pages DIR`, started by [`crate::lazy`]): it
+//! puts the memory CRIU's restore left out back into the restored tasks over userfaultfd,
+//! straight from the map's page files, and exits once every page is back.
+//!
+//! It speaks the protocol of CRIU's own `criu lazy-pages` daemon to `criu restore
+//! --lazy-pages`, over `lazy-pages.socket` in the images dir: per restored task its pid (a
+//! native `i32`; negative for a zombie, with nothing else) followed by its userfaultfd (one
+//! byte with `SCM_RIGHTS`); once every task is restored, [`RESTORE_FINISHED`]. Unlike CRIU
+//! 3.17's daemon it serves the pages a pre-copy round holds as well (see
+//! [`overboot_checkpoint::pagemap`]), finds a page by a lookup rather than a walk of the
+//! pagemaps, and copies from a mapping of the page file rather than through a buffer.
+//!
+//! What it does per task (`userfaultfd` events, the task stopped until answered):
+//! - a fault on a page it still holds: copies the 64 KiB around it (within the extent);
+//!   on a page it does not hold (never dumped, or dropped since): a zero page;
+//! - `FORK`: the child gets its own copy of what the parent still misses;
+//! - `REMAP` (mremap): the pages move with the mapping; `UNMAP`/`REMOVE` (munmap, madvise
+//!   `DONTNEED`): they are dropped, a later fault there reads zeros as it would have;
+//! - once the restore finished and no fault waits: copies the rest, 4 MiB at a time.
+//!
+//! Should it fail, it kills the tasks it serves: a task whose missing pages can no longer
+//! come would otherwise read zeros where its memory was (exit code non-zero, cause on stderr).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use overboot_checkpoint::images::ImageError;
+use overboot_checkpoint::pagemap::{self, Extent, LazyPages, PAGE_SIZE};
+use overboot_kexec::sys;
+
+/// CRIU's `LAZY_PAGES_RESTORE_FINISHED` ("ReSTore Finished"): above any pid.
+pub const RESTORE_FINISHED: u32 = 0x5253_5446;
+
+/// The socket `criu restore --lazy-pages` connects to, relative to its work dir.
+pub const SOCKET: &str = "lazy-pages.socket";
+
+/// What a fault brings in at once, around the faulting page.
+const FAULT_WINDOW: u64 = 64 * 1024;
+
+/// What one background copy brings in.
+const CHUNK: u64 = 4 * 1024 * 1024;
+
+/// How often one copy may be told to come back after the task's address space changed.
+const RETRIES: usize = 1000;
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_FORK: u8 = 0x13;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
+/// `sizeof(struct uffd_msg)`.
+const MSG_SIZE: usize = 32;
+
+/// Why the page server stopped before every page was back.
+#[derive(Debug, thiserror::Error)]
+pub enum PageServerError {
+    /// The images could not be read.
+    #[error("cannot index the pages left to the lazy restore in {dir}")]
+    Index {
+        dir: PathBuf,
+        #[source]
+        source: ImageError,
+    },
+    /// A page file could not be mapped, or is shorter than its pagemap says.
+    #[error("cannot map page file {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket could not be made or the restore did not connect.
+    #[error("cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the restore's connection failed.
+    #[error("reading from criu restore")]
+    Restore(#[source] std::io::Error),
+    /// The restore went away before it finished.
+    #[error("criu restore closed its connection before it finished")]
+    HungUp,
+    /// The restore named a task the images do not hold.
+    #[error("criu restore sent task {0}, which the images hold no pagemap for")]
+    UnknownTask(i32),
+    /// A userfaultfd operation failed for a reason other than the task's address space
+    /// changing or the task exiting.
+    #[error("{op} at {addr:#x} in task {pid}")]
+    Uffd {
+        op: &'static str,
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: Errno,
+    },
+    /// The task's address space kept changing under one copy.
+    #[error("task {pid} kept changing its memory map under the copy at {addr:#x}")]
+    Unsettled { pid: i32, addr: u64 },
+    /// An event the server does not know.
+    #[error("task {pid} sent userfaultfd event {event:#x}, which is not handled")]
+    UnknownEvent { pid: i32, event: u8 },
+    /// poll(2) or reading events failed.
+    #[error("waiting for page faults")]
+    Poll(#[source] std::io::Error),
+}
+
+/// What the server did, for its log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Tasks served (forked children included).
+    pub tasks: usize,
+    /// Pages the images left to the server.
+    pub pages: u64,
+    /// Pages put in at a fault (its window included).
+    pub fault_pages: u64,
+    /// Faults answered.
+    pub faults: u64,
+    /// Faults answered with a zero page.
+    pub zero_faults: u64,
+    /// Pages put in by the background copy.
+    pub background_pages: u64,
+    /// Pages dropped (unmapped or discarded by the task before they were put in).
+    pub dropped_pages: u64,
+    /// Milliseconds from the restore's finish to the last page.
+    pub after_restore_ms: u64,
+}
+
+/// The pages of one task still to put in, by start address: disjoint extents.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Missing {
+    extents: BTreeMap<u64, Extent>,
+}
+
+impl Missing {
+    /// The extents of `lazy`.
+    pub fn new(extents: impl IntoIterator<Item = Extent>) -> Missing {
+        let mut missing = Missing::default();
+        for e in extents {
+            missing.put(e);
+        }
+        missing
+    }
+
+    /// Whether every page is in.
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    /// Pages still missing.
+    pub fn pages(&self) -> u64 {
+        self.extents.values().map(|e| e.len() / PAGE_SIZE).sum()
+    }
+
+    /// The extent holding `addr`.
+    pub fn find(&self, addr: u64) -> Option<Extent> {
+        let (_, e) = self.extents.range(..=addr).next_back()?;
+        (addr < e.end).then_some(*e)
+    }
+
+    /// The lowest extent.
+    pub fn first(&self) -> Option<Extent> {
+        self.extents.values().next().copied()
+    }
+
+    /// Puts back an extent (disjoint from every other).
+    pub fn put(&mut self, e: Extent) {
+        if !e.is_empty() {
+            self.extents.insert(e.start, e);
+        }
+    }
+
+    /// Removes `[start, end)` and returns what of it was missing, by address.
+    pub fn take(&mut self, start: u64, end: u64) -> Vec<Extent> {
+        let mut keys: Vec<u64> = self.extents.range(start..end).map(|(k, _)| *k).collect();
+        if let Some((k, e)) = self.extents.range(..start).next_back() {
+            if e.end > start {
+                keys.insert(0, *k);
+            }
+        }
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(e) = self.extents.remove(&key) else {
+                continue;
+            };
+            let at = |addr: u64| Extent {
+                start: addr,
+                end: e.end,
+                file: e.file,
+                offset: e.offset + (addr - e.start),
+            };
+            if e.start < start {
+                self.put(Extent { end: start, ..e });
+            }
+            if e.end > end {
+                self.put(at(end));
+            }
+            let mid = at(e.start.max(start));
+            taken.push(Extent {
+                end: e.end.min(end),
+                ..mid
+            });
+        }
+        taken
+    }
+
+    /// Moves what is missing in `[from, from + len)` to `to` (mremap).
+    pub fn remap(&mut self, from: u64, to: u64, len: u64) {
+        for e in self.take(from, from.saturating_add(len)) {
+            let start = to.wrapping_add(e.start - from);
+            self.put(Extent {
+                start,
+                end: start + e.len(),
+                ..e
+            });
+        }
+    }
+}
+
+/// One task served: its userfaultfd and the pages it still misses.
+#[derive(Debug)]
+struct Task {
+    pid: i32,
+    uffd: File,
+    missing: Missing,
+}
+
+/// A userfaultfd event, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Fault(u64),
+    Fork(i32),
+    Remap { from: u64, to: u64, len: u64 },
+    Drop { start: u64, end: u64 },
+    Other(u8),
+}
+
+impl Event {
+    /// Decodes one `struct uffd_msg`.
+    fn decode(msg: &[u8; MSG_SIZE]) -> Event {
+        let word = |at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().unwrap_or([0; 8]));
+        match msg[0] {
+            UFFD_EVENT_PAGEFAULT => Event::Fault(word(16) & !(PAGE_SIZE - 1)),
+            UFFD_EVENT_FORK => Event::Fork(i32::from_ne_bytes(
+                msg[8..12].try_into().unwrap_or([0xff; 4]),
+            )),
+            UFFD_EVENT_REMAP => Event::Remap {
+                from: word(8),
+                to: word(16),
+                len: word(24),
+            },
+            UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => Event::Drop {
+                start: word(8),
+                end: word(16),
+            },
+            other => Event::Other(other),
+        }
+    }
+}
+
+/// How a copy ended.
+enum Copied {
+    /// Every page asked for is in (or was already).
+    Done,
+    /// The task's address space is changing: read its events, then ask again.
+    Again,
+    /// The task is gone.
+    Gone,
+}
+
+/// The server's state.
+struct Server {
+    maps: Vec<memmap2::Mmap>,
+    index: TaskPages,
+    tasks: Vec<Task>,
+    /// Faults read while another copy waited for the address space to settle.
+    pending: VecDeque<(i32, u64)>,
+    finished: Option<Instant>,
+    summary: Summary,
+}
+
+/// Every task's lazy pages, by pid, with `file` an index into the server's mappings.
+type TaskPages = HashMap<u32, Vec<Extent>>;
+
+/// Indexes every task's lazy pages in `dir` and maps their page files.
+fn index(dir: &Path) -> Result<(Vec<memmap2::Mmap>, TaskPages), PageServerError> {
+    let index_error = |source| PageServerError::Index {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut index = HashMap::new();
+    for pid in pagemap::task_pids(dir).map_err(index_error)? {
+        let LazyPages {
+            files: own,
+            extents,
+        } = pagemap::lazy_pages(dir, pid).map_err(index_error)?;
+        let mut renumber = Vec::with_capacity(own.len());
+        for path in own {
+            let canonical = std::fs::canonicalize(&path).unwrap_or(path);
+            let at = files
+                .iter()
+                .position(|f| *f == canonical)
+                .unwrap_or_else(|| {
+                    files.push(canonical);
+                    files.len() - 1
+                });
+            renumber.push(at);
+        }
+        let extents = extents
+            .into_iter()
+            .map(|e| Extent {
+                file: renumber[e.file],
+                ..e
+            })
+            .collect::<Vec<_>>();
+        index.insert(pid, extents);
+    }
+    let mut maps = Vec::with_capacity(files.len());
+    for (n, path) in files.iter().enumerate() {
+        let used = index.values().flatten().filter(|e| e.file == n);
+        let needed = used.map(|e| e.offset + e.len()).max().unwrap_or(0);
+        let map_error = |source| PageServerError::Map {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(path).map_err(map_error)?;
+        let map = overboot_handover::map_read_only(&file).map_err(map_error)?;
+        if (map.len() as u64) < needed {
+            return Err(map_error(std::io::Error::other(format!(
+                "{} bytes, its pagemap needs {needed}",
+                map.len()
+            ))));
+        }
+        maps.push(map);
+    }
+    Ok((maps, index))
+}
+
+/// Serves the restore of the images in `dir` (the current directory holds the socket) until
+/// every page is back.
+pub fn serve(dir: &Path) -> Result<Summary, PageServerError> {
+    let (maps, index) = index(dir)?;
+    let mut server = Server {
+        summary: Summary {
+            pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
+            ..Summary::default()
+        },
+        maps,
+        index,
+        tasks: Vec::new(),
+        pending: VecDeque::new(),
+        finished: None,
+    };
+    let socket = Path::new(SOCKET);
+    let listen_error = |source| PageServerError::Listen {
+        path: dir.join(SOCKET),
+        source,
+    };
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(listen_error)?;
+    let (client, _) = listener.accept().map_err(listen_error)?;
+    drop(listener);
+    let result = server.run(client);
+    if result.is_err() {
+        server.kill_all();
+    }
+    result.map(|()| server.summary)
+}
+
+impl Server {
+    fn run(&mut self, client: UnixStream) -> Result<(), PageServerError> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut client = Some(client);
+        loop {
+            while let Some((pid, addr)) = self.pending.pop_front() {
+                self.fault(pid, addr)?;
+            }
+            let busy = self.finished.is_some() && self.tasks.iter().any(|t| !t.missing.is_empty());
+            if self.finished.is_some() && !busy {
+                if let Some(at) = self.finished {
+                    self.summary.after_restore_ms =
+                        u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                }
+                return Ok(());
+            }
+            let (client_ready, ready) = {
+                let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.tasks.len() + 1);
+                if let Some(c) = &client {
+                    fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                }
+                fds.extend(
+                    self.tasks
+                        .iter()
+                        .map(|t| PollFd::new(t.uffd.as_fd(), PollFlags::POLLIN)),
+                );
+                let timeout = if busy {
+                    PollTimeout::ZERO
+                } else {
+                    PollTimeout::NONE
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(PageServerError::Poll(e.into())),
+                }
+                let is_ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+                let skip = usize::from(client.is_some());
+                let client_ready = client.is_some() && is_ready(&fds[0]);
+                let ready: Vec<i32> = fds[skip..]
+                    .iter()
+                    .zip(&self.tasks)
+                    .filter(|(fd, _)| is_ready(fd))
+                    .map(|(_, t)| t.pid)
+                    .collect();
+                (client_ready, ready)
+            };
+            if client_ready {
+                if let Some(c) = client.as_mut() {
+                    if !self.read_restore(c)? {
+                        client = None;
+                    }
+                }
+            }
+            for pid in &ready {
+                self.read_events(*pid)?;
+            }
+            if busy && !client_ready && ready.is_empty() && self.pending.is_empty() {
+                self.background()?;
+            }
+        }
+    }
+
+    /// Reads one message of the restore; false when it closed the connection.
+    fn read_restore(&mut self, client: &mut UnixStream) -> Result<bool, PageServerError> {
+        let mut word = [0u8; 4];
+        match client.read(&mut word[..1]) {
+            Ok(0) if self.finished.is_some() => return Ok(false),
+            Ok(0) => return Err(PageServerError::HungUp),
+            Ok(_) => {}
+            Err(e) => return Err(PageServerError::Restore(e)),
+        }
+        client
+            .read_exact(&mut word[1..])
+            .map_err(PageServerError::Restore)?;
+        if u32::from_ne_bytes(word) == RESTORE_FINISHED {
+            self.finished = Some(Instant::now());
+            return Ok(true);
+        }
+        let pid = i32::from_ne_bytes(word);
+        let Ok(key) = u32::try_from(pid) else {
+            return Ok(true); // a zombie: no memory, no descriptor
+        };
+        let uffd = sys::recv_fd(client.as_fd()).map_err(|e| PageServerError::Restore(e.into()))?;
+        let extents = self
+            .index
+            .get(&key)
+            .ok_or(PageServerError::UnknownTask(pid))?;
+        self.tasks.push(Task {
+            pid,
+            uffd: File::from(uffd),
+            missing: Missing::new(extents.iter().copied()),
+        });
+        self.summary.tasks += 1;
+        Ok(true)
+    }
+
+    /// Reads and handles every event waiting on task `pid`'s userfaultfd.
+    fn read_events(&mut self, pid: i32) -> Result<(), PageServerError> {
+        let mut buf = [0u8; MSG_SIZE * 16];
+        loop {
+            let Some(t) = self.tasks.iter().position(|t| t.pid == pid) else {
+                return Ok(());
+            };
+            let n = match self.tasks[t].uffd.read(&mut buf) {
+                Ok(0) => {
+                    self.gone(t);
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PageServerError::Poll(e)),
+            };
+            for msg in buf[..n].chunks_exact(MSG_SIZE) {
+                let msg: &[u8; MSG_SIZE] = msg.try_into().unwrap_or(&[0; MSG_SIZE]);
+                self.event(t, Event::decode(msg))?;
+            }
+        }
+    }
+
+    /// Handles one event of task `t`; a fault is queued (see [`Server::pending`]).
+    fn event(&mut self, t: usize, event: Event) -> Result<(), PageServerError> {
+        let task = &mut self.tasks[t];
+        match event {
+            Event::Fault(addr) => self.pending.push_back((task.pid, addr)),
+            Event::Fork(raw) => {
+                let uffd = sys::adopt_event_fd(raw).map_err(|source| PageServerError::Uffd {
+                    op: "adopting the userfaultfd of a forked child",
+                    pid: task.pid,
+                    addr: 0,
+                    source,
+                })?;
+                let child = Task {
+                    // The child's pid is not in the event: the fd number tells them apart.
+                    pid: -uffd.as_raw_fd(),
+                    missing: task.missing.clone(),
+                    uffd: File::from(uffd),
+                };
+                self.tasks.push(child);
+                self.summary.tasks += 1;
+            }
+            Event::Remap { from, to, len } => task.missing.remap(from, to, len),
+            Event::Drop { start, end } => {
+                let dropped: u64 = task
+                    .missing
+                    .take(start, end)
+                    .iter()
+                    .map(|e| e.len() / PAGE_SIZE)
+                    .sum();
+                self.summary.dropped_pages += dropped;
+            }
+            Event::Other(event) => {
+                return Err(PageServerError::UnknownEvent {
+                    pid: task.pid,
+                    event,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a fault of task `pid` at `addr`.
+    fn fault(&mut self, pid: i32, addr: u64) -> Result<(), PageServerError> {
+        self.summary.faults += 1;
+        for _ in 0..RETRIES {
+            // Looked up again each time: reading events may add or remove tasks.
+            let Some(t) = self.tasks.iter().position(|task| task.pid == pid) else {
+                return Ok(()); // it exited
+            };
+            let outcome = match self.tasks[t].missing.find(addr) {
+                Some(e) => {
+                    let window = addr & !(FAULT_WINDOW - 1);
+                    let (start, end) = (e.start.max(window), e.end.min(window + FAULT_WINDOW));
+                    let before = self.tasks[t].missing.pages();
+                    let outcome = self.copy(t, start, end)?;
+                    if let Some(task) = self.tasks.get(t).filter(|task| task.pid == pid) {
+                        self.summary.fault_pages += before - task.missing.pages();
+                    }
+                    outcome
+                }
+                None => {
+                    self.summary.zero_faults += 1;
+                    self.zero(t, addr)?
+                }
+            };
+            match outcome {
+                Copied::Done | Copied::Gone => return Ok(()),
+                Copied::Again => self.read_events(pid)?,
+            }
+        }
+        Err(PageServerError::Unsettled { pid, addr })
+    }
+
+    /// Maps a zero page at `addr` of task `t`.
+    fn zero(&mut self, t: usize, addr: u64) -> Result<Copied, PageServerError> {
+        let task = &self.tasks[t];
+        match sys::uffd_zeropage(task.uffd.as_fd(), addr, PAGE_SIZE) {
+            Ok(_) => Ok(Copied::Done),
+            Err(p) => match p.errno {
+                Errno::EEXIST => Ok(Copied::Done),
+                // No longer registered (unmapped, or discarded and unregistered): the thread
+                // faults again and the kernel answers it.
+                Errno::ENOENT => {
+                    let _ = sys::uffd_wake(task.uffd.as_fd(), addr, PAGE_SIZE);
+                    Ok(Copied::Done)
+                }
+                Errno::EAGAIN => Ok(Copied::Again),
+                Errno::ESRCH | Errno::ENOSPC => {
+                    self.gone(t);
+                    Ok(Copied::Gone)
+                }
+                source => Err(PageServerError::Uffd {
+                    op: "zero page",
+                    pid: task.pid,
+                    addr,
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// Puts in what task `t` misses of `[start, end)`.
+    fn copy(&mut self, t: usize, start: u64, end: u64) -> Result<Copied, PageServerError> {
+        let pieces = self.tasks[t].missing.take(start, end);
+        for (n, piece) in pieces.iter().enumerate() {
+            let mut at = piece.start;
+            while at < piece.end {
+                let task = &self.tasks[t];
+                let from = usize::try_from(piece.offset + (at - piece.start)).unwrap_or(usize::MAX);
+                let len = usize::try_from(piece.end - at).unwrap_or(usize::MAX);
+                // Checked against the mapping's length when it was made.
+                let src = &self.maps[piece.file][from..from + len];
+                let errno = match sys::uffd_copy(task.uffd.as_fd(), at, src) {
+                    Ok(done) => {
+                        at += done;
+                        continue;
+                    }
+                    Err(p) => {
+                        at += p.done;
+                        p.errno
+                    }
+                };
+                match errno {
+                    // Already there (the task faulted it in through another range): skip it.
+                    Errno::EEXIST => at += PAGE_SIZE,
+                    Errno::EAGAIN => {
+                        let task = &mut self.tasks[t];
+                        task.missing.put(Extent {
+                            start: at,
+                            offset: piece.offset + (at - piece.start),
+                            ..*piece
+                        });
+                        for rest in &pieces[n + 1..] {
+                            task.missing.put(*rest);
+                        }
+                        return Ok(Copied::Again);
+                    }
+                    // The range is no longer registered: unmapped meanwhile.
+                    Errno::ENOENT => at = piece.end,
+                    Errno::ESRCH | Errno::ENOSPC => {
+                        self.gone(t);
+                        return Ok(Copied::Gone);
+                    }
+                    source => {
+                        return Err(PageServerError::Uffd {
+                            op: "copy",
+                            pid: task.pid,
+                            addr: at,
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Copied::Done)
+    }
+
+    /// Copies the next chunk of the first task that still misses pages.
+    fn background(&mut self) -> Result<(), PageServerError> {
+        let Some((t, e)) = self
+            .tasks
+            .iter()
+            .enumerate()
+            .find_map(|(t, task)| task.missing.first().map(|e| (t, e)))
+        else {
+            return Ok(());
+        };
+        let before = self.tasks[t].missing.pages();
+        let pid = self.tasks[t].pid;
+        let outcome = self.copy(t, e.start, e.end.min(e.start + CHUNK))?;
+        if let Some(task) = self.tasks.get(t).filter(|task| task.pid == pid) {
+            self.summary.background_pages += before - task.missing.pages();
+        }
+        if let Copied::Again = outcome {
+            self.read_events(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets task `t`: it exited.
+    fn gone(&mut self, t: usize) {
+        let task = self.tasks.remove(t);
+        self.summary.dropped_pages += task.missing.pages();
+        self.pending.retain(|(pid, _)| *pid != task.pid);
+    }
+
+    /// Kills every task still served (see the module doc).
+    fn kill_all(&self) {
+        for task in self.tasks.iter().filter(|t| t.pid > 0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(task.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(start: u64, end: u64, offset: u64) -> Extent {
+        Extent {
+            start: start * PAGE_SIZE,
+            end: end * PAGE_SIZE,
+            file: 3,
+            offset: offset * PAGE_SIZE,
+        }
+    }
+
+    fn extents(m: &Missing) -> Vec<Extent> {
+        m.extents.values().copied().collect()
+    }
+
+    #[test]
+    fn taking_a_range_splits_the_extents_it_cuts() {
+        let mut m = Missing::new([x(0, 4, 100), x(6, 10, 200), x(12, 13, 300)]);
+        assert_eq!(m.pages(), 9);
+        assert_eq!(m.find(3 * PAGE_SIZE), Some(x(0, 4, 100)));
+        assert_eq!(m.find(4 * PAGE_SIZE), None);
+        assert_eq!(m.find(9 * PAGE_SIZE + 5), Some(x(6, 10, 200)));
+        let taken = m.take(2 * PAGE_SIZE, 8 * PAGE_SIZE);
+        assert_eq!(taken, [x(2, 4, 102), x(6, 8, 200)]);
+        assert_eq!(extents(&m), [x(0, 2, 100), x(8, 10, 202), x(12, 13, 300)]);
+        // Inside one extent: both ends stay.
+        m.put(x(20, 30, 400));
+        assert_eq!(m.take(22 * PAGE_SIZE, 25 * PAGE_SIZE), [x(22, 25, 402)]);
+        assert_eq!(m.take(9 * PAGE_SIZE, 10 * PAGE_SIZE), [x(9, 10, 203)]);
+        assert_eq!(
+            extents(&m),
+            [
+                x(0, 2, 100),
+                x(8, 9, 202),
+                x(12, 13, 300),
+                x(20, 22, 400),
+                x(25, 30, 405)
+            ]
+        );
+        // Nothing there.
+        assert!(m.take(40 * PAGE_SIZE, 50 * PAGE_SIZE).is_empty());
+        assert_eq!(m.pages(), 11);
+    }
+
+    #[test]
+    fn remapped_pages_move_with_their_source() {
+        let mut m = Missing::new([x(0, 4, 100), x(10, 12, 50)]);
+        // mremap of pages 2-11 to 100-109: pages 2-3 and 10-11 move, keeping their bytes.
+        m.remap(2 * PAGE_SIZE, 100 * PAGE_SIZE, 10 * PAGE_SIZE);
+        assert_eq!(
+            extents(&m),
+            [x(0, 2, 100), x(100, 102, 102), x(108, 110, 50)]
+        );
+        // And back down.
+        m.remap(100 * PAGE_SIZE, 20 * PAGE_SIZE, 2 * PAGE_SIZE);
+        assert_eq!(extents(&m), [x(0, 2, 100), x(20, 22, 102), x(108, 110, 50)]);
+    }
+
+    #[test]
+    fn events_decode_from_the_kernel_layout() {
+        let mut msg = [0u8; MSG_SIZE];
+        msg[0] = UFFD_EVENT_PAGEFAULT;
+        msg[16..24].copy_from_slice(&0x7f00_1234u64.to_ne_bytes());
+        assert_eq!(Event::decode(&msg), Event::Fault(0x7f00_1000));
+        msg[0] = UFFD_EVENT_FORK;
+        msg[8..12].copy_from_slice(&9i32.to_ne_bytes());
+        assert_eq!(Event::decode(&msg), Event::Fork(9));
+        msg[0] = UFFD_EVENT_REMAP;
+        msg[8..16].copy_from_slice(&1u64.to_ne_bytes());
+        msg[16..24].copy_from_slice(&2u64.to_ne_bytes());
+        msg[24..32].copy_from_slice(&3u64.to_ne_bytes());
+        assert_eq!(
+            Event::decode(&msg),
+            Event::Remap {
+                from: 1,
+                to: 2,
+                len: 3
+            }
+        );
+        msg[0] = UFFD_EVENT_UNMAP;
+        assert_eq!(Event::decode(&msg), Event::Drop { start: 1, end: 2 });
+        msg[0] = 0x99;
+        assert_eq!(Event::decode(&msg), Event::Other(0x99));
+    }
+}
