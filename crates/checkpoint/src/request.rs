@@ -164,8 +164,9 @@ pub struct RestoreRequest {
     pub tcp_close: bool,
     /// `--external` resources.
     pub external: Vec<String>,
-    /// Leave the private anonymous memory to a running `criu lazy-pages` daemon (userfaultfd):
-    /// the tasks start before their pages are back. The daemon must listen on
+    /// Leave the private anonymous memory to a running lazy-pages daemon (userfaultfd; CRIU's
+    /// `criu lazy-pages`, or overboot's page server): the tasks start before their pages are
+    /// back. The daemon must listen on
     /// `lazy-pages.socket` in the work dir (the images dir when there is none).
     pub lazy_pages: bool,
 }

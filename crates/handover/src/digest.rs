@@ -33,22 +33,52 @@ const CHUNK: usize = 1 << 20;
 pub(crate) struct FileDigest {
     pub(crate) size: u64,
     pub(crate) hex: String,
+    /// The digest of each [`CHUNK_BYTES`] of it, when asked for (see [`chunk_digest`]).
+    pub(crate) chunks: Vec<String>,
+}
+
+/// The size of the pieces of a large file that are digested on their own as well (map format
+/// 3.1), so that a reader can check the piece it is about to use without reading the whole
+/// file: the lazy restore's page server checks each piece of the memory pages before its first
+/// page goes into a task.
+pub const CHUNK_BYTES: u64 = CHUNK_LEN as u64;
+
+/// [`CHUNK_BYTES`] as a length in memory.
+pub(crate) const CHUNK_LEN: usize = 1 << 20;
+
+/// The digest of one piece of a file (XXH64, seed 0, lower-case hex).
+pub fn chunk_digest(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh64::xxh64(bytes, 0))
 }
 
 /// Files at least this large are hashed in place through a mapping (see `mapped`); smaller
 /// ones are read, which costs less than setting up a mapping.
 const MAP_AT_LEAST: u64 = 1 << 20;
 
-/// Hashes one file.
-pub(crate) fn hash_file(path: &Path, algorithm: DigestAlgorithm) -> io::Result<FileDigest> {
+/// Hashes one file; with `chunked`, a file of at least [`MAP_AT_LEAST`] bytes gets the
+/// digests of its [`CHUNK_BYTES`] pieces too (read while they are in the cache).
+pub(crate) fn hash_file(
+    path: &Path,
+    algorithm: DigestAlgorithm,
+    chunked: bool,
+) -> io::Result<FileDigest> {
     let file = File::open(path)?;
     if file.metadata()?.len() >= MAP_AT_LEAST {
         let bytes = crate::mapped::map(&file)?;
         let mut hasher = Hasher::new(algorithm);
-        hasher.update(&bytes);
+        let mut chunks = Vec::new();
+        if chunked {
+            for piece in bytes.chunks(CHUNK_LEN) {
+                chunks.push(chunk_digest(piece));
+                hasher.update(piece);
+            }
+        } else {
+            hasher.update(&bytes);
+        }
         return Ok(FileDigest {
             size: bytes.len() as u64,
             hex: hasher.finish_hex(),
+            chunks,
         });
     }
     let mut reader = HashingReader::new(file, algorithm);
@@ -122,6 +152,7 @@ impl<R: Read> HashingReader<R> {
         FileDigest {
             size: self.size,
             hex: self.hasher.finish_hex(),
+            chunks: Vec::new(),
         }
     }
 }
@@ -197,17 +228,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("abc");
         std::fs::write(&path, b"abc").unwrap();
-        let digest = hash_file(&path, DigestAlgorithm::Sha256).unwrap();
+        let digest = hash_file(&path, DigestAlgorithm::Sha256, false).unwrap();
         assert_eq!(digest.size, 3);
         assert_eq!(
             digest.hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         // The reference implementation's value (Python `xxhash.xxh3_128_hexdigest(b"abc")`).
-        let digest = hash_file(&path, DigestAlgorithm::Xxh3_128).unwrap();
+        let digest = hash_file(&path, DigestAlgorithm::Xxh3_128, false).unwrap();
         assert_eq!(digest.hex, "06b05ab6733a618578af5f94892f3950");
         // The reference value of the XXH64 specification's sanity check (seed 0).
-        let digest = hash_file(&path, DigestAlgorithm::Xxh64).unwrap();
+        let digest = hash_file(&path, DigestAlgorithm::Xxh64, false).unwrap();
         assert_eq!(digest.hex, "44bc2cf5ad770999");
     }
 
@@ -224,10 +255,19 @@ mod tests {
             DigestAlgorithm::Xxh3_128,
             DigestAlgorithm::Xxh64,
         ] {
-            let mapped = hash_file(&path, algorithm).unwrap();
+            let mapped = hash_file(&path, algorithm, false).unwrap();
             let mut reader = HashingReader::new(bytes.as_slice(), algorithm);
             std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
             assert_eq!(mapped, reader.finish(), "{algorithm}");
+            // Chunked: the same file digest, and each 1 MiB piece's own (the last short).
+            let chunked = hash_file(&path, algorithm, true).unwrap();
+            assert_eq!(chunked.hex, mapped.hex, "{algorithm}");
+            let pieces: Vec<String> = bytes
+                .chunks(CHUNK_LEN)
+                .map(|c| format!("{:016x}", xxhash_rust::xxh64::xxh64(c, 0)))
+                .collect();
+            assert_eq!(chunked.chunks.len(), 4);
+            assert_eq!(chunked.chunks, pieces, "{algorithm}");
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod store;
 mod verify;
 mod writer;
 
+pub use digest::{chunk_digest, CHUNK_BYTES};
 pub use error::HandoverError;
 pub use manifest::{
     CarriedFile, ClockReadings, DigestAlgorithm, FileEntry, FormatVersion, KernelInfo, Manifest,

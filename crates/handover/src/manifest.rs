@@ -58,7 +58,7 @@ pub enum ManifestError {
 }
 
 /// The manifest format this build writes.
-pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 3, minor: 0 };
+pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 3, minor: 1 };
 
 /// Oldest major version this build still reads (format 1: image digests are SHA-256).
 const OLDEST_READABLE_MAJOR: u16 = 1;
@@ -225,6 +225,10 @@ pub struct FileEntry {
     /// (format 1 called it `sha256`).
     #[serde(alias = "sha256")]
     pub digest: String,
+    /// Format 3.1, files of 1 MiB and more: the XXH64 of each [`crate::CHUNK_BYTES`] piece,
+    /// in order (see [`crate::chunk_digest`]). Absent in older maps and for small files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
 }
 
 /// The manifest of a Save State Map.
@@ -420,6 +424,7 @@ mod tests {
                 FileEntry {
                     size: 4096,
                     digest: "00".repeat(16),
+                    chunks: vec!["11".repeat(8)],
                 },
             )]),
             file_digest: DigestAlgorithm::Xxh64,

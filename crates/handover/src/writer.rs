@@ -133,7 +133,7 @@ impl MapWriter {
             .cloned()
             .collect();
         let digests = parallel_map(&files, |rel| {
-            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST)
+            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST, true)
         });
         let mut bytes = 0;
         for (rel, digest) in files.into_iter().zip(digests) {
@@ -144,6 +144,7 @@ impl MapWriter {
                 FileEntry {
                     size: digest.size,
                     digest: digest.hex,
+                    chunks: digest.chunks,
                 },
             );
         }
@@ -195,7 +196,7 @@ impl MapWriter {
             }
         }
         let digests = parallel_map(&listed, |rel| {
-            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST)
+            hash_file(&self.dir.join(rel.as_str()), CURRENT_DIGEST, true)
         });
         for (rel, digest) in listed.into_iter().zip(digests) {
             let digest = digest.map_err(|e| match e.kind() {
@@ -205,6 +206,7 @@ impl MapWriter {
             let entry = FileEntry {
                 size: digest.size,
                 digest: digest.hex,
+                chunks: digest.chunks,
             };
             manifest.files.insert(rel.clone(), entry);
         }

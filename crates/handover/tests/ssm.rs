@@ -604,3 +604,60 @@ fn a_split_verification_defers_only_the_digests_it_was_told_to() {
         Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/core-4242.img"
     ));
 }
+
+#[test]
+fn pieces_left_to_their_user_are_skipped_and_every_other_piece_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut writer = SaveStateMap::create(tmp.path().join("ssm")).unwrap();
+    let dir = writer.create_dir("trees/redis").unwrap();
+    let mib = usize::try_from(overboot_handover::CHUNK_BYTES).unwrap();
+    let big = bytes(7, 3 * mib + 100);
+    fs::write(dir.join("pages-1.img"), &big).unwrap();
+    fs::write(dir.join("pages-2.img"), bytes(8, 4096)).unwrap();
+    fs::write(dir.join("core-1.img"), bytes(9, 100)).unwrap();
+    writer.adopt_tree("trees/redis").unwrap();
+    let mut manifest = Manifest {
+        trees: vec![tree("redis", 1, "trees/redis")],
+        ..Manifest::default()
+    };
+    manifest.rollback.kernel = "/boot/vmlinuz".into();
+    let map = writer.finish(manifest).unwrap();
+    // Format 3.1: the large page file carries the digest of each 1 MiB piece, the small
+    // files none.
+    let entry = &map.manifest().files["trees/redis/pages-1.img"];
+    assert_eq!(entry.chunks.len(), 4);
+    assert_eq!(
+        entry.chunks[3],
+        overboot_handover::chunk_digest(&big[3 * mib..])
+    );
+    assert!(map.manifest().files["trees/redis/pages-2.img"]
+        .chunks
+        .is_empty());
+
+    let pages = |rel: &str| rel.contains("/pages-");
+    let (_, later) = map.verify_split(pages).unwrap();
+    // Damage in piece 1: named when that piece is checked, not when it is left to its user.
+    let victim = map.path_of("trees/redis/pages-1.img");
+    let mut content = fs::read(&victim).unwrap();
+    content[mib + 5] ^= 0x40;
+    fs::write(&victim, &content).unwrap();
+    let skip_1 = |rel: &str, piece: usize| rel.ends_with("pages-1.img") && piece == 1;
+    let report = later.verify_except(skip_1).unwrap();
+    assert_eq!(report.files, 2);
+    assert_eq!(report.bytes, (2 * mib + 100 + 4096) as u64);
+    let skip_0 = |rel: &str, piece: usize| rel.ends_with("pages-1.img") && piece == 0;
+    match later.verify_except(skip_0) {
+        Err(HandoverError::ImageCorrupt { path, .. }) => {
+            assert_eq!(
+                path,
+                format!("trees/redis/pages-1.img (bytes {mib}..{})", 2 * mib)
+            );
+        }
+        other => panic!("expected the damaged piece named, got {other:?}"),
+    }
+    // Skipping nothing checks the file whole.
+    assert!(matches!(
+        later.verify_except(|_, _| false),
+        Err(HandoverError::ImageCorrupt { path, .. }) if path == "trees/redis/pages-1.img"
+    ));
+}

@@ -12,6 +12,8 @@ use overboot_lab::Guest;
 
 const CMD: Duration = Duration::from_secs(120);
 const HEAP_MIB: u32 = 256;
+/// Reserved RAM for the map of the lazy update (the heaps, pre-copied, and their last dump).
+const PMEM_MIB: u32 = 1536;
 
 /// Waits (in the guest, polling the file) until `path` has at least `lines` lines.
 fn wait_lines(guest: &mut Guest, path: &str, lines: u64) {
@@ -30,6 +32,18 @@ fn carry_across(to: &str, lazy: bool) {
     let scenario = lab.scenario(&name, &["A", to], 512).expect("scenario");
     let mut config = lab.guest_config(&scenario, "A").expect("config");
     config.memory_mib = 3072;
+    // The lazy update goes through the reserved-RAM store with pre-copy, so that the page
+    // servers serve pages of the pre-copy rounds too; the other through the initrd.
+    let mut handover = String::new();
+    let mut append = BASE_CMDLINE.to_string();
+    if lazy {
+        let (total, offset) = overboot_lab::lab::pmem_layout(config.memory_mib, PMEM_MIB);
+        let memmap = format!("memmap={PMEM_MIB}M!{offset}M");
+        config.memory_mib = total;
+        config.append = format!("{} {memmap}", config.append);
+        handover = " --handover dir:/pmem/ssm".into();
+        append = format!("{append} {memmap}");
+    }
     let mut guest = lab.boot(&config).expect("boot A");
     let release_to = lab.kernel(to).expect("kernel").release.clone();
 
@@ -58,9 +72,13 @@ fn carry_across(to: &str, lazy: bool) {
     guest
         .send(&format!(
             "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
-             --append '{BASE_CMDLINE}' --rollback-kernel /lab/boot/A/vmlinuz \
+             --append '{append}' --rollback-kernel /lab/boot/A/vmlinuz \
              --rollback-initrd /lab/boot/A/initrd.img{preserve}{}",
-            if lazy { " --lazy-restore" } else { "" }
+            if lazy {
+                format!(" --lazy-restore{handover}")
+            } else {
+                String::new()
+            }
         ))
         .expect("send update");
     guest
@@ -92,7 +110,12 @@ fn carry_across(to: &str, lazy: bool) {
         "freeze_dump",
         "write_map",
         "publish",
-        "kexec_load",
+        // A map written in place is loaded before the freeze (`kexec_load_early`).
+        if lazy {
+            "kexec_load_early"
+        } else {
+            "kexec_load"
+        },
         "jump_to_agent",
         "new_kernel_boot",
         "verify_map",

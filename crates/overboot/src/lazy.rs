@@ -8,18 +8,24 @@
 //! and the server finds them down the chain of rounds. (CRIU 3.17's own `criu lazy-pages`
 //! cannot: it serves only the pages the final dump wrote.)
 //!
-//! The map's memory pages are still verified before any restored task runs (the restore's
-//! gate), so the server puts in only checked bytes. What changes is the trust put in it
-//! afterwards: until it is done, a task's missing pages exist only in the map, and should the
-//! server die, the kernel hands the task zero-filled pages instead — so a server that fails
-//! kills the tasks it serves, and that is why it is an option, and why an update refuses to
-//! start while a server of the previous one still serves.
+//! The server puts in only checked bytes, but it checks them itself: the restore's gate
+//! verifies everything CRIU reads before any restored task runs, and leaves the 1 MiB pieces
+//! of the memory pages that a server puts in whole ([`served_pieces`]); the server checks each
+//! such piece against its digest in the map (format 3.1) before its first page goes in. So the
+//! check no longer grows the blackout with the memory carried — and a damaged piece, found
+//! after the tasks ran, can no longer roll the update back: the server kills the tasks it
+//! serves rather than feed them damaged memory. The other trust put in it: until it is done,
+//! a task's missing pages exist only in the map, and should the server die, the kernel hands
+//! the task zero-filled pages instead (so a server that fails kills its tasks too). That is
+//! why it is an option, and why an update refuses to start while a server of the previous one
+//! still serves.
 //!
 //! Each server's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
 //! tell the previous one is still copying: CRIU cannot dump a task with userfaultfd ranges.
 //! A shell stays the server's parent and writes its exit code beside its log ([`STATUS`]): 0
 //! once every page came back.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,10 +102,11 @@ impl Daemon {
 }
 
 /// Starts the page server (`overboot`, the binary at `program`, as `serve-pages`) for the
-/// restore images in `dir` (also the restore's work dir, where the socket and its log go) and
-/// waits until it listens. A shell stays its parent to write its exit code to [`STATUS`] in
-/// `dir` when it is done (0: every page came back).
-pub fn start(program: &Path, dir: &Path) -> Result<Daemon, LazyError> {
+/// restore images in `dir` (also the restore's work dir, where the socket and its log go),
+/// whose page files are in the map at `map` (for their piece digests), and waits until it
+/// listens. A shell stays its parent to write its exit code to [`STATUS`] in `dir` when it is
+/// done (0: every page came back).
+pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError> {
     let socket = dir.join(SOCKET);
     let log = dir.join(LOG);
     let pid_file = dir.join(PID);
@@ -107,7 +114,7 @@ pub fn start(program: &Path, dir: &Path) -> Result<Daemon, LazyError> {
         let _ = std::fs::remove_file(stale);
     }
     let script = format!(
-        "\"$0\" {VERB} \"$1\" 2> {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
+        "\"$0\" {VERB} \"$1\" --map \"$2\" 2> {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
          wait $!; echo $? > {STATUS}.tmp && mv {STATUS}.tmp {STATUS}"
     );
     let mut child = Command::new("/bin/sh")
@@ -115,6 +122,7 @@ pub fn start(program: &Path, dir: &Path) -> Result<Daemon, LazyError> {
         .arg(script)
         .arg(program)
         .arg(dir)
+        .arg(map)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -148,6 +156,78 @@ pub fn start(program: &Path, dir: &Path) -> Result<Daemon, LazyError> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The pieces of the map's files ([`overboot_handover::CHUNK_BYTES`] each, by map-relative
+/// path) that the page servers of the restores in `dirs` put into tasks themselves, whole:
+/// they check each against its digest before its first page goes in, so the restore's gate
+/// may leave them. A piece any byte of which the restore itself reads is not among them.
+pub fn served_pieces(
+    map: &overboot_handover::SaveStateMap,
+    dirs: &[PathBuf],
+) -> Result<BTreeMap<String, BTreeSet<usize>>, overboot_checkpoint::images::ImageError> {
+    use overboot_checkpoint::pagemap;
+    let root = std::fs::canonicalize(map.dir()).unwrap_or_else(|_| map.dir().to_path_buf());
+    let mut spans: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for dir in dirs {
+        for pid in pagemap::task_pids(dir)? {
+            let lazy = pagemap::lazy_pages(dir, pid)?;
+            let rels: Vec<Option<String>> = lazy
+                .files
+                .iter()
+                .map(|f| {
+                    let f = std::fs::canonicalize(f).ok()?;
+                    Some(f.strip_prefix(&root).ok()?.to_str()?.to_string())
+                })
+                .collect();
+            for e in &lazy.extents {
+                if let Some(rel) = &rels[e.file] {
+                    spans
+                        .entry(rel.clone())
+                        .or_default()
+                        .push((e.offset, e.offset + e.len()));
+                }
+            }
+        }
+    }
+    let mut served = BTreeMap::new();
+    for (rel, spans) in spans {
+        let Some(entry) = map.manifest().files.get(&rel) else {
+            continue;
+        };
+        let pieces = whole_pieces(spans, entry.size, overboot_handover::CHUNK_BYTES);
+        if !pieces.is_empty() {
+            served.insert(rel, pieces);
+        }
+    }
+    Ok(served)
+}
+
+/// The pieces of `piece` bytes of a file of `size` bytes that `spans` (byte ranges) cover
+/// entirely.
+fn whole_pieces(mut spans: Vec<(u64, u64)>, size: u64, piece: u64) -> BTreeSet<usize> {
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in spans {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut pieces = BTreeSet::new();
+    for (start, end) in merged {
+        let first = start.div_ceil(piece);
+        let mut at = first;
+        // A piece is whole when it starts inside the span and ends inside it (or at the
+        // file's end).
+        while at * piece < end && ((at + 1) * piece).min(size) <= end {
+            if let Ok(index) = usize::try_from(at) {
+                pieces.insert(index);
+            }
+            at += 1;
+        }
+    }
+    pieces
 }
 
 /// Kills the shell's process group (the shell and its daemon) and reaps the shell.
@@ -202,6 +282,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_pieces_the_spans_cover_whole_are_served() {
+        // Pieces of 10 bytes, a file of 45: [0,10) [10,20) [20,30) [30,40) [40,45).
+        let pieces = |spans: Vec<(u64, u64)>| whole_pieces(spans, 45, 10);
+        assert_eq!(pieces(vec![(0, 10)]), BTreeSet::from([0]));
+        assert_eq!(pieces(vec![(1, 10)]), BTreeSet::new());
+        // Adjacent and overlapping spans join; the short last piece counts when covered.
+        assert_eq!(
+            pieces(vec![(25, 45), (10, 20), (18, 26)]),
+            BTreeSet::from([1, 2, 3, 4])
+        );
+        assert_eq!(pieces(vec![(5, 39)]), BTreeSet::from([1, 2]));
+        assert_eq!(pieces(vec![]), BTreeSet::new());
+    }
+
+    #[test]
     fn records_read_back_and_garbage_is_skipped() {
         assert_eq!(
             parse_records("redis.service 412\npid:77 78\nbroken\nx notapid\n"),
@@ -254,7 +349,7 @@ mod tests {
         // `false` exits at once without listening, and so does a missing binary; the shell
         // records the exit code either way.
         for criu in ["false", "/nonexistent/criu"] {
-            match start(Path::new(criu), dir.path()) {
+            match start(Path::new(criu), dir.path(), dir.path()) {
                 Err(LazyError::Exited { .. }) => {}
                 other => panic!("{criu}: expected Exited, got {other:?}"),
             }

@@ -106,6 +106,25 @@ pub enum PageServerError {
     /// An event the server does not know.
     #[error("task {pid} sent userfaultfd event {event:#x}, which is not handled")]
     UnknownEvent { pid: i32, event: u8 },
+    /// The map cannot be opened for its piece digests.
+    #[error("cannot open the map at {path} for the digests of its memory pages")]
+    OpenMap {
+        path: PathBuf,
+        #[source]
+        source: overboot_handover::HandoverError,
+    },
+    /// A piece of a page file does not match its digest: its pages are not put in.
+    #[error(
+        "{path}: bytes {start}..{end} do not match their digest (expected {expected}, got \
+         {actual}); the tasks are killed rather than given damaged memory"
+    )]
+    Corrupt {
+        path: PathBuf,
+        start: u64,
+        end: u64,
+        expected: String,
+        actual: String,
+    },
     /// poll(2) or reading events failed.
     #[error("waiting for page faults")]
     Poll(#[source] std::io::Error),
@@ -128,6 +147,8 @@ pub struct Summary {
     pub background_pages: u64,
     /// Pages dropped (unmapped or discarded by the task before they were put in).
     pub dropped_pages: u64,
+    /// Bytes of the page files checked against their piece digests.
+    pub checked_bytes: u64,
     /// Milliseconds from the restore's finish to the last page.
     pub after_restore_ms: u64,
 }
@@ -277,6 +298,9 @@ enum Copied {
 /// The server's state.
 struct Server {
     maps: Vec<memmap2::Mmap>,
+    /// Per mapping: its path, the digest of each piece (none: checked whole by the gate) and
+    /// which pieces were checked.
+    pieces: Vec<Pieces>,
     index: TaskPages,
     tasks: Vec<Task>,
     /// Faults read while another copy waited for the address space to settle.
@@ -285,11 +309,29 @@ struct Server {
     summary: Summary,
 }
 
+/// A page file's piece digests (map format 3.1) and which pieces passed.
+#[derive(Debug)]
+struct Pieces {
+    path: PathBuf,
+    digests: Vec<String>,
+    checked: Vec<bool>,
+}
+
 /// Every task's lazy pages, by pid, with `file` an index into the server's mappings.
 type TaskPages = HashMap<u32, Vec<Extent>>;
 
-/// Indexes every task's lazy pages in `dir` and maps their page files.
-fn index(dir: &Path) -> Result<(Vec<memmap2::Mmap>, TaskPages), PageServerError> {
+/// Indexes every task's lazy pages in `dir` and maps their page files, with the piece
+/// digests the map at `map` lists for them.
+fn index(
+    dir: &Path,
+    map: &Path,
+) -> Result<(Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages), PageServerError> {
+    let ssm =
+        overboot_handover::SaveStateMap::open(map).map_err(|source| PageServerError::OpenMap {
+            path: map.to_path_buf(),
+            source,
+        })?;
+    let root = std::fs::canonicalize(map).unwrap_or_else(|_| map.to_path_buf());
     let index_error = |source| PageServerError::Index {
         dir: dir.to_path_buf(),
         source,
@@ -323,6 +365,7 @@ fn index(dir: &Path) -> Result<(Vec<memmap2::Mmap>, TaskPages), PageServerError>
         index.insert(pid, extents);
     }
     let mut maps = Vec::with_capacity(files.len());
+    let mut pieces = Vec::with_capacity(files.len());
     for (n, path) in files.iter().enumerate() {
         let used = index.values().flatten().filter(|e| e.file == n);
         let needed = used.map(|e| e.offset + e.len()).max().unwrap_or(0);
@@ -331,28 +374,45 @@ fn index(dir: &Path) -> Result<(Vec<memmap2::Mmap>, TaskPages), PageServerError>
             source,
         };
         let file = File::open(path).map_err(map_error)?;
-        let map = overboot_handover::map_read_only(&file).map_err(map_error)?;
-        if (map.len() as u64) < needed {
+        let mapping = overboot_handover::map_read_only(&file).map_err(map_error)?;
+        if (mapping.len() as u64) < needed {
             return Err(map_error(std::io::Error::other(format!(
                 "{} bytes, its pagemap needs {needed}",
-                map.len()
+                mapping.len()
             ))));
         }
+        let map = mapping;
+        let digests = path
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|rel| ssm.manifest().files.get(rel.to_str()?))
+            .filter(|entry| {
+                entry.chunks.len() as u64 == entry.size.div_ceil(overboot_handover::CHUNK_BYTES)
+                    && entry.size == map.len() as u64
+            })
+            .map(|entry| entry.chunks.clone())
+            .unwrap_or_default();
+        pieces.push(Pieces {
+            path: path.clone(),
+            checked: vec![false; digests.len()],
+            digests,
+        });
         maps.push(map);
     }
-    Ok((maps, index))
+    Ok((maps, pieces, index))
 }
 
-/// Serves the restore of the images in `dir` (the current directory holds the socket) until
-/// every page is back.
-pub fn serve(dir: &Path) -> Result<Summary, PageServerError> {
-    let (maps, index) = index(dir)?;
+/// Serves the restore of the images in `dir` (the current directory holds the socket), whose
+/// page files are in the map at `map`, until every page is back.
+pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
+    let (maps, pieces, index) = index(dir, map)?;
     let mut server = Server {
         summary: Summary {
             pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
             ..Summary::default()
         },
         maps,
+        pieces,
         index,
         tasks: Vec::new(),
         pending: VecDeque::new(),
@@ -601,9 +661,10 @@ impl Server {
         for (n, piece) in pieces.iter().enumerate() {
             let mut at = piece.start;
             while at < piece.end {
-                let task = &self.tasks[t];
                 let from = usize::try_from(piece.offset + (at - piece.start)).unwrap_or(usize::MAX);
                 let len = usize::try_from(piece.end - at).unwrap_or(usize::MAX);
+                self.check(piece.file, from, len)?;
+                let task = &self.tasks[t];
                 // Checked against the mapping's length when it was made.
                 let src = &self.maps[piece.file][from..from + len];
                 let errno = match sys::uffd_copy(task.uffd.as_fd(), at, src) {
@@ -649,6 +710,37 @@ impl Server {
             }
         }
         Ok(Copied::Done)
+    }
+
+    /// Checks, against their digests, the pieces of page file `file` under `[from, from + len)`
+    /// not checked yet.
+    fn check(&mut self, file: usize, from: usize, len: usize) -> Result<(), PageServerError> {
+        let pieces = &mut self.pieces[file];
+        if pieces.digests.is_empty() || len == 0 {
+            return Ok(());
+        }
+        let size = usize::try_from(overboot_handover::CHUNK_BYTES).unwrap_or(usize::MAX);
+        let map = &self.maps[file];
+        for index in from / size..=(from + len - 1) / size {
+            if pieces.checked.get(index).copied().unwrap_or(true) {
+                continue;
+            }
+            let start = index * size;
+            let end = (start + size).min(map.len());
+            let actual = overboot_handover::chunk_digest(&map[start..end]);
+            if actual != pieces.digests[index] {
+                return Err(PageServerError::Corrupt {
+                    path: pieces.path.clone(),
+                    start: start as u64,
+                    end: end as u64,
+                    expected: pieces.digests[index].clone(),
+                    actual,
+                });
+            }
+            pieces.checked[index] = true;
+            self.summary.checked_bytes += (end - start) as u64;
+        }
+        Ok(())
     }
 
     /// Copies the next chunk of the first task that still misses pages.
@@ -749,6 +841,57 @@ mod tests {
         // And back down.
         m.remap(100 * PAGE_SIZE, 20 * PAGE_SIZE, 2 * PAGE_SIZE);
         assert_eq!(extents(&m), [x(0, 2, 100), x(20, 22, 102), x(108, 110, 50)]);
+    }
+
+    #[test]
+    fn a_piece_is_checked_once_before_use_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pages-1.img");
+        let mib = usize::try_from(overboot_handover::CHUNK_BYTES).unwrap();
+        let mut bytes: Vec<u8> = (0..3 * mib).map(|i| (i % 251) as u8).collect();
+        let digests = bytes
+            .chunks(mib)
+            .map(overboot_handover::chunk_digest)
+            .collect();
+        bytes[mib + 7] ^= 1; // damage in piece 1
+        std::fs::write(&path, &bytes).unwrap();
+        let map = overboot_handover::map_read_only(&File::open(&path).unwrap()).unwrap();
+        let mut server = Server {
+            maps: vec![map],
+            pieces: vec![Pieces {
+                path: path.clone(),
+                digests,
+                checked: vec![false; 3],
+            }],
+            index: TaskPages::new(),
+            tasks: Vec::new(),
+            pending: VecDeque::new(),
+            finished: None,
+            summary: Summary::default(),
+        };
+        // Pieces 0 and 2 pass, each checked once.
+        server.check(0, 4096, 8192).unwrap();
+        server.check(0, 2 * mib, mib).unwrap();
+        server.check(0, 0, 4096).unwrap();
+        assert_eq!(
+            server.summary.checked_bytes,
+            2 * overboot_handover::CHUNK_BYTES
+        );
+        assert_eq!(server.pieces[0].checked, [true, false, true]);
+        // A copy reaching into piece 1 is refused, naming its bytes.
+        match server.check(0, mib - 4096, 8192) {
+            Err(PageServerError::Corrupt { start, end, .. }) => {
+                assert_eq!((start, end), (mib as u64, 2 * mib as u64));
+            }
+            other => panic!("expected the damaged piece refused, got {other:?}"),
+        }
+        // Without digests (checked by the gate), nothing is checked here.
+        server.pieces[0] = Pieces {
+            path,
+            digests: Vec::new(),
+            checked: Vec::new(),
+        };
+        server.check(0, mib, 4096).unwrap();
     }
 
     #[test]

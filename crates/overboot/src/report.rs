@@ -76,8 +76,8 @@ pub struct TreeReport {
     /// The time namespace the restored root runs in (`time:[inode]`), made by CRIU.
     #[serde(default)]
     pub time_namespace: Option<String>,
-    /// With a lazy restore: the `criu lazy-pages` daemon serving this tree's memory, and its
-    /// log. It exits when every page is back.
+    /// With a lazy restore: the page server (`overboot serve-pages`) putting this tree's
+    /// memory back, and its log. It exits when every page is back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy_pages: Option<LazyPages>,
 }

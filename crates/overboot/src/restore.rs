@@ -36,8 +36,9 @@ pub struct TreeJob {
     pub inject_failure: bool,
     /// CRIU's log level.
     pub log_level: i32,
-    /// Restore the memory lazily, from overboot's page server (see [`crate::lazy`]); a
-    /// daemon that cannot start makes it an ordinary restore.
+    /// Restore the memory lazily, from overboot's page server (see [`crate::lazy`]), started
+    /// by the caller of [`restore_all`]; a server that cannot start makes it an ordinary
+    /// restore.
     pub lazy: bool,
 }
 
@@ -107,29 +108,17 @@ fn ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Starts the page server of `job`; `None` (an ordinary restore) when it cannot serve.
-fn lazy_daemon(job: &TreeJob) -> Option<crate::lazy::Daemon> {
-    std::env::current_exe()
-        .map_err(|source| crate::lazy::LazyError::Spawn {
-            shell: PathBuf::from("/proc/self/exe"),
-            source,
-        })
-        .and_then(|program| crate::lazy::start(&program, &job.images))
-        .map_err(|e| {
-            let error = overboot_checkpoint::error_chain(&e);
-            tracing::warn!(tree = %job.name, %error, "no lazy restore: restoring every page now");
-        })
-        .ok()
-}
-
 /// A check that must pass before any restored task runs, run beside the restores.
 pub type Gate<'a> = &'a (dyn Fn() -> Result<(), overboot_handover::HandoverError> + Sync);
 
 /// Restores every job at once, all or nothing, with `gate` as one more participant (its
-/// result comes back with the trees'). `on_first_arrival` runs when the first tree reaches
-/// `post-restore` (the kill-agent fault uses it).
+/// result comes back with the trees'). `daemons[i]`, when there, is the page server already
+/// listening for `jobs[i]`, which is then restored lazily (stopped if the restore fails).
+/// `on_first_arrival` runs when the first tree reaches `post-restore` (the kill-agent fault
+/// uses it).
 pub fn restore_all(
     jobs: &[TreeJob],
+    mut daemons: Vec<Option<crate::lazy::Daemon>>,
     gate: Option<Gate<'_>>,
     on_first_arrival: &(dyn Fn() + Sync),
 ) -> (
@@ -152,14 +141,19 @@ pub fn restore_all(
                 result
             })
         });
+        daemons.resize_with(jobs.len(), || None);
         let handles: Vec<_> = jobs
             .iter()
-            .map(|job| {
+            .zip(daemons)
+            .map(|(job, daemon)| {
                 let barrier = &barrier;
                 let first = &first;
                 scope.spawn(move || {
                     let start = Instant::now();
                     if job.inject_failure {
+                        if let Some(daemon) = daemon {
+                            daemon.stop();
+                        }
                         barrier.fail();
                         return TreeResult {
                             name: job.name.clone(),
@@ -169,7 +163,6 @@ pub fn restore_all(
                         };
                     }
                     let mut criu = overboot_checkpoint::Criu::default();
-                    let daemon = job.lazy.then(|| lazy_daemon(job)).flatten();
                     let mut request = RestoreRequest::new(&job.images);
                     request.lazy_pages = daemon.is_some();
                     request.network_lock = job.lock;
@@ -284,7 +277,7 @@ mod tests {
             log_level: 2,
             lazy: false,
         }];
-        let (results, gate) = restore_all(&jobs, None, &|| {});
+        let (results, gate) = restore_all(&jobs, Vec::new(), None, &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
         assert!(gate.is_none());
     }
@@ -296,7 +289,7 @@ mod tests {
                 path: "trees/a/pages-1.img".into(),
             })
         };
-        let (_, gate) = restore_all(&[], Some(&failing), &|| {});
+        let (_, gate) = restore_all(&[], Vec::new(), Some(&failing), &|| {});
         assert!(matches!(
             gate,
             Some(Err(overboot_handover::HandoverError::ImageMissing { .. }))
@@ -310,7 +303,7 @@ mod tests {
             log_level: 2,
             lazy: false,
         }];
-        let (results, gate) = restore_all(&jobs, Some(&|| Ok(())), &|| {});
+        let (results, gate) = restore_all(&jobs, Vec::new(), Some(&|| Ok(())), &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
         assert!(matches!(gate, Some(Ok(()))));
     }

@@ -128,7 +128,7 @@ pub enum UpdateError {
     LazyUnsupported,
     /// The previous update's lazy restore is still copying pages (nothing was frozen).
     #[error(
-        "{tree} is still being restored lazily by criu lazy-pages (pid {pid}) from the last \
+        "{tree} is still being restored lazily by a page server (pid {pid}) from the last \
          update: nothing was frozen; wait until that process exits (every page is back), then \
          update again"
     )]

@@ -177,7 +177,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
     if records.iter().any(|r| r.lazy_restore) {
         out.push_str(
             "\nThe update methods ran with `--lazy-restore`: memory came back after the tasks \
-             resumed, from a `criu lazy-pages` daemon per tree.\n",
+             resumed, from overboot's page server per tree.\n",
         );
     }
     let find = |m: Method, s: u32| {

@@ -12,16 +12,20 @@ use super::CommandError;
 pub struct Args {
     /// The restore's images dir (it must be the current directory: the socket is relative).
     pub dir: PathBuf,
+    /// The Save State Map holding the page files (for their piece digests).
+    #[arg(long)]
+    pub map: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<(), CommandError> {
     let started = std::time::Instant::now();
-    let summary = overboot::pageserver::serve(&args.dir)?;
+    let summary = overboot::pageserver::serve(&args.dir, &args.map)?;
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
         "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, {} in \
-         the background, {} dropped by the tasks), {} ms after the restore finished, {} ms in all",
+         the background, {} dropped by the tasks; {} MiB checked), {} ms after the restore \
+         finished, {} ms in all",
         summary.tasks,
         summary.pages,
         summary.fault_pages,
@@ -29,6 +33,7 @@ pub fn run(args: Args) -> Result<(), CommandError> {
         summary.zero_faults,
         summary.background_pages,
         summary.dropped_pages,
+        summary.checked_bytes >> 20,
         summary.after_restore_ms,
         started.elapsed().as_millis()
     );

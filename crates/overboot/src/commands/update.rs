@@ -62,11 +62,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u8).range(0..=4))]
     criu_log_level: u8,
     /// Restore the services' memory lazily in the new kernel: they run again as soon as
-    /// everything but their memory is back, and a `criu lazy-pages` daemon per service copies
-    /// the pages from the map, each on first touch, the rest in the background, then exits.
-    /// The map is still verified before anything runs. Until the daemon is done, a service's
-    /// memory exists only in the map: should the daemon die, the service gets zero-filled
-    /// pages. A later update refuses to start until the daemon has exited.
+    /// everything but their memory is back, and a page server per service copies the pages
+    /// from the map, each on first touch, the rest in the background, then exits. Everything
+    /// but the memory pages is verified before anything runs; the pages the server puts in,
+    /// 1 MiB at a time before their first use (a damaged piece kills the service rather than
+    /// feed it). Until the server is done, a service's memory exists only in the map: should
+    /// it die, the service gets zero-filled pages. A later update refuses to start until the
+    /// server has exited.
     #[arg(long)]
     lazy_restore: bool,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
