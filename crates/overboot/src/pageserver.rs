@@ -848,7 +848,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages-1.img");
         let mib = usize::try_from(overboot_handover::CHUNK_BYTES).unwrap();
-        let mut bytes: Vec<u8> = (0..3 * mib).map(|i| (i % 251) as u8).collect();
+        let mut bytes: Vec<u8> = (0..3 * mib).map(|i| (i % 251).to_le_bytes()[0]).collect();
         let digests = bytes
             .chunks(mib)
             .map(overboot_handover::chunk_digest)
