@@ -281,50 +281,79 @@ pub fn lazy_parent_pages(images: &Path) -> Result<u64, ImageError> {
     for pid in task_pids(images)? {
         let pid = pid.to_string();
         let mut top = read_pagemap(images, &pid)?;
-        if !top.entries.iter().any(|e| e.pe_flags() & PE_PARENT != 0) {
-            continue;
-        }
         let chain = parent_chain(images, &pid)?;
-        let levels: Vec<&[PagemapEntry]> = chain.iter().map(|(_, p)| &p.entries[..]).collect();
         let vmas = read_vmas(images, &pid)?;
-        let mut changed = 0;
-        for e in &mut top.entries {
-            let flags = e.pe_flags();
-            if flags & PE_PARENT == 0 || flags & PE_LAZY != 0 {
-                continue;
-            }
-            let in_lazy_vma = vmas
-                .iter()
-                .any(|v| v.start <= e.vaddr && e.end() <= v.end && v.can_be_lazy());
-            if in_lazy_vma && lazy_in_chain(&levels, e.vaddr, e.end()) {
-                e.flags = Some(flags | PE_LAZY);
-                e.in_parent = None;
-                changed += u64::from(e.nr_pages);
-            }
-        }
-        if changed == 0 {
-            continue;
-        }
-        let path = images.join(format!("pagemap-{pid}.img"));
-        let mut out = Vec::new();
-        out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-        out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
-        let entries = top.entries.iter().map(Message::encode_to_vec);
-        for payload in std::iter::once(top.head.clone()).chain(entries) {
-            let len =
-                u32::try_from(payload.len()).map_err(|_| format_error(&path, "entry too large"))?;
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&payload);
-        }
-        let io = |source| ImageError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::remove_file(&path).map_err(io)?;
-        std::fs::write(&path, out).map_err(io)?;
-        flagged += changed;
+        flagged += flag_parent_holes(images, &pid, &mut top, &chain, &vmas)?;
     }
     Ok(flagged)
+}
+
+/// [`lazy_parent_pages`] for one task whose images are read already.
+fn flag_parent_holes(
+    images: &Path,
+    pid: &str,
+    top: &mut Pagemap,
+    chain: &[(PathBuf, Pagemap)],
+    vmas: &[VmaEntry],
+) -> Result<u64, ImageError> {
+    if !top.entries.iter().any(|e| e.pe_flags() & PE_PARENT != 0) {
+        return Ok(0);
+    }
+    let levels: Vec<&[PagemapEntry]> = chain.iter().map(|(_, p)| &p.entries[..]).collect();
+    let mut changed = 0;
+    for e in &mut top.entries {
+        let flags = e.pe_flags();
+        if flags & PE_PARENT == 0 || flags & PE_LAZY != 0 {
+            continue;
+        }
+        let at = vmas.partition_point(|v| v.end <= e.vaddr);
+        let in_lazy_vma = vmas
+            .get(at)
+            .is_some_and(|v| v.start <= e.vaddr && e.end() <= v.end && v.can_be_lazy());
+        if in_lazy_vma && lazy_in_chain(&levels, e.vaddr, e.end()) {
+            e.flags = Some(flags | PE_LAZY);
+            e.in_parent = None;
+            changed += u64::from(e.nr_pages);
+        }
+    }
+    if changed == 0 {
+        return Ok(0);
+    }
+    let path = images.join(format!("pagemap-{pid}.img"));
+    let mut out = Vec::new();
+    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+    out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
+    let entries = top.entries.iter().map(Message::encode_to_vec);
+    for payload in std::iter::once(top.head.clone()).chain(entries) {
+        let len =
+            u32::try_from(payload.len()).map_err(|_| format_error(&path, "entry too large"))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    let io = |source| ImageError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::remove_file(&path).map_err(io)?;
+    std::fs::write(&path, out).map_err(io)?;
+    Ok(changed)
+}
+
+/// Both of the lazy restore's preparations in one reading of each task's images: flags the
+/// pre-copied holes lazy ([`lazy_parent_pages`]) and indexes every task's lazy pages
+/// ([`lazy_pages`]). Returns the pages flagged and the index by pid.
+pub fn prepare_lazy(images: &Path) -> Result<(u64, Vec<(u32, LazyPages)>), ImageError> {
+    let mut flagged = 0;
+    let mut tasks = Vec::new();
+    for pid in task_pids(images)? {
+        let name = pid.to_string();
+        let mut top = read_pagemap(images, &name)?;
+        let chain = parent_chain(images, &name)?;
+        let vmas = read_vmas(images, &name)?;
+        flagged += flag_parent_holes(images, &name, &mut top, &chain, &vmas)?;
+        tasks.push((pid, index_task(images, &name, top, chain, &vmas)?));
+    }
+    Ok((flagged, tasks))
 }
 
 /// A run of pages the page server puts into a task: `[start, end)` of its address space,
@@ -426,6 +455,17 @@ pub fn lazy_pages(images: &Path, pid: u32) -> Result<LazyPages, ImageError> {
     let top = read_pagemap(images, &pid)?;
     let chain = parent_chain(images, &pid)?;
     let vmas = read_vmas(images, &pid)?;
+    index_task(images, &pid, top, chain, &vmas)
+}
+
+/// [`lazy_pages`] for one task whose images are read already.
+fn index_task(
+    images: &Path,
+    pid: &str,
+    top: Pagemap,
+    chain: Vec<(PathBuf, Pagemap)>,
+    vmas: &[VmaEntry],
+) -> Result<LazyPages, ImageError> {
     let mut files = Vec::new();
     let mut levels = Vec::new();
     for (dir, pagemap) in std::iter::once((images.to_path_buf(), top)).chain(chain) {
@@ -623,6 +663,15 @@ mod tests {
         );
         // Idempotent: nothing left to flag.
         assert_eq!(lazy_parent_pages(&top).unwrap(), 0);
+        let indexed = lazy_pages(&top, 5).unwrap();
+        assert_eq!(indexed.pages(), 11);
+        // In one pass: the same flags and the same index.
+        std::fs::remove_file(top.join("pagemap-5.img")).unwrap();
+        std::os::unix::fs::symlink(&map_file, top.join("pagemap-5.img")).unwrap();
+        let (flagged, tasks) = prepare_lazy(&top).unwrap();
+        assert_eq!(flagged, 10);
+        assert_eq!(tasks, [(5, indexed)]);
+        assert_eq!(std::fs::read(&map_file).unwrap(), original);
     }
 
     #[test]

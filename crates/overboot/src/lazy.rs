@@ -110,7 +110,7 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
     let socket = dir.join(SOCKET);
     let log = dir.join(LOG);
     let pid_file = dir.join(PID);
-    for stale in [&socket, &pid_file, &dir.join(STATUS)] {
+    for stale in [&socket, &pid_file, &dir.join(STATUS), &dir.join(PIECES)] {
         let _ = std::fs::remove_file(stale);
     }
     let script = format!(
@@ -158,54 +158,33 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
     }
 }
 
-/// The pieces of the map's files ([`overboot_handover::CHUNK_BYTES`] each, by map-relative
-/// path) that the page servers of the restores in `dirs` put into tasks themselves, whole:
-/// they check each against its digest before its first page goes in, so the restore's gate
-/// may leave them. A piece any byte of which the restore itself reads is not among them.
-pub fn served_pieces(
-    map: &overboot_handover::SaveStateMap,
-    dirs: &[PathBuf],
-) -> Result<BTreeMap<String, BTreeSet<usize>>, overboot_checkpoint::images::ImageError> {
-    use overboot_checkpoint::pagemap;
-    let root = std::fs::canonicalize(map.dir()).unwrap_or_else(|_| map.dir().to_path_buf());
-    let mut spans: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+/// File the page server writes in the directory it serves once it indexed its pages: the
+/// pieces ([`overboot_handover::CHUNK_BYTES`] each) of the map's page files, by map-relative
+/// path, that it puts in whole and checks itself before their first use. The restore's gate
+/// leaves those; a piece any byte of which the restore itself reads is not among them.
+pub const PIECES: &str = "lazy-pieces.json";
+
+/// The pieces the page servers of the restores in `dirs` check themselves (see [`PIECES`]);
+/// a server that wrote none leaves every piece to the gate.
+pub fn served_pieces(dirs: &[PathBuf]) -> BTreeMap<String, BTreeSet<usize>> {
+    let mut served: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for dir in dirs {
-        for pid in pagemap::task_pids(dir)? {
-            let lazy = pagemap::lazy_pages(dir, pid)?;
-            let rels: Vec<Option<String>> = lazy
-                .files
-                .iter()
-                .map(|f| {
-                    let f = std::fs::canonicalize(f).ok()?;
-                    Some(f.strip_prefix(&root).ok()?.to_str()?.to_string())
-                })
-                .collect();
-            for e in &lazy.extents {
-                if let Some(rel) = &rels[e.file] {
-                    spans
-                        .entry(rel.clone())
-                        .or_default()
-                        .push((e.offset, e.offset + e.len()));
-                }
-            }
-        }
-    }
-    let mut served = BTreeMap::new();
-    for (rel, spans) in spans {
-        let Some(entry) = map.manifest().files.get(&rel) else {
+        let Ok(bytes) = std::fs::read(dir.join(PIECES)) else {
             continue;
         };
-        let pieces = whole_pieces(spans, entry.size, overboot_handover::CHUNK_BYTES);
-        if !pieces.is_empty() {
-            served.insert(rel, pieces);
+        let Ok(pieces) = serde_json::from_slice::<BTreeMap<String, BTreeSet<usize>>>(&bytes) else {
+            continue;
+        };
+        for (rel, set) in pieces {
+            served.entry(rel).or_default().extend(set);
         }
     }
-    Ok(served)
+    served
 }
 
 /// The pieces of `piece` bytes of a file of `size` bytes that `spans` (byte ranges) cover
 /// entirely.
-fn whole_pieces(mut spans: Vec<(u64, u64)>, size: u64, piece: u64) -> BTreeSet<usize> {
+pub(crate) fn whole_pieces(mut spans: Vec<(u64, u64)>, size: u64, piece: u64) -> BTreeSet<usize> {
     spans.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (start, end) in spans {

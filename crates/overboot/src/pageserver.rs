@@ -313,6 +313,8 @@ struct Server {
 #[derive(Debug)]
 struct Pieces {
     path: PathBuf,
+    /// The file's length.
+    size: usize,
     digests: Vec<String>,
     checked: Vec<bool>,
 }
@@ -338,11 +340,14 @@ fn index(
     };
     let mut files: Vec<PathBuf> = Vec::new();
     let mut index = HashMap::new();
-    for pid in pagemap::task_pids(dir).map_err(index_error)? {
+    // One reading of the images: flag the pre-copied holes lazy (the restore reads the
+    // rewritten pagemaps) and index what the server will put in.
+    let (_, tasks) = pagemap::prepare_lazy(dir).map_err(index_error)?;
+    for (pid, lazy) in tasks {
         let LazyPages {
             files: own,
             extents,
-        } = pagemap::lazy_pages(dir, pid).map_err(index_error)?;
+        } = lazy;
         let mut renumber = Vec::with_capacity(own.len());
         for path in own {
             let canonical = std::fs::canonicalize(&path).unwrap_or(path);
@@ -394,6 +399,7 @@ fn index(
             .unwrap_or_default();
         pieces.push(Pieces {
             path: path.clone(),
+            size: map.len(),
             checked: vec![false; digests.len()],
             digests,
         });
@@ -402,10 +408,42 @@ fn index(
     Ok((maps, pieces, index))
 }
 
+/// Writes [`crate::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
+/// path) that this server puts in whole and checks itself, for the restore's gate to leave.
+/// Best effort: without the file the gate checks everything.
+fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], index: &TaskPages) {
+    let root = std::fs::canonicalize(map).unwrap_or_else(|_| map.to_path_buf());
+    let mut spans: Vec<Vec<(u64, u64)>> = vec![Vec::new(); pieces.len()];
+    for e in index.values().flatten() {
+        spans[e.file].push((e.offset, e.offset + e.len()));
+    }
+    let mut served = std::collections::BTreeMap::new();
+    for (file, spans) in pieces.iter().zip(spans) {
+        let Some(rel) = file.path.strip_prefix(&root).ok().and_then(Path::to_str) else {
+            continue;
+        };
+        if file.digests.is_empty() {
+            continue; // no piece digests: the gate checks the file whole
+        }
+        let size = u64::try_from(file.size).unwrap_or(u64::MAX);
+        let whole = crate::lazy::whole_pieces(spans, size, overboot_handover::CHUNK_BYTES);
+        if !whole.is_empty() {
+            served.insert(rel.to_string(), whole);
+        }
+    }
+    if let Ok(json) = serde_json::to_vec(&served) {
+        let tmp = dir.join(format!("{}.tmp", crate::lazy::PIECES));
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(crate::lazy::PIECES));
+        }
+    }
+}
+
 /// Serves the restore of the images in `dir` (the current directory holds the socket), whose
 /// page files are in the map at `map`, until every page is back.
 pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
     let (maps, pieces, index) = index(dir, map)?;
+    write_served_pieces(dir, map, &pieces, &index);
     let mut server = Server {
         summary: Summary {
             pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
@@ -860,6 +898,7 @@ mod tests {
             maps: vec![map],
             pieces: vec![Pieces {
                 path: path.clone(),
+                size: 3 * mib,
                 digests,
                 checked: vec![false; 3],
             }],
@@ -888,6 +927,7 @@ mod tests {
         // Without digests (checked by the gate), nothing is checked here.
         server.pieces[0] = Pieces {
             path,
+            size: 3 * mib,
             digests: Vec::new(),
             checked: Vec::new(),
         };

@@ -515,6 +515,11 @@ impl RunContext<'_> {
         let (summary, samples) = incr.finish();
         let check = dataset.check(rg.redis, BULK)?;
         let report = service::agent_report(&mut rg.guest)?;
+        // The page servers' summaries (a lazy restore), kept in the guest's console log.
+        let _ = rg.guest.run(
+            "cat /run/overboot/*/*/lazy-pages.log 2>/dev/null; true",
+            Duration::from_secs(60),
+        );
         let latency = LatencyFile {
             blackout_start_ms: summary.blackout_start_ms,
             samples: samples.iter().map(LatencySample::from).collect(),
