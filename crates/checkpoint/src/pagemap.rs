@@ -389,6 +389,9 @@ pub struct LazyPages {
     pub files: Vec<PathBuf>,
     /// Sorted by address, not overlapping.
     pub extents: Vec<Extent>,
+    /// Where the pages the restore itself puts in lie (`file` and `offset` as above; the
+    /// addresses are the task's): bytes of the page files that CRIU reads.
+    pub eager: Vec<Extent>,
 }
 
 impl LazyPages {
@@ -486,15 +489,17 @@ fn index_task(
     }
     let mut found = Vec::new();
     let pagemap_path = images.join(format!("pagemap-{pid}.img"));
-    for e in levels[0]
-        .entries
-        .iter()
-        .filter(|e| e.pe_flags() & PE_LAZY != 0)
-    {
+    let mut eager = Vec::new();
+    for e in &levels[0].entries {
         let mut pieces = Vec::new();
-        resolve(&levels, 0, e.vaddr, e.end(), &mut pieces)
-            .map_err(|reason| format_error(&pagemap_path, reason))?;
-        found.extend(pieces);
+        if e.pe_flags() & PE_LAZY != 0 {
+            resolve(&levels, 0, e.vaddr, e.end(), &mut pieces)
+                .map_err(|reason| format_error(&pagemap_path, reason))?;
+            found.extend(pieces);
+        } else if resolve(&levels, 0, e.vaddr, e.end(), &mut pieces).is_ok() {
+            // Not found: the restore fails on it before any task runs.
+            eager.extend(pieces);
+        }
     }
     // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
     let mut extents: Vec<(usize, Extent)> = Vec::with_capacity(found.len());
@@ -529,6 +534,7 @@ fn index_task(
     Ok(LazyPages {
         files,
         extents: extents.into_iter().map(|(_, e)| e).collect(),
+        eager,
     })
 }
 
@@ -728,6 +734,8 @@ mod tests {
             ]
         );
         assert_eq!(lazy.pages(), 9);
+        // What CRIU reads itself: page 0 from the dump's file, pages 10-11 from round 1.
+        assert_eq!(lazy.eager, [x(0, 1, 0, 0), x(10, 12, 2, 10)]);
         drop(dir);
     }
 

@@ -160,8 +160,9 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
 
 /// File the page server writes in the directory it serves once it indexed its pages: the
 /// pieces ([`overboot_handover::CHUNK_BYTES`] each) of the map's page files, by map-relative
-/// path, that it puts in whole and checks itself before their first use. The restore's gate
-/// leaves those; a piece any byte of which the restore itself reads is not among them.
+/// path, that the restore itself reads nothing from. The restore's gate leaves those: the
+/// server checks each piece it reads from before its first use, and nothing reads the rest
+/// (pages a later pre-copy round or the dump wrote again).
 pub const PIECES: &str = "lazy-pieces.json";
 
 /// The pieces the page servers of the restores in `dirs` check themselves (see [`PIECES`]);
@@ -182,31 +183,27 @@ pub fn served_pieces(dirs: &[PathBuf]) -> BTreeMap<String, BTreeSet<usize>> {
     served
 }
 
-/// The pieces of `piece` bytes of a file of `size` bytes that `spans` (byte ranges) cover
-/// entirely.
-pub(crate) fn whole_pieces(mut spans: Vec<(u64, u64)>, size: u64, piece: u64) -> BTreeSet<usize> {
-    spans.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in spans {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
+/// The pieces of `piece` bytes of a file of `size` bytes that no span of `reads` (byte
+/// ranges) touches.
+pub(crate) fn untouched_pieces(reads: &[(u64, u64)], size: u64, piece: u64) -> BTreeSet<usize> {
+    let count = size.div_ceil(piece);
+    let mut touched = vec![false; usize::try_from(count).unwrap_or(0)];
+    for &(start, end) in reads {
+        if end <= start {
+            continue;
         }
-    }
-    let mut pieces = BTreeSet::new();
-    for (start, end) in merged {
-        let first = start.div_ceil(piece);
-        let mut at = first;
-        // A piece is whole when it starts inside the span and ends inside it (or at the
-        // file's end).
-        while at * piece < end && ((at + 1) * piece).min(size) <= end {
-            if let Ok(index) = usize::try_from(at) {
-                pieces.insert(index);
+        for index in start / piece..=((end - 1) / piece).min(count.saturating_sub(1)) {
+            if let Some(t) = usize::try_from(index).ok().and_then(|i| touched.get_mut(i)) {
+                *t = true;
             }
-            at += 1;
         }
     }
-    pieces
+    touched
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !**t)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Kills the shell's process group (the shell and its daemon) and reaps the shell.
@@ -261,18 +258,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_pieces_the_spans_cover_whole_are_served() {
+    fn only_pieces_the_restore_reads_nothing_from_are_left_to_the_server() {
         // Pieces of 10 bytes, a file of 45: [0,10) [10,20) [20,30) [30,40) [40,45).
-        let pieces = |spans: Vec<(u64, u64)>| whole_pieces(spans, 45, 10);
-        assert_eq!(pieces(vec![(0, 10)]), BTreeSet::from([0]));
-        assert_eq!(pieces(vec![(1, 10)]), BTreeSet::new());
-        // Adjacent and overlapping spans join; the short last piece counts when covered.
-        assert_eq!(
-            pieces(vec![(25, 45), (10, 20), (18, 26)]),
-            BTreeSet::from([1, 2, 3, 4])
-        );
-        assert_eq!(pieces(vec![(5, 39)]), BTreeSet::from([1, 2]));
-        assert_eq!(pieces(vec![]), BTreeSet::new());
+        let left = |reads: &[(u64, u64)]| untouched_pieces(reads, 45, 10);
+        assert_eq!(left(&[]), BTreeSet::from([0, 1, 2, 3, 4]));
+        // One byte is enough to keep a piece for the gate; an empty span touches nothing.
+        assert_eq!(left(&[(19, 21), (44, 45), (5, 5)]), BTreeSet::from([0, 3]));
+        assert_eq!(left(&[(0, 45)]), BTreeSet::new());
+        // Spans past the end (they cannot be read) change nothing beyond it.
+        assert_eq!(left(&[(30, 400)]), BTreeSet::from([0, 1, 2]));
     }
 
     #[test]

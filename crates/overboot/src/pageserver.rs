@@ -322,12 +322,15 @@ struct Pieces {
 /// Every task's lazy pages, by pid, with `file` an index into the server's mappings.
 type TaskPages = HashMap<u32, Vec<Extent>>;
 
+/// Per mapping: the byte ranges the restore itself reads from it.
+type EagerSpans = Vec<Vec<(u64, u64)>>;
+
 /// Indexes every task's lazy pages in `dir` and maps their page files, with the piece
 /// digests the map at `map` lists for them.
 fn index(
     dir: &Path,
     map: &Path,
-) -> Result<(Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages), PageServerError> {
+) -> Result<(Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages, EagerSpans), PageServerError> {
     let ssm =
         overboot_handover::SaveStateMap::open(map).map_err(|source| PageServerError::OpenMap {
             path: map.to_path_buf(),
@@ -340,6 +343,7 @@ fn index(
     };
     let mut files: Vec<PathBuf> = Vec::new();
     let mut index = HashMap::new();
+    let mut eager: Vec<(usize, u64, u64)> = Vec::new();
     // One reading of the images: flag the pre-copied holes lazy (the restore reads the
     // rewritten pagemaps) and index what the server will put in.
     let (_, tasks) = pagemap::prepare_lazy(dir).map_err(index_error)?;
@@ -347,6 +351,7 @@ fn index(
         let LazyPages {
             files: own,
             extents,
+            eager: reads,
         } = lazy;
         let mut renumber = Vec::with_capacity(own.len());
         for path in own {
@@ -368,6 +373,11 @@ fn index(
             })
             .collect::<Vec<_>>();
         index.insert(pid, extents);
+        eager.extend(
+            reads
+                .iter()
+                .map(|e| (renumber[e.file], e.offset, e.offset + e.len())),
+        );
     }
     let mut maps = Vec::with_capacity(files.len());
     let mut pieces = Vec::with_capacity(files.len());
@@ -405,20 +415,22 @@ fn index(
         });
         maps.push(map);
     }
-    Ok((maps, pieces, index))
+    let mut spans: EagerSpans = vec![Vec::new(); files.len()];
+    for (file, start, end) in eager {
+        spans[file].push((start, end));
+    }
+    Ok((maps, pieces, index, spans))
 }
 
 /// Writes [`crate::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
-/// path) that this server puts in whole and checks itself, for the restore's gate to leave.
-/// Best effort: without the file the gate checks everything.
-fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], index: &TaskPages) {
+/// path) that the restore itself reads nothing from, for its gate to leave: this server
+/// checks each piece it reads from before its first page goes in, and nothing reads the others
+/// (pages a later round or the dump wrote again). Best effort: without the file the gate
+/// checks everything.
+fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerSpans) {
     let root = std::fs::canonicalize(map).unwrap_or_else(|_| map.to_path_buf());
-    let mut spans: Vec<Vec<(u64, u64)>> = vec![Vec::new(); pieces.len()];
-    for e in index.values().flatten() {
-        spans[e.file].push((e.offset, e.offset + e.len()));
-    }
     let mut served = std::collections::BTreeMap::new();
-    for (file, spans) in pieces.iter().zip(spans) {
+    for (file, reads) in pieces.iter().zip(eager) {
         let Some(rel) = file.path.strip_prefix(&root).ok().and_then(Path::to_str) else {
             continue;
         };
@@ -426,9 +438,9 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], index: &TaskPa
             continue; // no piece digests: the gate checks the file whole
         }
         let size = u64::try_from(file.size).unwrap_or(u64::MAX);
-        let whole = crate::lazy::whole_pieces(spans, size, overboot_handover::CHUNK_BYTES);
-        if !whole.is_empty() {
-            served.insert(rel.to_string(), whole);
+        let left = crate::lazy::untouched_pieces(reads, size, overboot_handover::CHUNK_BYTES);
+        if !left.is_empty() {
+            served.insert(rel.to_string(), left);
         }
     }
     if let Ok(json) = serde_json::to_vec(&served) {
@@ -442,8 +454,8 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], index: &TaskPa
 /// Serves the restore of the images in `dir` (the current directory holds the socket), whose
 /// page files are in the map at `map`, until every page is back.
 pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
-    let (maps, pieces, index) = index(dir, map)?;
-    write_served_pieces(dir, map, &pieces, &index);
+    let (maps, pieces, index, eager) = index(dir, map)?;
+    write_served_pieces(dir, map, &pieces, &eager);
     let mut server = Server {
         summary: Summary {
             pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
