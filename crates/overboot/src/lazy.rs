@@ -10,8 +10,9 @@
 //!
 //! The server puts in only checked bytes, but it checks them itself: the restore's gate
 //! verifies everything CRIU reads before any restored task runs, and leaves the 1 MiB pieces
-//! of the memory pages that a server puts in whole ([`served_pieces`]); the server checks each
-//! such piece against its digest in the map (format 3.1) before its first page goes in. So the
+//! of the memory pages that CRIU reads nothing from ([`PIECES`], written by each server); the
+//! server checks each piece it reads from against its digest in the map (format 3.1) before
+//! its first page goes in. So the
 //! check no longer grows the blackout with the memory carried — and a damaged piece, found
 //! after the tasks ran, can no longer roll the update back: the server kills the tasks it
 //! serves rather than feed them damaged memory. The other trust put in it: until it is done,
