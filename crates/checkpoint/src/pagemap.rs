@@ -5,11 +5,11 @@
 //! A lazy restore (CRIU's `--lazy-pages`) leaves a page out of the restore only when the dump
 //! flagged its pagemap entry `PE_LAZY`; a dump on top of pre-dumps writes the pages that did not
 //! change since as `PE_PARENT` holes without that flag, so CRIU 3.17 restores all of them
-//! before the tasks run — most of the memory, after pre-copy. [`lazy_parent_pages`] flags such
-//! a hole lazy when the parent chain holds every one of its pages in an entry CRIU itself
-//! flagged lazy and the region is one CRIU registers for lazy pages. [`lazy_pages`] then lists,
-//! for one task, every page left out of the restore with the file and offset that hold it,
-//! down the chain of pre-dumps: the page server's index.
+//! before the tasks run — most of the memory, after pre-copy. [`prepare_lazy`] flags such a
+//! hole lazy when the parent chain holds every one of its pages in an entry CRIU itself flagged
+//! lazy and the region is one CRIU registers for lazy pages; then lists, for each task, every
+//! page left out of the restore with the file and offset that hold it, down the chain of
+//! pre-dumps (the page server's index), and where the pages CRIU reads itself lie.
 //!
 //! ```text
 //! pagemap-<pid>.img: u32 IMG_COMMON_MAGIC | u32 PAGEMAP_MAGIC 0x56084025
@@ -272,23 +272,10 @@ pub fn task_pids(images: &Path) -> Result<Vec<u32>, ImageError> {
     Ok(pids)
 }
 
-/// Flags lazy, in the top pagemaps of `images`, every hole whose pages the parent images hold
-/// in entries CRIU flagged lazy, when its VMA is one CRIU registers for lazy pages (see the
-/// module doc). Rewrites each changed pagemap as a file of its own (a link to the map is
-/// replaced, never written through). Returns the pages flagged.
-pub fn lazy_parent_pages(images: &Path) -> Result<u64, ImageError> {
-    let mut flagged = 0;
-    for pid in task_pids(images)? {
-        let pid = pid.to_string();
-        let mut top = read_pagemap(images, &pid)?;
-        let chain = parent_chain(images, &pid)?;
-        let vmas = read_vmas(images, &pid)?;
-        flagged += flag_parent_holes(images, &pid, &mut top, &chain, &vmas)?;
-    }
-    Ok(flagged)
-}
-
-/// [`lazy_parent_pages`] for one task whose images are read already.
+/// Flags lazy, in the top pagemap of task `pid` (read already), every hole whose pages the
+/// parent images hold in entries CRIU flagged lazy, when its VMA is one CRIU registers for lazy
+/// pages (see the module doc). Rewrites a changed pagemap as a file of its own (a link to the
+/// map is replaced, never written through). Returns the pages flagged.
 fn flag_parent_holes(
     images: &Path,
     pid: &str,
@@ -339,9 +326,9 @@ fn flag_parent_holes(
     Ok(changed)
 }
 
-/// Both of the lazy restore's preparations in one reading of each task's images: flags the
-/// pre-copied holes lazy ([`lazy_parent_pages`]) and indexes every task's lazy pages
-/// ([`lazy_pages`]). Returns the pages flagged and the index by pid.
+/// The lazy restore's preparations, in one reading of each task's images: flags the
+/// pre-copied holes lazy (see the module doc) and indexes every task's lazy pages. Returns the
+/// pages flagged and the index by pid.
 pub fn prepare_lazy(images: &Path) -> Result<(u64, Vec<(u32, LazyPages)>), ImageError> {
     let mut flagged = 0;
     let mut tasks = Vec::new();
@@ -450,18 +437,9 @@ fn resolve(
     Ok(())
 }
 
-/// Every page of task `pid` in `images` that a lazy restore leaves out (entries flagged
-/// `PE_LAZY`, after [`lazy_parent_pages`]), with the page file and offset that hold it, split
-/// at the image's VMA boundaries (one `UFFDIO_COPY` stays in one mapping).
-pub fn lazy_pages(images: &Path, pid: u32) -> Result<LazyPages, ImageError> {
-    let pid = pid.to_string();
-    let top = read_pagemap(images, &pid)?;
-    let chain = parent_chain(images, &pid)?;
-    let vmas = read_vmas(images, &pid)?;
-    index_task(images, &pid, top, chain, &vmas)
-}
-
-/// [`lazy_pages`] for one task whose images are read already.
+/// Every page of task `pid` (images read already) that a lazy restore leaves out (entries
+/// flagged `PE_LAZY`), with the page file and offset that hold it, split at the image's VMA
+/// boundaries (one `UFFDIO_COPY` stays in one mapping); and where the pages CRIU reads lie.
 fn index_task(
     images: &Path,
     pid: &str,
@@ -651,7 +629,8 @@ mod tests {
             ],
         );
 
-        assert_eq!(lazy_parent_pages(&top).unwrap(), 10);
+        let (flagged, tasks) = prepare_lazy(&top).unwrap();
+        assert_eq!(flagged, 10);
         // The map's file is untouched: the link was replaced by a file of its own.
         assert_eq!(std::fs::read(&map_file).unwrap(), original);
         assert!(!top.join("pagemap-5.img").is_symlink());
@@ -667,16 +646,12 @@ mod tests {
                 PE_PARENT
             ]
         );
-        // Idempotent: nothing left to flag.
-        assert_eq!(lazy_parent_pages(&top).unwrap(), 0);
-        let indexed = lazy_pages(&top, 5).unwrap();
-        assert_eq!(indexed.pages(), 11);
-        // In one pass: the same flags and the same index.
-        std::fs::remove_file(top.join("pagemap-5.img")).unwrap();
-        std::os::unix::fs::symlink(&map_file, top.join("pagemap-5.img")).unwrap();
-        let (flagged, tasks) = prepare_lazy(&top).unwrap();
-        assert_eq!(flagged, 10);
-        assert_eq!(tasks, [(5, indexed)]);
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].1.pages(), 11);
+        // Idempotent: nothing left to flag, the same index.
+        let (again, same) = prepare_lazy(&top).unwrap();
+        assert_eq!(again, 0);
+        assert_eq!(same, tasks);
         assert_eq!(std::fs::read(&map_file).unwrap(), original);
     }
 
@@ -702,7 +677,12 @@ mod tests {
             5,
             vec![vma(p(0), p(5), ANON, HEAP), vma(p(5), p(12), ANON, HEAP)],
         );
-        let lazy = lazy_pages(&top, 5).unwrap();
+        let (flagged, tasks) = prepare_lazy(&top).unwrap();
+        // Pages 10-11 are not lazy anywhere down the chain: nothing to flag.
+        assert_eq!(flagged, 0);
+        let [(5, lazy)] = &tasks[..] else {
+            panic!("one task, pid 5: {tasks:?}");
+        };
         assert_eq!(
             lazy.files,
             [
@@ -748,7 +728,7 @@ mod tests {
             &[pe(p(0), 1, PE_PARENT | PE_LAZY)],
         );
         mm(dir.path(), 9, vec![vma(p(0), p(1), ANON, HEAP)]);
-        match lazy_pages(dir.path(), 9) {
+        match prepare_lazy(dir.path()) {
             Err(ImageError::Format { reason, .. }) => assert!(reason.contains("no image")),
             other => panic!("expected a format error, got {other:?}"),
         }

@@ -4,7 +4,7 @@
 //! userfaultfd: a page on demand when a task touches it, the rest copied in the background
 //! until every page is back, when the server exits. The tasks answer before those pages are
 //! copied. That holds for the pages a pre-copy round holds too: the agent flags them lazy in
-//! the restore's copy of each pagemap ([`overboot_checkpoint::pagemap::lazy_parent_pages`]),
+//! the restore's copy of each pagemap ([`overboot_checkpoint::pagemap::prepare_lazy`]),
 //! and the server finds them down the chain of rounds. (CRIU 3.17's own `criu lazy-pages`
 //! cannot: it serves only the pages the final dump wrote.)
 //!
