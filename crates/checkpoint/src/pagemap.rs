@@ -57,37 +57,111 @@ struct PagemapHead {
     pages_id: u32,
 }
 
-/// `pagemap_entry` of `images/pagemap.proto`.
-#[derive(Clone, PartialEq, Message)]
-struct PagemapEntry {
-    #[prost(uint64, required, tag = "1")]
+/// One `pagemap_entry` of `images/pagemap.proto` (`vaddr` 1, `nr_pages` 2, `in_parent` 3,
+/// `flags` 4), decoded by hand: after pre-copy a task's pagemap at 2 GiB holds some 130,000
+/// entries in each round, and decoding each into an allocation of its own with prost took about
+/// 0.4 s a pagemap in the lab's guests, inside the blackout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
     vaddr: u64,
-    #[prost(uint32, required, tag = "2")]
     nr_pages: u32,
-    #[prost(bool, optional, tag = "3")]
-    in_parent: Option<bool>,
-    #[prost(uint32, optional, tag = "4")]
-    flags: Option<u32>,
+    /// `PE_*`, with `in_parent` folded in (see [`pe_flags`]).
+    flags: u32,
+    /// Where its encoding lies in the image's bytes, copied as is when the image is rewritten;
+    /// `None` once it changed.
+    raw: Option<(usize, usize)>,
 }
 
-impl PagemapEntry {
-    /// The entry's `PE_*` flags; an image of before the flags says only `in_parent`.
-    fn pe_flags(&self) -> u32 {
-        let parent = if self.in_parent == Some(true) {
-            PE_PARENT
-        } else {
-            0
-        };
-        match self.flags {
-            Some(flags) => flags | parent,
-            None if parent != 0 => parent,
-            None => PE_PRESENT,
-        }
-    }
-
+impl Entry {
     fn end(&self) -> u64 {
         self.vaddr + u64::from(self.nr_pages) * PAGE_SIZE
     }
+}
+
+/// The entry's `PE_*` flags; an image of before the flags says only `in_parent`.
+fn pe_flags(in_parent: Option<bool>, flags: Option<u32>) -> u32 {
+    let parent = if in_parent == Some(true) {
+        PE_PARENT
+    } else {
+        0
+    };
+    match flags {
+        Some(flags) => flags | parent,
+        None if parent != 0 => parent,
+        None => PE_PRESENT,
+    }
+}
+
+/// A protobuf varint at `*at`, which it moves past it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Decodes one `pagemap_entry` (unknown fields are skipped, as protobuf wants):
+/// `(vaddr, nr_pages, PE_* flags)`.
+fn decode_entry(bytes: &[u8]) -> Result<(u64, u32, u32), &'static str> {
+    let (mut vaddr, mut nr_pages, mut in_parent, mut flags) = (None, None, None, None);
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at).ok_or("truncated field key")?;
+        match key & 7 {
+            0 => {
+                let value = varint(bytes, &mut at).ok_or("truncated varint")?;
+                let narrow = |value| u32::try_from(value).map_err(|_| "32-bit field out of range");
+                match key >> 3 {
+                    1 => vaddr = Some(value),
+                    2 => nr_pages = Some(narrow(value)?),
+                    3 => in_parent = Some(value != 0),
+                    4 => flags = Some(narrow(value)?),
+                    _ => {}
+                }
+            }
+            1 => at += 8,
+            5 => at += 4,
+            2 => {
+                let len = varint(bytes, &mut at).ok_or("truncated length")?;
+                at = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| at.checked_add(len))
+                    .ok_or("bad length")?;
+            }
+            _ => return Err("unsupported wire type"),
+        }
+        if at > bytes.len() {
+            return Err("truncated field");
+        }
+    }
+    match (vaddr, nr_pages) {
+        (Some(vaddr), Some(nr_pages)) => Ok((vaddr, nr_pages, pe_flags(in_parent, flags))),
+        _ => Err("pagemap_entry without vaddr or nr_pages"),
+    }
+}
+
+/// Appends the encoding of a `pagemap_entry` with `flags` (and no `in_parent`), as CRIU's
+/// protobuf-c writes it.
+fn encode_entry(vaddr: u64, nr_pages: u32, flags: u32, out: &mut Vec<u8>) {
+    fn put(mut value: u64, out: &mut Vec<u8>) {
+        while value >= 0x80 {
+            out.push(value.to_le_bytes()[0] | 0x80);
+            value >>= 7;
+        }
+        out.push(value.to_le_bytes()[0]);
+    }
+    out.push(1 << 3);
+    put(vaddr, out);
+    out.push(2 << 3);
+    put(u64::from(nr_pages), out);
+    out.push(4 << 3);
+    put(u64::from(flags), out);
 }
 
 /// `vma_entry` of `images/vma.proto` (the fields read here).
@@ -135,12 +209,15 @@ fn format_error(path: &Path, reason: impl Into<String>) -> ImageError {
     }
 }
 
-/// Reads every entry of a multi-entry image: `(magic, entries)`.
-fn read_entries(path: &Path) -> Result<(u32, Vec<Vec<u8>>), ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// The entries of a multi-entry image, in place: `(magic, [(offset, len)])`.
+fn entry_spans(path: &Path, bytes: &[u8]) -> Result<(u32, Vec<(usize, usize)>), ImageError> {
     let word = |at: usize| -> Option<u32> {
         bytes
             .get(at..at + 4)
@@ -151,47 +228,60 @@ fn read_entries(path: &Path) -> Result<(u32, Vec<Vec<u8>>), ImageError> {
         return Err(format_error(path, "bad magic"));
     }
     let magic = word(4).ok_or_else(|| format_error(path, "no magic"))?;
-    let mut entries = Vec::new();
+    let mut spans = Vec::new();
     let mut at = 8;
     while at < bytes.len() {
         let len = word(at).ok_or_else(|| format_error(path, "truncated entry size"))? as usize;
-        let body = bytes
-            .get(at + 4..at + 4 + len)
-            .ok_or_else(|| format_error(path, "truncated entry"))?;
-        entries.push(body.to_vec());
+        if bytes.len() - (at + 4) < len {
+            return Err(format_error(path, "truncated entry"));
+        }
+        spans.push((at + 4, len));
         at += 4 + len;
     }
-    Ok((magic, entries))
+    Ok((magic, spans))
 }
 
 /// One task's pagemap in one directory.
 struct Pagemap {
-    /// The head's bytes, as read (a rewrite keeps them).
-    head: Vec<u8>,
+    /// The image, as read (a rewrite keeps its head and unchanged entries).
+    bytes: Vec<u8>,
+    /// The head's place in `bytes`.
+    head: (usize, usize),
     /// `pages-<pages_id>.img`, beside the pagemap.
     pages_id: u32,
-    entries: Vec<PagemapEntry>,
+    entries: Vec<Entry>,
 }
 
 fn read_pagemap(dir: &Path, pid: &str) -> Result<Pagemap, ImageError> {
     let path = dir.join(format!("pagemap-{pid}.img"));
-    let (magic, mut entries) = read_entries(&path)?;
-    if magic != PAGEMAP_MAGIC || entries.is_empty() {
+    let bytes = read_file(&path)?;
+    let (magic, spans) = entry_spans(&path, &bytes)?;
+    let Some((&head, spans)) = spans.split_first().filter(|_| magic == PAGEMAP_MAGIC) else {
         return Err(format_error(&path, "not a pagemap"));
-    }
-    let head = entries.remove(0);
-    let pages_id = PagemapHead::decode(head.as_slice())
+    };
+    let pages_id = PagemapHead::decode(&bytes[head.0..head.0 + head.1])
         .map_err(|e| format_error(&path, e.to_string()))?
         .pages_id;
-    let entries = entries
-        .iter()
-        .map(|b| PagemapEntry::decode(b.as_slice()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format_error(&path, e.to_string()))?;
-    if entries.windows(2).any(|w| w[1].vaddr < w[0].end()) {
-        return Err(format_error(&path, "entries out of order"));
+    let mut entries = Vec::with_capacity(spans.len());
+    for &(at, len) in spans {
+        let (vaddr, nr_pages, flags) =
+            decode_entry(&bytes[at..at + len]).map_err(|e| format_error(&path, e))?;
+        let entry = Entry {
+            vaddr,
+            nr_pages,
+            flags,
+            raw: Some((at, len)),
+        };
+        if entries
+            .last()
+            .is_some_and(|last: &Entry| vaddr < last.end())
+        {
+            return Err(format_error(&path, "entries out of order"));
+        }
+        entries.push(entry);
     }
     Ok(Pagemap {
+        bytes,
         head,
         pages_id,
         entries,
@@ -200,9 +290,12 @@ fn read_pagemap(dir: &Path, pid: &str) -> Result<Pagemap, ImageError> {
 
 fn read_vmas(dir: &Path, pid: &str) -> Result<Vec<VmaEntry>, ImageError> {
     let path = dir.join(format!("mm-{pid}.img"));
-    let (_, mm) = read_entries(&path)?;
-    let mm = MmEntry::decode(mm.first().map_or(&[][..], Vec::as_slice))
-        .map_err(|e| format_error(&path, e.to_string()))?;
+    let bytes = read_file(&path)?;
+    let (_, spans) = entry_spans(&path, &bytes)?;
+    let mm = spans
+        .first()
+        .map_or(&[][..], |&(at, len)| &bytes[at..at + len]);
+    let mm = MmEntry::decode(mm).map_err(|e| format_error(&path, e.to_string()))?;
     let mut vmas = mm.vmas;
     vmas.sort_by_key(|v| v.start);
     Ok(vmas)
@@ -218,38 +311,6 @@ fn parent_chain(images: &Path, pid: &str) -> Result<Vec<(PathBuf, Pagemap)>, Ima
         dir = dir.join("parent");
     }
     Ok(chain)
-}
-
-/// Whether every page of `[start, end)` is held, somewhere down the chain of pagemaps
-/// (`chain[0]` the nearest parent), by an entry flagged lazy.
-fn lazy_in_chain(chain: &[&[PagemapEntry]], start: u64, end: u64) -> bool {
-    let Some((level, deeper)) = chain.split_first() else {
-        return false;
-    };
-    let mut at = start;
-    let first = level.partition_point(|e| e.end() <= at);
-    for e in &level[first..] {
-        if at >= end {
-            break;
-        }
-        if e.vaddr > at {
-            return false; // a gap: not in this image at all
-        }
-        let upto = e.end().min(end);
-        let flags = e.pe_flags();
-        let held = if flags & PE_PRESENT != 0 {
-            flags & PE_LAZY != 0
-        } else if flags & PE_PARENT != 0 {
-            lazy_in_chain(deeper, at, upto)
-        } else {
-            false
-        };
-        if !held {
-            return false;
-        }
-        at = upto;
-    }
-    at >= end
 }
 
 /// The pids of the tasks whose pagemaps are in `images`.
@@ -272,73 +333,56 @@ pub fn task_pids(images: &Path) -> Result<Vec<u32>, ImageError> {
     Ok(pids)
 }
 
-/// Flags lazy, in the top pagemap of task `pid` (read already), every hole whose pages the
-/// parent images hold in entries CRIU flagged lazy, when its VMA is one CRIU registers for lazy
-/// pages (see the module doc). Rewrites a changed pagemap as a file of its own (a link to the
-/// map is replaced, never written through). Returns the pages flagged.
-fn flag_parent_holes(
-    images: &Path,
-    pid: &str,
-    top: &mut Pagemap,
-    chain: &[(PathBuf, Pagemap)],
-    vmas: &[VmaEntry],
-) -> Result<u64, ImageError> {
-    if !top.entries.iter().any(|e| e.pe_flags() & PE_PARENT != 0) {
-        return Ok(0);
-    }
-    let levels: Vec<&[PagemapEntry]> = chain.iter().map(|(_, p)| &p.entries[..]).collect();
-    let mut changed = 0;
-    for e in &mut top.entries {
-        let flags = e.pe_flags();
-        if flags & PE_PARENT == 0 || flags & PE_LAZY != 0 {
-            continue;
-        }
-        let at = vmas.partition_point(|v| v.end <= e.vaddr);
-        let in_lazy_vma = vmas
-            .get(at)
-            .is_some_and(|v| v.start <= e.vaddr && e.end() <= v.end && v.can_be_lazy());
-        if in_lazy_vma && lazy_in_chain(&levels, e.vaddr, e.end()) {
-            e.flags = Some(flags | PE_LAZY);
-            e.in_parent = None;
-            changed += u64::from(e.nr_pages);
-        }
-    }
-    if changed == 0 {
-        return Ok(0);
-    }
+/// Writes `pagemap` as `pagemap-<pid>.img` in `images`, a file of its own (a link to the map
+/// is replaced, never written through): the head and unchanged entries as read, the changed
+/// ones encoded anew.
+fn rewrite_pagemap(images: &Path, pid: &str, pagemap: &Pagemap) -> Result<(), ImageError> {
     let path = images.join(format!("pagemap-{pid}.img"));
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(pagemap.bytes.len() + pagemap.entries.len() * 4);
     out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
     out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
-    let entries = top.entries.iter().map(Message::encode_to_vec);
-    for payload in std::iter::once(top.head.clone()).chain(entries) {
+    let mut put = |payload: &[u8]| -> Result<(), ImageError> {
         let len =
             u32::try_from(payload.len()).map_err(|_| format_error(&path, "entry too large"))?;
         out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(payload);
+        Ok(())
+    };
+    let (at, len) = pagemap.head;
+    put(&pagemap.bytes[at..at + len])?;
+    let mut encoded = Vec::with_capacity(32);
+    for e in &pagemap.entries {
+        match e.raw {
+            Some((at, len)) => put(&pagemap.bytes[at..at + len])?,
+            None => {
+                encoded.clear();
+                encode_entry(e.vaddr, e.nr_pages, e.flags, &mut encoded);
+                put(&encoded)?;
+            }
+        }
     }
     let io = |source| ImageError::Io {
         path: path.clone(),
         source,
     };
     std::fs::remove_file(&path).map_err(io)?;
-    std::fs::write(&path, out).map_err(io)?;
-    Ok(changed)
+    std::fs::write(&path, out).map_err(io)
 }
 
 /// The lazy restore's preparations, in one reading of each task's images: flags the
-/// pre-copied holes lazy (see the module doc) and indexes every task's lazy pages. Returns the
-/// pages flagged and the index by pid.
+/// pre-copied holes lazy (see the module doc; a changed pagemap is rewritten as a file of its
+/// own) and indexes every task's lazy pages. Returns the pages flagged and the index by pid.
 pub fn prepare_lazy(images: &Path) -> Result<(u64, Vec<(u32, LazyPages)>), ImageError> {
     let mut flagged = 0;
     let mut tasks = Vec::new();
     for pid in task_pids(images)? {
         let name = pid.to_string();
-        let mut top = read_pagemap(images, &name)?;
+        let top = read_pagemap(images, &name)?;
         let chain = parent_chain(images, &name)?;
         let vmas = read_vmas(images, &name)?;
-        flagged += flag_parent_holes(images, &name, &mut top, &chain, &vmas)?;
-        tasks.push((pid, index_task(images, &name, top, chain, &vmas)?));
+        let (pages, lazy) = index_task(images, &name, top, chain, &vmas)?;
+        flagged += pages;
+        tasks.push((pid, lazy));
     }
     Ok((flagged, tasks))
 }
@@ -389,95 +433,134 @@ impl LazyPages {
 }
 
 /// One level of the chain, for [`resolve`]: its entries, each present entry's offset in its
-/// page file, and that file's index.
+/// page file, that file's index, and the first entry the next lookup can need.
 struct Level {
-    entries: Vec<PagemapEntry>,
+    entries: Vec<Entry>,
     offsets: Vec<u64>,
     file: usize,
+    cursor: usize,
 }
 
-/// Appends to `out` where `[start, end)` lies, from `levels[depth]` down.
+/// Appends to `out` where `[start, end)` lies, from `levels[0]` down, each run with whether
+/// the entry that holds it is flagged lazy. Lookups come in address order (the top's entries,
+/// each cut into the holes it leaves to the next level), so each level's cursor only moves
+/// forward: the whole chain is walked once.
 fn resolve(
-    levels: &[Level],
-    depth: usize,
+    levels: &mut [Level],
     start: u64,
     end: u64,
-    out: &mut Vec<Extent>,
-) -> Result<(), String> {
-    let missing = || format!("no image of the chain holds pages {start:#x}..{end:#x}");
-    let level = levels.get(depth).ok_or_else(missing)?;
+    out: &mut Vec<(Extent, bool)>,
+) -> Result<(), ()> {
+    let (level, deeper) = levels.split_first_mut().ok_or(())?;
+    debug_assert!(level.cursor == 0 || level.entries[level.cursor - 1].end() <= start);
+    while level
+        .entries
+        .get(level.cursor)
+        .is_some_and(|e| e.end() <= start)
+    {
+        level.cursor += 1;
+    }
     let mut at = start;
-    let first = level.entries.partition_point(|e| e.end() <= at);
-    for (e, offset) in level.entries[first..].iter().zip(&level.offsets[first..]) {
-        if at >= end {
-            break;
-        }
+    let mut index = level.cursor;
+    while at < end {
+        let e = *level.entries.get(index).ok_or(())?;
         if e.vaddr > at {
-            return Err(missing());
+            return Err(()); // a gap: not in this image at all
         }
         let upto = e.end().min(end);
-        let flags = e.pe_flags();
-        if flags & PE_PRESENT != 0 {
-            out.push(Extent {
+        if e.flags & PE_PRESENT != 0 {
+            let extent = Extent {
                 start: at,
                 end: upto,
                 file: level.file,
-                offset: offset + (at - e.vaddr),
-            });
-        } else if flags & PE_PARENT != 0 {
-            resolve(levels, depth + 1, at, upto, out)?;
+                offset: level.offsets[index] + (at - e.vaddr),
+            };
+            out.push((extent, e.flags & PE_LAZY != 0));
+        } else if e.flags & PE_PARENT != 0 {
+            resolve(deeper, at, upto, out)?;
         } else {
-            return Err(missing());
+            return Err(());
         }
         at = upto;
-    }
-    if at < end {
-        return Err(missing());
+        index += 1;
     }
     Ok(())
 }
 
-/// Every page of task `pid` (images read already) that a lazy restore leaves out (entries
-/// flagged `PE_LAZY`), with the page file and offset that hold it, split at the image's VMA
-/// boundaries (one `UFFDIO_COPY` stays in one mapping); and where the pages CRIU reads lie.
+/// Every page of task `pid` (images read already) that a lazy restore leaves out, with the page
+/// file and offset that hold it, split at the image's VMA boundaries (one `UFFDIO_COPY` stays
+/// in one mapping); and where the pages CRIU reads lie. The pages left out are those of entries
+/// flagged `PE_LAZY`, and of holes this flags so: every page of the hole held, down the chain,
+/// in an entry CRIU flagged lazy, in a VMA CRIU registers for lazy pages. Returns the pages
+/// flagged with the index (the pagemap rewritten when any was).
 fn index_task(
     images: &Path,
     pid: &str,
-    top: Pagemap,
+    mut top: Pagemap,
     chain: Vec<(PathBuf, Pagemap)>,
     vmas: &[VmaEntry],
-) -> Result<LazyPages, ImageError> {
-    let mut files = Vec::new();
-    let mut levels = Vec::new();
-    for (dir, pagemap) in std::iter::once((images.to_path_buf(), top)).chain(chain) {
-        let mut offsets = Vec::with_capacity(pagemap.entries.len());
+) -> Result<(u64, LazyPages), ImageError> {
+    let top_entries = std::mem::take(&mut top.entries);
+    let mut files = vec![images.join(format!("pages-{}.img", top.pages_id))];
+    let mut levels = Vec::with_capacity(chain.len() + 1);
+    let pagemaps = std::iter::once(top_entries.clone())
+        .chain(chain.into_iter().map(|(dir, pagemap)| {
+            files.push(dir.join(format!("pages-{}.img", pagemap.pages_id)));
+            pagemap.entries
+        }))
+        .collect::<Vec<_>>();
+    for (file, entries) in pagemaps.into_iter().enumerate() {
+        let mut offsets = Vec::with_capacity(entries.len());
         let mut next = 0;
-        for e in &pagemap.entries {
+        for e in &entries {
             offsets.push(next);
-            if e.pe_flags() & PE_PRESENT != 0 {
+            if e.flags & PE_PRESENT != 0 {
                 next += u64::from(e.nr_pages) * PAGE_SIZE;
             }
         }
         levels.push(Level {
-            entries: pagemap.entries,
+            entries,
             offsets,
-            file: files.len(),
+            file,
+            cursor: 0,
         });
-        files.push(dir.join(format!("pages-{}.img", pagemap.pages_id)));
     }
-    let mut found = Vec::new();
     let pagemap_path = images.join(format!("pagemap-{pid}.img"));
+    let mut found = Vec::new();
     let mut eager = Vec::new();
-    for e in &levels[0].entries {
-        let mut pieces = Vec::new();
-        if e.pe_flags() & PE_LAZY != 0 {
-            resolve(&levels, 0, e.vaddr, e.end(), &mut pieces)
-                .map_err(|reason| format_error(&pagemap_path, reason))?;
-            found.extend(pieces);
-        } else if resolve(&levels, 0, e.vaddr, e.end(), &mut pieces).is_ok() {
-            // Not found: the restore fails on it before any task runs.
-            eager.extend(pieces);
+    let mut flagged = 0;
+    let mut pieces = Vec::new();
+    top.entries = top_entries;
+    for e in &mut top.entries {
+        pieces.clear();
+        let resolved = resolve(&mut levels, e.vaddr, e.end(), &mut pieces);
+        if e.flags & PE_LAZY != 0 {
+            resolved.map_err(|()| {
+                let (start, end) = (e.vaddr, e.end());
+                format_error(
+                    &pagemap_path,
+                    format!("no image of the chain holds pages {start:#x}..{end:#x}"),
+                )
+            })?;
+            found.extend(pieces.iter().map(|(x, _)| *x));
+        } else if resolved.is_ok() {
+            let at = vmas.partition_point(|v| v.end <= e.vaddr);
+            let in_lazy_vma = vmas
+                .get(at)
+                .is_some_and(|v| v.start <= e.vaddr && e.end() <= v.end && v.can_be_lazy());
+            if e.flags & PE_PARENT != 0 && in_lazy_vma && pieces.iter().all(|(_, lazy)| *lazy) {
+                e.flags |= PE_LAZY;
+                e.raw = None;
+                flagged += u64::from(e.nr_pages);
+                found.extend(pieces.iter().map(|(x, _)| *x));
+            } else {
+                eager.extend(pieces.iter().map(|(x, _)| *x));
+            }
         }
+        // Not found and not lazy: the restore fails on it before any task runs.
+    }
+    if flagged > 0 {
+        rewrite_pagemap(images, pid, &top)?;
     }
     // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
     let mut extents: Vec<(usize, Extent)> = Vec::with_capacity(found.len());
@@ -509,16 +592,32 @@ fn index_task(
             }
         }
     }
-    Ok(LazyPages {
-        files,
-        extents: extents.into_iter().map(|(_, e)| e).collect(),
-        eager,
-    })
+    Ok((
+        flagged,
+        LazyPages {
+            files,
+            extents: extents.into_iter().map(|(_, e)| e).collect(),
+            eager,
+        },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `pagemap_entry`, as prost encodes it: the reference the hand-written codec is held to.
+    #[derive(Clone, PartialEq, Message)]
+    struct PagemapEntry {
+        #[prost(uint64, required, tag = "1")]
+        vaddr: u64,
+        #[prost(uint32, required, tag = "2")]
+        nr_pages: u32,
+        #[prost(bool, optional, tag = "3")]
+        in_parent: Option<bool>,
+        #[prost(uint32, optional, tag = "4")]
+        flags: Option<u32>,
+    }
 
     fn write_multi(path: &Path, magic: u32, entries: &[Vec<u8>]) {
         let mut out = Vec::new();
@@ -602,6 +701,60 @@ mod tests {
     }
 
     #[test]
+    fn the_entry_codec_agrees_with_protobuf() {
+        let entry = |vaddr, nr_pages, in_parent, flags| PagemapEntry {
+            vaddr,
+            nr_pages,
+            in_parent,
+            flags,
+        };
+        let cases = [
+            entry(0x7f12_3456_7000, 131_072, None, Some(PE_PRESENT | PE_LAZY)),
+            entry(0x1000, 1, Some(true), None),
+            entry(0, 0, Some(false), None),
+            entry(!0xfff, u32::MAX, None, Some(PE_PARENT)),
+            entry(0x40_0000, 3, Some(true), Some(PE_LAZY)),
+        ];
+        for case in &cases {
+            let bytes = case.encode_to_vec();
+            let flags = pe_flags(case.in_parent, case.flags);
+            assert_eq!(
+                decode_entry(&bytes),
+                Ok((case.vaddr, case.nr_pages, flags)),
+                "{case:?}"
+            );
+            if let (None, Some(flags)) = (case.in_parent, case.flags) {
+                let mut ours = Vec::new();
+                encode_entry(case.vaddr, case.nr_pages, flags, &mut ours);
+                assert_eq!(ours, bytes, "{case:?}");
+            }
+        }
+        // Fields it does not know are skipped; truncation and missing fields are errors.
+        let mut bytes = cases[0].encode_to_vec();
+        bytes.extend([
+            5 << 3,
+            0x96,
+            0x01,
+            (6 << 3) | 2,
+            2,
+            0xaa,
+            0xbb,
+            (7 << 3) | 5,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        assert_eq!(
+            decode_entry(&bytes),
+            Ok((cases[0].vaddr, 131_072, PE_PRESENT | PE_LAZY))
+        );
+        assert!(decode_entry(&bytes[..3]).is_err());
+        assert!(decode_entry(&[(6 << 3) | 2, 9, 0]).is_err());
+        assert!(decode_entry(&[1 << 3, 5]).is_err());
+    }
+
+    #[test]
     fn holes_over_lazy_parent_pages_become_lazy_and_nothing_else_does() {
         let (dir, top) = chain();
         // The dump: holes over pages 0-5, 6-9 (lazy down the chain), 10-11 (not), page 12
@@ -635,7 +788,7 @@ mod tests {
         assert_eq!(std::fs::read(&map_file).unwrap(), original);
         assert!(!top.join("pagemap-5.img").is_symlink());
         let entries = read_pagemap(&top, "5").unwrap().entries;
-        let flags: Vec<u32> = entries.iter().map(PagemapEntry::pe_flags).collect();
+        let flags: Vec<u32> = entries.iter().map(|e| e.flags).collect();
         assert_eq!(
             flags,
             [

@@ -154,6 +154,8 @@ pub struct Summary {
     pub checked_bytes: u64,
     /// Milliseconds from the restore's finish to the last page.
     pub after_restore_ms: u64,
+    /// Milliseconds from the server's start to listening (reading and indexing the images).
+    pub index_ms: u64,
 }
 
 /// One task served: its userfaultfd and the pages it still misses.
@@ -366,11 +368,13 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerS
 /// Serves the restore of the images in `dir` (the current directory holds the socket), whose
 /// page files are in the map at `map`, until every page is back.
 pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
+    let started = Instant::now();
     let (maps, pieces, index, eager) = index(dir, map)?;
     write_served_pieces(dir, map, &pieces, &eager);
     let mut server = Server {
         summary: Summary {
             pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
+            index_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ..Summary::default()
         },
         maps,
