@@ -355,8 +355,17 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         if !pinned.is_empty() {
             tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
         }
-        // A rollback brings every page back before the tasks run: it is the safe way home.
-        let lazy = manifest.lazy_restore && !options.rollback;
+        // A rollback brings every page back before the tasks run: it is the safe way home. A
+        // tree with little memory is restored whole too: its server would cost more than it
+        // saves (see `lazy::MIN_SERVED_BYTES`).
+        let mut lazy = manifest.lazy_restore && !options.rollback;
+        if lazy {
+            let bytes = crate::lazy::page_bytes(&restore_images);
+            if bytes < crate::lazy::MIN_SERVED_BYTES {
+                tracing::info!(tree = %tree.name, bytes, "little memory: restoring every page now");
+                lazy = false;
+            }
+        }
         // With `lazy`, the page server flags the pre-copied holes lazy in these copies of the
         // pagemaps before it listens (see `pageserver`).
         jobs.push(TreeJob {

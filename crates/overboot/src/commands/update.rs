@@ -68,7 +68,8 @@ pub struct Args {
     /// 1 MiB at a time before their first use (a damaged piece kills the service rather than
     /// feed it). Until the server is done, a service's memory exists only in the map: should
     /// it die, the service gets zero-filled pages. A later update refuses to start until the
-    /// server has exited.
+    /// server has exited. A service with less than 128 MiB of memory pages is restored whole
+    /// (its server would cost more than it saves).
     #[arg(long)]
     lazy_restore: bool,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
