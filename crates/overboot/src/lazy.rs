@@ -162,8 +162,9 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
 /// A tree whose page files (every round's) hold less than this is restored whole even with
 /// `--lazy-restore`: starting its page server (a process that reads and indexes the pagemaps)
 /// costs the blackout more than CRIU putting those pages in. Measured in the lab's guests: a
-/// server costs 0.3 s before the restore can start, and a 64 MiB Redis came back in 1.4 s
-/// eagerly against 1.6 s lazily, a 512 MiB one in 4.6–4.9 s against 2.3–4.0 s.
+/// server costs 0.3–0.6 s before the restore can start (a tree of a few pages pays it for
+/// nothing); a 64 MiB Redis came back in 1.4–2.6 s whole against 1.6–1.7 s lazily, a 512 MiB
+/// one in 4.6–4.9 s against 1.9–4.0 s.
 pub const MIN_SERVED_BYTES: u64 = 128 << 20;
 
 /// The bytes of the memory page files (`pages-*.img`) of the images in `images` and of the
