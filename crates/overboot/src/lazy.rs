@@ -6,7 +6,8 @@
 //! copied. That holds for the pages a pre-copy round holds too: the agent flags them lazy in
 //! the restore's copy of each pagemap ([`overboot_checkpoint::pagemap::prepare_lazy`]),
 //! and the server finds them down the chain of rounds. (CRIU 3.17's own `criu lazy-pages`
-//! cannot: it serves only the pages the final dump wrote.)
+//! cannot: it serves only the pages the final dump wrote.) Trees with little memory are
+//! restored whole ([`MIN_SERVED_BYTES`]).
 //!
 //! The server puts in only checked bytes, but it checks them itself: the restore's gate
 //! verifies everything CRIU reads before any restored task runs, and leaves the 1 MiB pieces

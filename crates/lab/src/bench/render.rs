@@ -177,7 +177,8 @@ pub fn markdown(records: &[RunRecord]) -> String {
     if records.iter().any(|r| r.lazy_restore) {
         out.push_str(
             "\nThe update methods ran with `--lazy-restore`: memory came back after the tasks \
-             resumed, from overboot's page server per tree.\n",
+             resumed, from overboot's page server per tree (a tree with less than 128 MiB of \
+             page files is restored whole).\n",
         );
     }
     let find = |m: Method, s: u32| {
