@@ -4,8 +4,8 @@
 //! commands from the console. [`Guest::run`] sends one command followed by an `@@RC <id> $?`
 //! sentinel and collects the lines up to it; every wait has a timeout, never a fixed sleep.
 //! Every console line is also appended to `console.log` in the run directory, whose path errors
-//! print. QEMU is killed when the [`Guest`] is dropped, and also if the test process dies
-//! (parent-death signal).
+//! print, and with the host's time since QEMU started to `console.timed.log`. QEMU is killed
+//! when the [`Guest`] is dropped, and also if the test process dies (parent-death signal).
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -215,6 +215,14 @@ impl Guest {
                     netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
                 }
                 cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+                // Every frame between the guest and QEMU's user network, for reading a TCP
+                // connection's recovery after an update (tshark, or any pcap reader).
+                if std::env::var_os("OVERBOOT_LAB_PCAP").is_some() {
+                    cmd.arg("-object").arg(format!(
+                        "filter-dump,id=pcap0,netdev=n0,file={}",
+                        dir.join("net.pcap").display()
+                    ));
+                }
             }
             None => {
                 cmd.args(["-nic", "none"]);
@@ -244,6 +252,10 @@ impl Guest {
             .ok_or_else(|| GuestError::Spawn(std::io::Error::other("qemu has no stdout pipe")))?;
         let (tx, rx) = mpsc::channel();
         let mut log = File::create(dir.join("console.log"))?;
+        // The same lines with the host's clock (seconds since QEMU started): where a kernel
+        // switch spends its time, read from outside the guest.
+        let mut timed = File::create(dir.join("console.timed.log"))?;
+        let started = Instant::now();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut buf = Vec::new();
@@ -253,6 +265,8 @@ impl Guest {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let _ = log.write_all(&buf);
+                        let _ = write!(timed, "{:10.3} ", started.elapsed().as_secs_f64());
+                        let _ = timed.write_all(&buf);
                         let line = clean_line(&buf);
                         if tx.send(line).is_err() {
                             break;
