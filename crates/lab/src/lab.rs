@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::disk::{self, DiskError};
 use crate::guest::{Guest, GuestConfig, GuestError};
 use crate::host::{self, HostError};
-use crate::image::{GuestImage, ImageError, GUEST_MODULES};
+use crate::image::{GuestImage, ImageError, DUMP_MODULES, GUEST_MODULES};
 use crate::kernels::{self, Kernel, KernelError, KernelSpec};
 
 /// The base kernel command line of lab guests.
@@ -137,6 +137,7 @@ impl Lab {
     ) -> Result<u64, LabError> {
         let mut image = GuestImage::new(staging, kernel)?;
         image.add_modules(kernel, GUEST_MODULES)?;
+        image.add_late_modules(kernel, DUMP_MODULES)?;
         image.add_binary(&self.binaries.overboot, "/usr/sbin/overboot")?;
         image.add_binary(&self.binaries.workload, "/usr/bin/lab-workload")?;
         image.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")?;
