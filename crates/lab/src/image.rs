@@ -113,9 +113,8 @@ fi
 /// CRIU 3.17's lock of TCP connections in the root network namespace is a table
 /// `inet CRIU-<pid>` with `filter` chains on `input`/`output`, a `meta mark` accept rule and a
 /// concatenated set (`ipv4_addr . inet_service . ipv4_addr . inet_service`) looked up with
-/// `drop`: all of that is in `nf_tables` itself (sets, lookup, meta, payload are built in).
-/// `nft_ct`/`nf_conntrack` and `nft_reject_inet` serve rules that match connection state or
-/// refuse new SYNs while a listener is being carried. `nd_e820` and `nd_pmem` turn RAM reserved
+/// `drop`: all of that is in `nf_tables` itself (sets, lookup, meta, payload are built in), and
+/// so is overboot's SYN block (`tcp flags` … `drop`). `nd_e820` and `nd_pmem` turn RAM reserved
 /// with `memmap=SIZE!OFFSET` into `/dev/pmem0`, the RAM store of the benchmark.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
@@ -124,18 +123,20 @@ pub const GUEST_MODULES: &[&str] = &[
     "net_failover",
     "virtio_net",
     "nf_tables",
-    "nf_conntrack",
-    "nft_ct",
-    "nft_reject_inet",
     "nd_e820",
     "nd_pmem",
 ];
 
-/// The modules only a dump (or the console channel) needs, loaded after the boot hooks so that
-/// the resume agent, which restores and never dumps, starts without waiting for them (about
-/// 35 ms an `insmod` under TCG). Every guest has them by its `@@LAB booted`.
+/// The modules only a dump needs (the socket diagnostics CRIU dumps sockets through), or no
+/// carried rule uses (connection tracking and `reject` for firewall rules of one's own, the
+/// console channel), loaded after the boot hooks so that the resume agent, which restores and
+/// never dumps, starts without waiting for them (about 35 ms an `insmod` under TCG). Every
+/// guest has them by its `@@LAB booted`.
 pub const DUMP_MODULES: &[&str] = &[
     "virtio_console",
+    "nf_conntrack",
+    "nft_ct",
+    "nft_reject_inet",
     "inet_diag",
     "tcp_diag",
     "udp_diag",
