@@ -15,8 +15,9 @@ use crate::kernels::{Kernel, KernelError, ModuleIndex};
 
 /// The lab's init (PID 1 of every guest). It mounts the pseudo filesystems, loads the modules
 /// listed in `/etc/lab/modules`, mounts the data disk at `/lab`, runs the boot hooks in
-/// `/etc/lab/boot.d`, loads the modules of `/etc/lab/modules.late`, prints the `@@LAB booted` sentinel and then serves a shell on the console
-/// for the host to drive (no echo, no prompt: the host reads `@@RC` sentinels).
+/// `/etc/lab/boot.d`, loads the modules of `/etc/lab/modules.late`, prints the `@@LAB booted`
+/// sentinel and then serves a shell on the console for the host to drive (no echo, no prompt:
+/// the host reads `@@RC` sentinels).
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -80,7 +81,7 @@ fi
 for hook in /etc/lab/boot.d/*; do
   [ -x "$hook" ] && "$hook"
 done
-# What only a dump needs comes after the hooks: the resume agent does not wait for it.
+# What the resume agent does not need comes after the hooks: it does not wait for it.
 load_modules /etc/lab/modules.late
 stty -echo -F /dev/console 2>/dev/null
 echo "@@LAB booted $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -239,8 +240,8 @@ impl GuestImage {
         self.add_module_list(kernel, wanted, "/etc/lab/modules")
     }
 
-    /// Adds `wanted` (with dependencies not loaded before) to `/etc/lab/modules.late`, which
-    /// init loads after the boot hooks.
+    /// Adds `wanted` (with the dependencies the early list does not load) to
+    /// `/etc/lab/modules.late`, which init loads after the boot hooks.
     pub fn add_late_modules(&mut self, kernel: &Kernel, wanted: &[&str]) -> Result<(), ImageError> {
         self.add_module_list(kernel, wanted, "/etc/lab/modules.late")
     }
@@ -253,13 +254,18 @@ impl GuestImage {
     ) -> Result<(), ImageError> {
         let index = ModuleIndex::read(kernel)?;
         let (order, _absent) = index.load_order(wanted);
-        let early = fs::read_to_string(self.guest_path("/etc/lab/modules")).unwrap_or_default();
+        // A module either list already loads is not loaded twice.
+        let listed: BTreeSet<String> = ["/etc/lab/modules", "/etc/lab/modules.late"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(self.guest_path(f)).ok())
+            .flat_map(|text| text.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
         let mut list = String::new();
         for (name, path) in order {
-            if list_file != "/etc/lab/modules" && early.lines().any(|l| l == format!("{name}.ko")) {
+            let file = format!("{name}.ko");
+            if listed.contains(&file) {
                 continue;
             }
-            let file = format!("{name}.ko");
             let bytes = decompress_module(&path)?;
             let guest = format!("/lib/modules/{}/{file}", self.release);
             self.add_bytes(&guest, &bytes, 0o644)?;
