@@ -2,7 +2,9 @@
 //! `reboot(LINUX_REBOOT_CMD_KEXEC)`; and those of the lazy restore's page server on the other
 //! side of it: the `userfaultfd(2)` ioctls that put a page into a restored task
 //! (`UFFDIO_COPY`, `UFFDIO_ZEROPAGE`) and the adoption of the descriptors the kernel and CRIU
-//! hand it. The only module of overboot with raw syscalls.
+//! hand it; and the descriptor borrowing (`pidfd_open`, `pidfd_getfd`) and `TCP_REPAIR` toggle
+//! that nudge a restored connection's peer (see `overboot::nudge`). The only module of overboot
+//! with raw syscalls.
 //!
 //! Thin, typed wrappers in the style of `nix`: file descriptors come in as `BorrowedFd`, the
 //! command line as a `CStr`, errors go out as `Errno`. No policy and no error classification:
@@ -228,4 +230,48 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
         return Err(Errno::ECONNRESET);
     }
     received.ok_or(Errno::EBADMSG)
+}
+
+/// Opens a pidfd for the process `pid` (`pidfd_open(2)`, Linux 5.3).
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: `pidfd_open` takes a pid and flags (none) by value and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let raw = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just installed `raw` in our table for this call alone: the `OwnedFd`
+    // is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Duplicates descriptor `target` of the process behind `pidfd` into this process
+/// (`pidfd_getfd(2)`, Linux 5.6; needs ptrace access to it). The copy shares the open file:
+/// socket options set on it are the owner's.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: the pidfd is borrowed, so it stays open for the call; the target descriptor
+    // number and the flags (none) are plain integers. No memory of ours is touched.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    let raw = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just installed `raw` in our table for this call alone: the `OwnedFd`
+    // is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Sets `TCP_REPAIR` on a TCP socket: `true` puts it in repair mode (`TCP_REPAIR_ON`), `false`
+/// takes it out (`TCP_REPAIR_OFF`), which makes an established socket send a window probe.
+/// Needs `CAP_NET_ADMIN`.
+pub fn set_tcp_repair(sock: BorrowedFd<'_>, on: bool) -> Result<(), Errno> {
+    let value: libc::c_int = i32::from(on);
+    let len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the socket is borrowed, so it stays open for the call; the option value points
+    // at a live `c_int` of the length given, which the kernel only reads.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_REPAIR,
+            std::ptr::from_ref(&value).cast(),
+            len,
+        )
+    };
+    Errno::result(ret).map(drop)
 }

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fault;
 pub mod lazy;
 pub mod network;
+pub mod nudge;
 pub mod pageserver;
 pub mod phases;
 pub mod plan;

@@ -493,6 +493,25 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
         return Err(error);
     }
     phases.insert("restore".into(), ms(restore_start.elapsed()));
+    // The peers resend what the blackout swallowed now, not at their next timeout.
+    let nudge_start = Instant::now();
+    for tree in &manifest.trees {
+        match crate::nudge::nudge_tree(&tree.pids) {
+            Ok(n) if n.connections > 0 => tracing::info!(
+                tree = %tree.name,
+                connections = n.connections,
+                probes = n.probes,
+                "nudged the peers of the restored connections"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                tree = %tree.name,
+                error = %overboot_checkpoint::criu::error_chain(&e),
+                "cannot nudge the peers: they resend at their own timeout"
+            ),
+        }
+    }
+    phases.insert("nudge".into(), ms(nudge_start.elapsed()));
     // The new kernel's peak: the map and every restored tree are both in memory now.
     let peak_here = crate::phases::mem_used_now().unwrap_or(0);
     // Every socket is back: let new connections in.

@@ -1,0 +1,424 @@
+//! After a restore: make each peer of a restored TCP connection resend what it sent during the
+//! blackout now, instead of at its next retransmission timeout.
+//!
+//! ```text
+//!  peer                          blackout                         restored socket
+//!  INCR ──x (locked, then no kernel)   RTO backs off: 1, 2, 4, 8 s …
+//!                                                    restore ──── window probe (CRIU)
+//!                                                    nudge   ──── window probe × PROBES
+//!  3rd duplicate ACK: fast retransmit ─────────────────────────► INCR … answered at once
+//! ```
+//!
+//! During the blackout every segment the peer sends is lost (CRIU's lock in the old kernel, then
+//! no kernel at all), and its retransmission timer doubles each time. Measured in the lab (QEMU's
+//! user network, whose TCP is BSD's): after a 13 s blackout the commands sent during it were
+//! answered 11 s after the socket was back, at the peer's next timeout.
+//!
+//! Taking a socket out of repair mode (`TCP_REPAIR_OFF`) makes it send a window probe: a pure ACK
+//! of the current window for sequence `snd_una - 1`. A BSD-derived stack (QEMU's slirp, FreeBSD,
+//! macOS) trims the old byte, keeps the ACK and, when it acknowledges nothing new with an unchanged
+//! window, counts it as a duplicate ACK: the third one starts a fast retransmit. So each
+//! established socket of a restored tree is toggled in and out of repair mode [`PROBES`] times
+//! (the first probe may carry a changed window and count as a window update). A Linux peer drops
+//! such a probe as an old segment (it answers with an ACK and resends at its own timeout): the
+//! nudge neither helps nor harms it.
+//!
+//! While a socket is in repair mode its owner's reads fail with `EPERM` and writes with `EINVAL`,
+//! so every thread of the tree is held in a ptrace stop (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`, as
+//! CRIU freezes) around the toggles, and the sockets are borrowed with `pidfd_getfd`. A thread
+//! stopped for a signal gets that signal back when released. If this agent dies meanwhile, the
+//! kernel detaches and resumes the threads. The nudge is best effort: a failure is logged, never
+//! fails the update, and leaves the sockets untouched (nothing is toggled unless every thread of
+//! the tree is held).
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use overboot_kexec::sys;
+
+/// Window probes sent per connection: three duplicate ACKs start a fast retransmit, and the
+/// first may count as a window update instead.
+pub const PROBES: usize = 4;
+
+/// How long a thread may take to reach its ptrace stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of the nudge (logged by the caller; they never fail an update).
+#[derive(Debug, thiserror::Error)]
+pub enum NudgeError {
+    /// A thread could not be held.
+    #[error("cannot hold thread {tid} of pid {pid}")]
+    Hold {
+        pid: i32,
+        tid: i32,
+        #[source]
+        source: Errno,
+    },
+    /// A thread did not stop in time.
+    #[error("thread {tid} did not stop within {STOP_TIMEOUT:?}")]
+    StopTimeout { tid: i32 },
+    /// The threads kept changing while being held.
+    #[error("the threads of pid {pid} kept changing")]
+    Unsettled { pid: i32 },
+    /// A process's sockets could not be listed.
+    #[error("cannot list the sockets of pid {pid}")]
+    Sockets {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket could not be borrowed or toggled.
+    #[error("cannot probe descriptor {fd} of pid {pid}")]
+    Probe {
+        pid: i32,
+        fd: RawFd,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// What a nudge did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Nudged {
+    /// Established connections probed.
+    pub connections: usize,
+    /// Window probes sent.
+    pub probes: usize,
+}
+
+/// The socket inodes of the established connections in a `/proc/net/tcp` or `tcp6` table.
+pub fn established_inodes(table: &str) -> BTreeSet<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode …
+            (fields.get(3) == Some(&"01"))
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .filter(|inode| *inode != 0)
+        .collect()
+}
+
+/// The socket inode a `/proc/<pid>/fd/<n>` link names (`socket:[12345]`).
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The descriptors of `pid` that are established TCP connections (in its network namespace).
+fn established_fds(pid: i32) -> std::io::Result<Vec<RawFd>> {
+    let mut inodes = BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            inodes.extend(established_inodes(&text));
+        }
+    }
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let inode = socket_inode(&link.to_string_lossy());
+        let fd = entry.file_name().to_string_lossy().parse::<RawFd>().ok();
+        if let (Some(inode), Some(fd)) = (inode, fd) {
+            if inodes.contains(&inode) {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+fn threads(pid: i32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Threads held in a ptrace stop; released (with any signal their stop caught) when dropped.
+#[derive(Debug, Default)]
+struct Held {
+    /// Thread, and the signal to hand back on release.
+    stopped: Vec<(Pid, Option<Signal>)>,
+}
+
+impl Held {
+    /// Seizes and interrupts `tid`, and waits for its stop. `Ok(false)`: it exited.
+    fn hold(&mut self, pid: i32, tid: i32) -> Result<bool, NudgeError> {
+        let thread = Pid::from_raw(tid);
+        match ptrace::seize(thread, ptrace::Options::empty()) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(false),
+            Err(source) => return Err(NudgeError::Hold { pid, tid, source }),
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        if let Err(source) = ptrace::interrupt(thread) {
+            // Seized but not stopped: it is detached when this agent exits.
+            return if source == Errno::ESRCH {
+                Ok(false)
+            } else {
+                Err(NudgeError::Hold { pid, tid, source })
+            };
+        }
+        loop {
+            match waitpid(thread, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    if Instant::now() > deadline {
+                        return Err(NudgeError::StopTimeout { tid });
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(WaitStatus::Stopped(_, signal)) => {
+                    // A signal-delivery stop: the signal goes back on release.
+                    self.stopped.push((thread, Some(signal)));
+                    return Ok(true);
+                }
+                Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
+                    self.stopped.push((thread, None));
+                    return Ok(true);
+                }
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    return Ok(false)
+                }
+                Ok(WaitStatus::Continued(_)) => {}
+                Err(Errno::EINTR) => {}
+                Err(source) => return Err(NudgeError::Hold { pid, tid, source }),
+            }
+        }
+    }
+
+    /// Holds every thread of every process in `pids`, including threads started meanwhile.
+    fn hold_all(&mut self, pids: &[i32]) -> Result<(), NudgeError> {
+        let mut seen = BTreeSet::new();
+        for &pid in pids {
+            let mut settled = false;
+            for _ in 0..16 {
+                let new: Vec<i32> = threads(pid)
+                    .into_iter()
+                    .filter(|t| !seen.contains(t))
+                    .collect();
+                if new.is_empty() {
+                    settled = true;
+                    break;
+                }
+                for tid in new {
+                    seen.insert(tid);
+                    self.hold(pid, tid)?;
+                }
+            }
+            if !settled {
+                return Err(NudgeError::Unsettled { pid });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for (thread, signal) in self.stopped.drain(..) {
+            if let Err(e) = ptrace::detach(thread, signal) {
+                tracing::warn!(tid = thread.as_raw(), error = %e, "cannot release a held thread");
+            }
+        }
+    }
+}
+
+/// Sends [`PROBES`] window probes on descriptor `fd` of `pid` (held by the caller).
+fn probe(pid: i32, fd: RawFd) -> Result<usize, NudgeError> {
+    let error = |source| NudgeError::Probe { pid, fd, source };
+    let pidfd = sys::pidfd_open(pid).map_err(error)?;
+    let sock = sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(error)?;
+    let mut sent = 0;
+    for _ in 0..PROBES {
+        sys::set_tcp_repair(sock.as_fd(), true).map_err(error)?;
+        // Out of repair mode at once, whatever happens: the owner's I/O fails while it is on.
+        sys::set_tcp_repair(sock.as_fd(), false).map_err(error)?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// Nudges the peers of every established TCP connection of one tree (its processes `pids`).
+pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
+    // Listed before the hold: a process holds the same descriptors stopped or not, and one
+    // that cannot be listed is not worth stopping.
+    let mut sockets = Vec::new();
+    let mut inodes_seen = BTreeSet::new();
+    for &pid in pids {
+        let fds = established_fds(pid).map_err(|source| NudgeError::Sockets { pid, source })?;
+        for fd in fds {
+            // A socket shared by several processes (or descriptors) is probed once.
+            let inode = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .ok()
+                .and_then(|l| socket_inode(&l.to_string_lossy()));
+            let first = match inode {
+                Some(i) => inodes_seen.insert(i),
+                None => true,
+            };
+            if first {
+                sockets.push((pid, fd));
+            }
+        }
+    }
+    if sockets.is_empty() {
+        return Ok(Nudged::default());
+    }
+    let mut held = Held::default();
+    held.hold_all(pids)?;
+    let mut nudged = Nudged::default();
+    for (pid, fd) in sockets {
+        match probe(pid, fd) {
+            Ok(sent) => {
+                nudged.connections += 1;
+                nudged.probes += sent;
+            }
+            // Closed since it was listed (only possible before the hold).
+            Err(NudgeError::Probe {
+                source: Errno::EBADF | Errno::ENOTSOCK,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    drop(held);
+    Ok(nudged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Set for the child of [`a_held_process_keeps_its_connection_and_the_peer_gets_the_probes`].
+    const CHILD_ENV: &str = "OVERBOOT_NUDGE_TEST_PEER";
+
+    /// Not a test of its own: the process the test below nudges (an echo client).
+    #[test]
+    fn echo_child() {
+        let Ok(addr) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        let mut buf = [0u8; 64];
+        loop {
+            // A read failing with EPERM (a socket left in repair mode) ends the echo.
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                return;
+            }
+            conn.write_all(&buf[..n]).expect("write");
+        }
+    }
+
+    fn win_probes() -> u64 {
+        let text = std::fs::read_to_string("/proc/net/netstat").expect("netstat");
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "TCPWinProbe")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("TCPWinProbe")
+    }
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn echo(conn: &mut TcpStream, text: &[u8]) -> Vec<u8> {
+        conn.write_all(text).expect("send");
+        let mut back = vec![0u8; text.len()];
+        conn.read_exact(&mut back).expect("echo");
+        back
+    }
+
+    /// A real process, a real connection (loopback): the nudge holds the process, sends the
+    /// probes, and the connection goes on both ways afterwards. Needs root (ptrace of another
+    /// process, `CAP_NET_ADMIN` for `TCP_REPAIR`); touches only its own child.
+    #[test]
+    fn a_held_process_keeps_its_connection_and_the_peer_gets_the_probes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (ptrace and TCP_REPAIR)");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", "nudge::tests::echo_child", "--nocapture"])
+            .env(CHILD_ENV, listener.local_addr().expect("addr").to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the echo child");
+        let child = Kill(child);
+        let pid = i32::try_from(child.0.id()).expect("pid");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        assert_eq!(echo(&mut conn, b"before"), b"before");
+
+        let probes_before = win_probes();
+        let nudged = nudge_tree(&[pid]).expect("nudge");
+        assert_eq!(
+            nudged,
+            Nudged {
+                connections: 1,
+                probes: PROBES
+            }
+        );
+        assert!(
+            win_probes() >= probes_before + PROBES as u64,
+            "the kernel sent a window probe per toggle"
+        );
+        // Released, out of repair mode: the child reads and writes again.
+        assert_eq!(echo(&mut conn, b"after the nudge"), b"after the nudge");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        assert!(state.contains("TracerPid:\t0\n"), "no tracer left: {state}");
+    }
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000   100        0 20771 1 0000000000000000 100 0 0 10 0
+   1: 0F02000A:18EB 0202000A:C4A6 01 00000000:00000000 02:000A7E5B 00000000   100        0 21841 2 0000000000000000 20 4 30 10 -1
+   2: 0F02000A:18EB 0202000A:C4A8 06 00000000:00000000 03:00000A2F 00000000     0        0 0 3 0000000000000000
+   3: 0F02000A:0016 0202000A:D1C0 01 00000000:00000000 02:00092C19 00000000     0        0 19001 4 0000000000000000 20 4 29 10 -1
+";
+
+    #[test]
+    fn only_established_connections_are_picked() {
+        // The listener (0A) and the TIME_WAIT entry (06, inode 0) are not connections to nudge.
+        assert_eq!(
+            established_inodes(TCP),
+            BTreeSet::from([21841, 19001]),
+            "established rows by inode"
+        );
+        assert!(established_inodes("").is_empty());
+    }
+
+    #[test]
+    fn socket_links_name_their_inode() {
+        assert_eq!(socket_inode("socket:[21841]"), Some(21841));
+        assert_eq!(socket_inode("pipe:[21841]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+}
