@@ -116,8 +116,9 @@ pub fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// The descriptors of `pid` that are established TCP connections (in its network namespace).
-fn established_fds(pid: i32) -> std::io::Result<Vec<RawFd>> {
+/// The descriptors of `pid` that are established TCP connections (in its network namespace),
+/// with their socket inodes.
+fn established_fds(pid: i32) -> std::io::Result<Vec<(RawFd, u64)>> {
     let mut inodes = BTreeSet::new();
     for table in ["tcp", "tcp6"] {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
@@ -134,7 +135,7 @@ fn established_fds(pid: i32) -> std::io::Result<Vec<RawFd>> {
         let fd = entry.file_name().to_string_lossy().parse::<RawFd>().ok();
         if let (Some(inode), Some(fd)) = (inode, fd) {
             if inodes.contains(&inode) {
-                fds.push(fd);
+                fds.push((fd, inode));
             }
         }
     }
@@ -244,60 +245,67 @@ fn probe(pid: i32, fd: RawFd) -> Result<usize, NudgeError> {
     let error = |source| NudgeError::Probe { pid, fd, source };
     let pidfd = sys::pidfd_open(pid).map_err(error)?;
     let sock = sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(error)?;
+    // Leaving repair mode clears `SO_REUSEADDR` (the kernel sets `SK_NO_REUSE`): put the
+    // owner's value back, as CRIU does after its own `TCP_REPAIR_OFF`.
+    let reuse =
+        nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::ReuseAddr).map_err(error)?;
     let mut sent = 0;
+    let mut outcome = Ok(());
     for _ in 0..PROBES {
-        sys::set_tcp_repair(sock.as_fd(), true).map_err(error)?;
-        // Out of repair mode at once, whatever happens: the owner's I/O fails while it is on.
-        sys::set_tcp_repair(sock.as_fd(), false).map_err(error)?;
+        outcome = sys::set_tcp_repair(sock.as_fd(), true);
+        if outcome.is_err() {
+            break;
+        }
+        // Out of repair mode at once: the owner's I/O fails while it is on.
+        outcome = sys::set_tcp_repair(sock.as_fd(), false);
+        if outcome.is_err() {
+            break;
+        }
         sent += 1;
     }
+    if outcome.is_err() {
+        // Never leave it in repair mode (a no-op if it is not).
+        let _ = sys::set_tcp_repair(sock.as_fd(), false);
+    }
+    let restored =
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReuseAddr, &reuse);
+    outcome.and(restored).map_err(error)?;
     Ok(sent)
 }
 
 /// Nudges the peers of every established TCP connection of one tree (its processes `pids`).
 pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
-    // Listed before the hold: a process holds the same descriptors stopped or not, and one
-    // that cannot be listed is not worth stopping.
-    let mut sockets = Vec::new();
-    let mut inodes_seen = BTreeSet::new();
-    for &pid in pids {
-        let fds = established_fds(pid).map_err(|source| NudgeError::Sockets { pid, source })?;
-        for fd in fds {
-            // A socket shared by several processes (or descriptors) is probed once.
-            let inode = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .ok()
-                .and_then(|l| socket_inode(&l.to_string_lossy()));
-            let first = match inode {
-                Some(i) => inodes_seen.insert(i),
-                None => true,
-            };
-            if first {
-                sockets.push((pid, fd));
-            }
-        }
-    }
-    if sockets.is_empty() {
+    // A tree without connections is not stopped at all.
+    if established_sockets(pids)?.is_empty() {
         return Ok(Nudged::default());
     }
     let mut held = Held::default();
     held.hold_all(pids)?;
+    // Listed again while held: the descriptor tables cannot change now.
     let mut nudged = Nudged::default();
-    for (pid, fd) in sockets {
-        match probe(pid, fd) {
-            Ok(sent) => {
-                nudged.connections += 1;
-                nudged.probes += sent;
-            }
-            // Closed since it was listed (only possible before the hold).
-            Err(NudgeError::Probe {
-                source: Errno::EBADF | Errno::ENOTSOCK,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
+    for (pid, fd) in established_sockets(pids)? {
+        let sent = probe(pid, fd)?;
+        nudged.connections += 1;
+        nudged.probes += sent;
     }
     drop(held);
     Ok(nudged)
+}
+
+/// `(pid, fd)` of every established TCP connection of `pids`, each socket once (a socket
+/// several processes or descriptors share is probed once).
+fn established_sockets(pids: &[i32]) -> Result<Vec<(i32, RawFd)>, NudgeError> {
+    let mut sockets = Vec::new();
+    let mut inodes_seen = BTreeSet::new();
+    for &pid in pids {
+        let fds = established_fds(pid).map_err(|source| NudgeError::Sockets { pid, source })?;
+        for (fd, inode) in fds {
+            if inodes_seen.insert(inode) {
+                sockets.push((pid, fd));
+            }
+        }
+    }
+    Ok(sockets)
 }
 
 #[cfg(test)]
@@ -377,6 +385,13 @@ mod tests {
             .expect("timeout");
         assert_eq!(echo(&mut conn, b"before"), b"before");
 
+        // The child's socket with SO_REUSEADDR on, as a server's accepted sockets often are.
+        let pidfd = sys::pidfd_open(pid).expect("pidfd");
+        let (fd, _) = established_fds(pid).expect("fds")[0];
+        let theirs = sys::pidfd_getfd(pidfd.as_fd(), fd).expect("getfd");
+        let reuse = nix::sys::socket::sockopt::ReuseAddr;
+        nix::sys::socket::setsockopt(&theirs, reuse, &true).expect("SO_REUSEADDR");
+
         let probes_before = win_probes();
         let nudged = nudge_tree(&[pid]).expect("nudge");
         assert_eq!(
@@ -389,6 +404,10 @@ mod tests {
         assert!(
             win_probes() >= probes_before + PROBES as u64,
             "the kernel sent a window probe per toggle"
+        );
+        assert!(
+            nix::sys::socket::getsockopt(&theirs, reuse).expect("get"),
+            "SO_REUSEADDR is the owner's again after the toggles"
         );
         // Released, out of repair mode: the child reads and writes again.
         assert_eq!(echo(&mut conn, b"after the nudge"), b"after the nudge");
