@@ -3,8 +3,8 @@
 //! side of it: the `userfaultfd(2)` ioctls that put a page into a restored task
 //! (`UFFDIO_COPY`, `UFFDIO_ZEROPAGE`) and the adoption of the descriptors the kernel and CRIU
 //! hand it; and the descriptor borrowing (`pidfd_open`, `pidfd_getfd`) and `TCP_REPAIR` toggle
-//! that nudge a restored connection's peer (see `overboot::nudge`). The only module of overboot
-//! with raw syscalls.
+//! that nudge a restored connection's peer (see `overboot::nudge`), and the page server's
+//! `setpriority` for its background copy. The only module of overboot with raw syscalls.
 //!
 //! Thin, typed wrappers in the style of `nix`: file descriptors come in as `BorrowedFd`, the
 //! command line as a `CStr`, errors go out as `Errno`. No policy and no error classification:
@@ -273,5 +273,14 @@ pub fn set_tcp_repair(sock: BorrowedFd<'_>, on: bool) -> Result<(), Errno> {
             len,
         )
     };
+    Errno::result(ret).map(drop)
+}
+
+/// Sets the nice value of the calling thread (`setpriority(PRIO_PROCESS, 0, nice)`, which Linux
+/// applies to the calling thread alone). Lowering it again needs `CAP_SYS_NICE`.
+pub fn set_thread_nice(nice: i32) -> Result<(), Errno> {
+    // SAFETY: `setpriority` takes plain integers (which, who: 0 for the caller, the value) and
+    // touches no memory of ours.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     Errno::result(ret).map(drop)
 }

@@ -16,7 +16,9 @@
 //! - `FORK`: the child gets its own copy of what the parent still misses;
 //! - `REMAP` (mremap): the pages move with the mapping; `UNMAP`/`REMOVE` (munmap, madvise
 //!   `DONTNEED`): they are dropped, a later fault there reads zeros as it would have;
-//! - once the restore finished and no fault waits: copies the rest, 4 MiB at a time.
+//! - once the restore finished and no fault waits: copies the rest, 1 MiB at a time, at nice
+//!   19 (the service, just resumed, and the agent finishing the update get the CPU first; a
+//!   fault waits at most for one such copy, then is handled at the server's own priority).
 //!
 //! Should it fail, it kills the tasks it serves: a task whose missing pages can no longer
 //! come would otherwise read zeros where its memory was (exit code non-zero, cause on stderr).
@@ -46,8 +48,12 @@ pub const SOCKET: &str = "lazy-pages.socket";
 /// What a fault brings in at once, around the faulting page.
 const FAULT_WINDOW: u64 = 64 * 1024;
 
-/// What one background copy brings in.
-const CHUNK: u64 = 4 * 1024 * 1024;
+/// What one background copy brings in: a fault that arrives meanwhile waits for it.
+const CHUNK: u64 = 1024 * 1024;
+
+/// The nice value of the background copy: the restored service and the agent come first (a
+/// fault is handled at the server's own priority again, see [`Server::priority`]).
+const BACKGROUND_NICE: i32 = 19;
 
 /// How often one copy may be told to come back after the task's address space changed.
 const RETRIES: usize = 1000;
@@ -221,6 +227,21 @@ struct Server {
     pending: VecDeque<(i32, u64)>,
     finished: Option<Instant>,
     summary: Summary,
+    /// The nice value the server started with, and whether it runs at [`BACKGROUND_NICE`].
+    own_nice: i32,
+    background_nice: bool,
+}
+
+/// The calling thread's nice value (field 19 of `/proc/thread-self/stat`; 0 if unreadable).
+fn current_nice() -> i32 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The command name (field 2) may hold spaces: count from its closing parenthesis.
+            let rest = stat.get(stat.rfind(')')? + 1..)?.to_owned();
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A page file's piece digests (map format 3.1) and which pieces passed.
@@ -383,6 +404,8 @@ pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
         tasks: Vec::new(),
         pending: VecDeque::new(),
         finished: None,
+        own_nice: current_nice(),
+        background_nice: false,
     };
     let socket = Path::new(SOCKET);
     let listen_error = |source| PageServerError::Listen {
@@ -405,6 +428,9 @@ impl Server {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut client = Some(client);
         loop {
+            if !self.pending.is_empty() {
+                self.priority(false);
+            }
             while let Some((pid, addr)) = self.pending.pop_front() {
                 self.fault(pid, addr)?;
             }
@@ -453,10 +479,14 @@ impl Server {
                     }
                 }
             }
+            if client_ready || !ready.is_empty() {
+                self.priority(false);
+            }
             for pid in &ready {
                 self.read_events(*pid)?;
             }
             if busy && !client_ready && ready.is_empty() && self.pending.is_empty() {
+                self.priority(true);
                 self.background()?;
             }
         }
@@ -709,6 +739,23 @@ impl Server {
         Ok(())
     }
 
+    /// Background copy at [`BACKGROUND_NICE`], everything else at the nice value the server
+    /// started with. Best effort: a refusal leaves the priority as it is.
+    fn priority(&mut self, background: bool) {
+        if self.background_nice == background {
+            return;
+        }
+        let nice = if background {
+            BACKGROUND_NICE
+        } else {
+            self.own_nice
+        };
+        match sys::set_thread_nice(nice) {
+            Ok(()) => self.background_nice = background,
+            Err(e) => tracing::debug!(nice, error = %e, "cannot change the server's priority"),
+        }
+    }
+
     /// Copies the next chunk of the first task that still misses pages.
     fn background(&mut self) -> Result<(), PageServerError> {
         let Some((t, e)) = self
@@ -754,6 +801,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_background_copy_runs_at_low_priority_and_faults_at_the_servers_own() {
+        // On a thread of its own: the nice value is per thread.
+        std::thread::spawn(|| {
+            let own = current_nice();
+            let mut server = Server {
+                maps: Vec::new(),
+                pieces: Vec::new(),
+                index: TaskPages::new(),
+                tasks: Vec::new(),
+                pending: VecDeque::new(),
+                finished: None,
+                summary: Summary::default(),
+                own_nice: own,
+                background_nice: false,
+            };
+            server.priority(true);
+            assert_eq!(current_nice(), BACKGROUND_NICE);
+            server.priority(false);
+            // Raising it back needs CAP_SYS_NICE (the agent runs as root).
+            if nix::unistd::geteuid().is_root() {
+                assert_eq!(current_nice(), own);
+                assert!(!server.background_nice);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn a_piece_is_checked_once_before_use_and_a_damaged_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages-1.img");
@@ -779,6 +855,8 @@ mod tests {
             pending: VecDeque::new(),
             finished: None,
             summary: Summary::default(),
+            own_nice: 0,
+            background_nice: false,
         };
         // Pieces 0 and 2 pass, each checked once.
         server.check(0, 4096, 8192).unwrap();
