@@ -9,7 +9,9 @@
 //! hole lazy when the parent chain holds every one of its pages in an entry CRIU itself flagged
 //! lazy and the region is one CRIU registers for lazy pages; then lists, for each task, every
 //! page left out of the restore with the file and offset that hold it, down the chain of
-//! pre-dumps (the page server's index), and where the pages CRIU reads itself lie.
+//! pre-dumps (the page server's index), and where the pages CRIU reads itself lie. On top of
+//! pre-dumps it also takes the lazy flag off the dump's own pages, up to [`HOT_PAGES_BYTES`]:
+//! written since the last round, they are the ones the service touches first.
 //!
 //! ```text
 //! pagemap-<pid>.img: u32 IMG_COMMON_MAGIC | u32 PAGEMAP_MAGIC 0x56084025
@@ -34,6 +36,13 @@ const PE_PARENT: u32 = 1 << 0;
 const PE_LAZY: u32 = 1 << 1;
 /// `pagemap.h`: the pages are in this image.
 const PE_PRESENT: u32 = 1 << 2;
+
+/// On top of pre-copy rounds, the frozen dump's own pages are the ones the service wrote since
+/// the last round: what it was working on, and what it touches first once it runs again. Up to
+/// this much of them per task CRIU puts back before the tasks run (the rest stays lazy): each
+/// would otherwise cost the resumed service a fault, answered by the page server. Measured in
+/// the lab (2 GiB Redis, TCG): the first command after the resume took 1.4 s of faults.
+pub const HOT_PAGES_BYTES: u64 = 32 << 20;
 /// `mman.h`.
 const MAP_PRIVATE: u32 = 0x02;
 const MAP_ANONYMOUS: u32 = 0x20;
@@ -529,12 +538,23 @@ fn index_task(
     let mut found = Vec::new();
     let mut eager = Vec::new();
     let mut flagged = 0;
+    let mut changed = false;
+    // On top of pre-copy rounds, the dump's own pages are those written since the last round.
+    let mut hot_budget = if levels.len() > 1 { HOT_PAGES_BYTES } else { 0 };
     let mut pieces = Vec::new();
     top.entries = top_entries;
     for e in &mut top.entries {
         pieces.clear();
         let resolved = resolve(&mut levels, e.vaddr, e.end(), &mut pieces);
-        if e.flags & PE_LAZY != 0 {
+        let bytes = u64::from(e.nr_pages) * PAGE_SIZE;
+        let hot = e.flags & PE_LAZY != 0 && e.flags & (PE_PRESENT | PE_PARENT) == PE_PRESENT;
+        if hot && resolved.is_ok() && bytes <= hot_budget {
+            hot_budget -= bytes;
+            e.flags &= !PE_LAZY;
+            e.raw = None;
+            changed = true;
+            eager.extend(pieces.iter().map(|(x, _)| *x));
+        } else if e.flags & PE_LAZY != 0 {
             resolved.map_err(|()| {
                 let (start, end) = (e.vaddr, e.end());
                 format_error(
@@ -559,7 +579,7 @@ fn index_task(
         }
         // Not found and not lazy: the restore fails on it before any task runs.
     }
-    if flagged > 0 {
+    if flagged > 0 || changed {
         rewrite_pagemap(images, pid, &top)?;
     }
     // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
@@ -758,7 +778,7 @@ mod tests {
     fn holes_over_lazy_parent_pages_become_lazy_and_nothing_else_does() {
         let (dir, top) = chain();
         // The dump: holes over pages 0-5, 6-9 (lazy down the chain), 10-11 (not), page 12
-        // written now, and a hole in a VMA that cannot be lazy.
+        // written now (hot: CRIU puts it back), and a hole in a VMA that cannot be lazy.
         let map_file = dir.path().join("map-pagemap");
         pagemap(
             &map_file,
@@ -795,12 +815,12 @@ mod tests {
                 PE_PARENT | PE_LAZY,
                 PE_PARENT | PE_LAZY,
                 PE_PARENT,
-                PE_PRESENT | PE_LAZY,
+                PE_PRESENT,
                 PE_PARENT
             ]
         );
         assert_eq!(tasks.len(), 1);
-        assert_eq!(tasks[0].1.pages(), 11);
+        assert_eq!(tasks[0].1.pages(), 10);
         // Idempotent: nothing left to flag, the same index.
         let (again, same) = prepare_lazy(&top).unwrap();
         assert_eq!(again, 0);
@@ -812,7 +832,8 @@ mod tests {
     fn every_lazy_page_is_found_in_the_image_that_holds_it() {
         let (dir, top) = chain();
         // The dump: page 0 written now (eagerly: not the server's), pages 1-5 lazy holes,
-        // pages 6-7 lazy and written now, 8-9 a lazy hole, 10-11 a hole CRIU restores.
+        // pages 6-7 lazy and written now (hot: CRIU puts them back), 8-9 a lazy hole, 10-11 a
+        // hole CRIU restores.
         pagemap(
             &top.join("pagemap-5.img"),
             13,
@@ -860,15 +881,55 @@ mod tests {
                 x(4, 5, 2, 4),
                 // Page 5 continues round 1 in the next mapping: a new extent.
                 x(5, 6, 2, 5),
-                // Pages 6-7: the dump's own file, after page 0.
-                x(6, 8, 0, 1),
                 // Pages 8-9: round 1.
                 x(8, 10, 2, 8),
             ]
         );
-        assert_eq!(lazy.pages(), 9);
-        // What CRIU reads itself: page 0 from the dump's file, pages 10-11 from round 1.
-        assert_eq!(lazy.eager, [x(0, 1, 0, 0), x(10, 12, 2, 10)]);
+        assert_eq!(lazy.pages(), 7);
+        // What CRIU reads itself: pages 0 and 6-7 from the dump's file (after page 0), pages
+        // 10-11 from round 1.
+        assert_eq!(lazy.eager, [x(0, 1, 0, 0), x(6, 8, 0, 1), x(10, 12, 2, 10)]);
+        drop(dir);
+    }
+
+    #[test]
+    fn hot_pages_come_back_first_up_to_the_budget_and_only_on_top_of_rounds() {
+        let (dir, top) = chain();
+        let budget = HOT_PAGES_BYTES / PAGE_SIZE;
+        let big = u32::try_from(budget).unwrap(); // exactly the budget
+                                                  // Written now: 2 pages, then one entry of the whole budget (too big once the two are
+                                                  // taken: stays lazy), then 1 page (fits again).
+        pagemap(
+            &top.join("pagemap-5.img"),
+            13,
+            &[
+                pe(p(0), 2, PE_PRESENT | PE_LAZY),
+                pe(p(2), big, PE_PRESENT | PE_LAZY),
+                pe(p(2 + budget), 1, PE_PRESENT | PE_LAZY),
+            ],
+        );
+        mm(&top, 5, vec![vma(p(0), p(3 + budget), ANON, HEAP)]);
+        let (_, tasks) = prepare_lazy(&top).unwrap();
+        let flags: Vec<u32> = read_pagemap(&top, "5")
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.flags)
+            .collect();
+        assert_eq!(flags, [PE_PRESENT, PE_PRESENT | PE_LAZY, PE_PRESENT]);
+        assert_eq!(tasks[0].1.pages(), budget);
+
+        // A dump without rounds: its own pages are all of the memory, none of them hot.
+        let alone = tempfile::tempdir().unwrap();
+        pagemap(
+            &alone.path().join("pagemap-5.img"),
+            13,
+            &[pe(p(0), 2, PE_PRESENT | PE_LAZY)],
+        );
+        mm(alone.path(), 5, vec![vma(p(0), p(2), ANON, HEAP)]);
+        let (_, tasks) = prepare_lazy(alone.path()).unwrap();
+        assert_eq!(tasks[0].1.pages(), 2);
+        assert!(tasks[0].1.eager.is_empty());
         drop(dir);
     }
 
