@@ -112,6 +112,26 @@ fn carry_redis_and_tcp(to: &str) {
     let mut failures = Vec::new();
     check_incr(&incr, steady, &mut failures);
 
+    // Each tree's connection (the INCR client's to Redis, tcpout's to the echo server) had
+    // its peer nudged to resend what the blackout swallowed.
+    match overboot_lab::service::agent_report(&mut guest) {
+        Ok(report) => {
+            for (pid, what) in [(redis_pid, "redis"), (tcpout_pid, "tcpout")] {
+                let nudged = report["trees"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["root_pid"].as_i64() == Some(i64::from(pid)))
+                    .and_then(|t| t["nudged_connections"].as_u64());
+                if nudged.unwrap_or(0) < 1 {
+                    failures.push(format!(
+                        "{what}: no connection of it was nudged ({nudged:?} in the report)"
+                    ));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("overboot status --json: {e}")),
+    }
     // The listening socket survived: a new connection is accepted.
     if let Err(e) = redis::ping_new_connection(addr, Duration::from_secs(30)) {
         failures.push(format!(

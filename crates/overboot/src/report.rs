@@ -80,6 +80,10 @@ pub struct TreeReport {
     /// memory back, and its log. It exits when every page is back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy_pages: Option<LazyPages>,
+    /// Established TCP connections whose peers were nudged to resend at once (see
+    /// `nudge`); 0 when the tree has none or the nudge failed (the agent's log says why).
+    #[serde(default)]
+    pub nudged_connections: usize,
 }
 
 /// The daemon of a lazily restored tree.

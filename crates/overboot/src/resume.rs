@@ -467,6 +467,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
                         .ok()
                         .map(|l| l.to_string_lossy().into_owned()),
                     lazy_pages,
+                    nudged_connections: 0,
                 });
             }
             Err(failure) => {
@@ -495,15 +496,19 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     phases.insert("restore".into(), ms(restore_start.elapsed()));
     // The peers resend what the blackout swallowed now, not at their next timeout.
     let nudge_start = Instant::now();
-    for tree in &manifest.trees {
+    for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
         match crate::nudge::nudge_tree(&tree.pids) {
-            Ok(n) if n.connections > 0 => tracing::info!(
-                tree = %tree.name,
-                connections = n.connections,
-                probes = n.probes,
-                "nudged the peers of the restored connections"
-            ),
-            Ok(_) => {}
+            Ok(n) => {
+                report.nudged_connections = n.connections;
+                if n.connections > 0 {
+                    tracing::info!(
+                        tree = %tree.name,
+                        connections = n.connections,
+                        probes = n.probes,
+                        "nudged the peers of the restored connections"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(
                 tree = %tree.name,
                 error = %overboot_checkpoint::criu::error_chain(&e),
