@@ -284,3 +284,27 @@ pub fn set_thread_nice(nice: i32) -> Result<(), Errno> {
     let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     Errno::result(ret).map(drop)
 }
+
+/// The kernel's `TCP_INFO` of a TCP socket (the fields `libc::tcp_info` knows; a newer kernel's
+/// longer struct is cut to them).
+pub fn tcp_info(sock: BorrowedFd<'_>) -> Result<libc::tcp_info, Errno> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
+        .map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the socket is borrowed, so it stays open for the call; `info` is a zeroed
+    // `tcp_info` of the length passed in `len`, which the kernel writes at most `len` bytes
+    // of (and updates `len`). Both live across the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    Errno::result(ret)?;
+    // SAFETY: zero is a valid value of every field (plain integers), and the kernel filled in
+    // what it wrote.
+    Ok(unsafe { info.assume_init() })
+}

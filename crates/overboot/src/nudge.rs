@@ -21,7 +21,10 @@
 //! established socket of a restored tree is toggled in and out of repair mode [`PROBES`] times
 //! (the first probe may carry a changed window and count as a window update). A Linux peer drops
 //! such a probe as an old segment (it answers with an ACK and resends at its own timeout): the
-//! nudge neither helps nor harms it.
+//! nudge neither helps nor harms it. A round can miss: a segment of the service's own between
+//! two probes restarts the peer's count. So after the update is done, [`follow_up`] checks each
+//! probed connection (`TCP_INFO`'s time since data last came in) and probes again the ones
+//! whose peer stayed silent, up to [`ROUNDS`] rounds in all.
 //!
 //! While a socket is in repair mode its owner's reads fail with `EPERM` and writes with `EINVAL`,
 //! so every thread of the tree is held in a ptrace stop (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`, as
@@ -84,13 +87,27 @@ pub enum NudgeError {
 }
 
 /// What a nudge did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Nudged {
     /// Established connections probed.
     pub connections: usize,
     /// Window probes sent.
     pub probes: usize,
+    /// The connections probed, `(pid, fd)`, for [`follow_up`].
+    pub sockets: Vec<(i32, RawFd)>,
+    /// When they were.
+    pub at: Option<Instant>,
 }
+
+/// An established connection of a tree: `(pid, fd)`.
+type Socket = (i32, RawFd);
+
+/// Rounds of probes at most: a round can miss (a segment of the service's own between two
+/// probes restarts the peer's count of duplicate ACKs).
+pub const ROUNDS: usize = 3;
+
+/// How long a connection may stay silent after a round before the next one.
+const HEARD_WITHIN: Duration = Duration::from_millis(300);
 
 /// The socket inodes of the established connections in a `/proc/net/tcp` or `tcp6` table.
 pub fn established_inodes(table: &str) -> BTreeSet<u64> {
@@ -287,9 +304,77 @@ pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
         let sent = probe(pid, fd)?;
         nudged.connections += 1;
         nudged.probes += sent;
+        nudged.sockets.push((pid, fd));
     }
+    nudged.at = Some(Instant::now());
     drop(held);
     Ok(nudged)
+}
+
+/// Whether the peer of descriptor `fd` of `pid` sent data within the last `within` (false
+/// for a socket no longer established or gone: nothing to wait for then, see [`follow_up`]).
+fn heard(pid: i32, fd: RawFd, within: Duration) -> Option<bool> {
+    let pidfd = sys::pidfd_open(pid).ok()?;
+    let sock = sys::pidfd_getfd(pidfd.as_fd(), fd).ok()?;
+    let info = sys::tcp_info(sock.as_fd()).ok()?;
+    // TCP_ESTABLISHED
+    // In jiffies underneath (4–10 ms): data that came right after a round may read as a few
+    // ms older than it.
+    (info.tcpi_state == 1).then(|| {
+        u128::from(info.tcpi_last_data_recv) < within.as_millis() + JIFFY_SLACK.as_millis()
+    })
+}
+
+/// What `tcpi_last_data_recv` may be off by (two jiffies at `HZ=100`).
+const JIFFY_SLACK: Duration = Duration::from_millis(20);
+
+/// Further rounds for the connections of each tree (`(pids, the first round)`) whose peer
+/// stayed silent since the round before: up to [`ROUNDS`] in all, [`HEARD_WITHIN`] apart. A
+/// peer with nothing to resend stays silent and gets every round: harmless. Best effort (a
+/// failure is logged); returns the probes sent.
+pub fn follow_up(trees: &[(&[i32], &Nudged)]) -> usize {
+    let mut sent = 0;
+    let mut waiting: Vec<(&[i32], Vec<Socket>)> = trees
+        .iter()
+        .filter(|(_, n)| !n.sockets.is_empty())
+        .map(|(pids, n)| (*pids, n.sockets.clone()))
+        .collect();
+    let mut since = trees
+        .iter()
+        .filter_map(|(_, n)| n.at)
+        .min()
+        .unwrap_or_else(Instant::now);
+    for round in 2..=ROUNDS {
+        if waiting.is_empty() {
+            break;
+        }
+        std::thread::sleep(HEARD_WITHIN.saturating_sub(since.elapsed()));
+        let elapsed = since.elapsed();
+        for (_, sockets) in &mut waiting {
+            sockets.retain(|(pid, fd)| heard(*pid, *fd, elapsed) == Some(false));
+        }
+        waiting.retain(|(_, sockets)| !sockets.is_empty());
+        since = Instant::now();
+        for (pids, sockets) in &waiting {
+            let mut held = Held::default();
+            if let Err(e) = held.hold_all(pids) {
+                tracing::warn!(round, error = %e, "cannot hold a tree to nudge its peers again");
+                continue;
+            }
+            for (pid, fd) in sockets {
+                match probe(*pid, *fd) {
+                    Ok(n) => sent += n,
+                    Err(e) => tracing::warn!(round, error = %e, "cannot nudge a peer again"),
+                }
+            }
+            tracing::info!(
+                round,
+                connections = sockets.len(),
+                "nudged silent peers again"
+            );
+        }
+    }
+    sent
 }
 
 /// `(pid, fd)` of every established TCP connection of `pids`, each socket once (a socket
@@ -394,13 +479,8 @@ mod tests {
 
         let probes_before = win_probes();
         let nudged = nudge_tree(&[pid]).expect("nudge");
-        assert_eq!(
-            nudged,
-            Nudged {
-                connections: 1,
-                probes: PROBES
-            }
-        );
+        assert_eq!((nudged.connections, nudged.probes), (1, PROBES));
+        assert_eq!(nudged.sockets, [(pid, fd)]);
         assert!(
             win_probes() >= probes_before + PROBES as u64,
             "the kernel sent a window probe per toggle"
@@ -411,6 +491,18 @@ mod tests {
         );
         // Released, out of repair mode: the child reads and writes again.
         assert_eq!(echo(&mut conn, b"after the nudge"), b"after the nudge");
+        // A peer heard from since is left alone; a silent one gets the other rounds.
+        assert_eq!(follow_up(&[(&[pid], &nudged)]), 0, "heard: no second round");
+        let silent_since = win_probes();
+        std::thread::sleep(HEARD_WITHIN * 2);
+        let again = Nudged {
+            sockets: vec![(pid, fd)],
+            at: Some(Instant::now()),
+            ..Nudged::default()
+        };
+        assert_eq!(follow_up(&[(&[pid], &again)]), (ROUNDS - 1) * PROBES);
+        assert!(win_probes() >= silent_since + ((ROUNDS - 1) * PROBES) as u64);
+        assert_eq!(echo(&mut conn, b"after the rounds"), b"after the rounds");
         let state = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         assert!(state.contains("TracerPid:\t0\n"), "no tracer left: {state}");
     }

@@ -496,6 +496,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     phases.insert("restore".into(), ms(restore_start.elapsed()));
     // The peers resend what the blackout swallowed now, not at their next timeout.
     let nudge_start = Instant::now();
+    let mut nudged = Vec::new();
     for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
         match crate::nudge::nudge_tree(&tree.pids) {
             Ok(n) => {
@@ -508,6 +509,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
                         "nudged the peers of the restored connections"
                     );
                 }
+                nudged.push((tree.pids.as_slice(), n));
             }
             Err(e) => tracing::warn!(
                 tree = %tree.name,
@@ -579,6 +581,10 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     report.save(&options.state_dir)?;
     let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
     let _ = std::fs::remove_file(options.state_dir.join(crate::rollback::RECORD));
+    // Last, with the update done: the peers still silent get their other rounds.
+    let rounds: Vec<(&[i32], &crate::nudge::Nudged)> =
+        nudged.iter().map(|(pids, n)| (*pids, n)).collect();
+    crate::nudge::follow_up(&rounds);
     Ok(Some(report))
 }
 
