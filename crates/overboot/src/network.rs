@@ -133,25 +133,36 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Netw
 
 /// TCP sockets of the system by inode: (local port, state), from `/proc/net/tcp{,6}`.
 pub fn tcp_sockets() -> BTreeMap<u64, (u16, TcpState)> {
+    tcp_sockets_in("/proc/net")
+}
+
+/// The same from `<net>/tcp{,6}`: `/proc/<pid>/net` for the network namespace of a process.
+pub fn tcp_sockets_in(net: &str) -> BTreeMap<u64, (u16, TcpState)> {
     let mut map = BTreeMap::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            let state = u8::from_str_radix(state, 16).ok().map(TcpState::from_code);
-            if let (Some(port), Some(state), Ok(inode)) = (port, state, inode.parse()) {
-                map.insert(inode, (port, state));
-            }
-        }
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("{net}/{table}")).unwrap_or_default();
+        map.extend(parse_tcp_table(&text));
     }
     map
+}
+
+/// The rows of one `/proc/net/tcp` or `tcp6` table: inode → (local port, state).
+pub fn parse_tcp_table(text: &str) -> impl Iterator<Item = (u64, (u16, TcpState))> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        let state = TcpState::from_code(u8::from_str_radix(state, 16).ok()?);
+        Some((inode.parse().ok()?, (port, state)))
+    })
+}
+
+/// The socket inode a `/proc/<pid>/fd/<n>` link names (`socket:[12345]`).
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The TCP states we distinguish.
@@ -448,5 +459,40 @@ mod tests {
                 device: "eth0".into(),
             }]
         );
+    }
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000   100        0 20771 1 0000000000000000 100 0 0 10 0
+   1: 0F02000A:18EB 0202000A:C4A6 01 00000000:00000000 02:000A7E5B 00000000   100        0 21841 2 0000000000000000 20 4 30 10 -1
+   2: 0F02000A:18EB 0202000A:C4A8 06 00000000:00000000 03:00000A2F 00000000     0        0 0 3 0000000000000000
+   3: 0F02000A:0016 0202000A:D1C0 01 00000000:00000000 02:00092C19 00000000     0        0 19001 4 0000000000000000 20 4 29 10 -1
+";
+
+    #[test]
+    fn only_established_connections_are_picked() {
+        // The listener (0A) and the TIME_WAIT entry (06, inode 0) are not connections to nudge.
+        let established = |text: &str| -> BTreeSet<u64> {
+            parse_tcp_table(text)
+                .filter(|(_, (_, state))| *state == TcpState::Established)
+                .map(|(inode, _)| inode)
+                .collect()
+        };
+        assert_eq!(
+            established(TCP),
+            BTreeSet::from([21841, 19001]),
+            "established rows by inode"
+        );
+        assert!(established("").is_empty());
+        let rows: BTreeMap<u64, (u16, TcpState)> = parse_tcp_table(TCP).collect();
+        assert_eq!(rows[&20771], (0x18EB, TcpState::Listen));
+        assert_eq!(rows[&19001], (0x16, TcpState::Established));
+    }
+
+    #[test]
+    fn socket_links_name_their_inode() {
+        assert_eq!(socket_inode("socket:[21841]"), Some(21841));
+        assert_eq!(socket_inode("pipe:[21841]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
     }
 }

@@ -45,6 +45,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use overboot_kexec::sys;
 
+use crate::network::{self, TcpState};
+
 /// Window probes sent per connection: three duplicate ACKs start a fast retransmit, and the
 /// first may count as a window update instead.
 pub const PROBES: usize = 4;
@@ -109,49 +111,20 @@ pub const ROUNDS: usize = 3;
 /// How long a connection may stay silent after a round before the next one.
 const HEARD_WITHIN: Duration = Duration::from_millis(300);
 
-/// The socket inodes of the established connections in a `/proc/net/tcp` or `tcp6` table.
-pub fn established_inodes(table: &str) -> BTreeSet<u64> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode …
-            (fields.get(3) == Some(&"01"))
-                .then(|| fields.get(9)?.parse().ok())
-                .flatten()
-        })
-        .filter(|inode| *inode != 0)
-        .collect()
-}
-
-/// The socket inode a `/proc/<pid>/fd/<n>` link names (`socket:[12345]`).
-pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// The descriptors of `pid` that are established TCP connections (in its network namespace),
 /// with their socket inodes.
 fn established_fds(pid: i32) -> std::io::Result<Vec<(RawFd, u64)>> {
-    let mut inodes = BTreeSet::new();
-    for table in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-            inodes.extend(established_inodes(&text));
-        }
-    }
+    let tcp = network::tcp_sockets_in(&format!("/proc/{pid}/net"));
     let mut fds = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
         let Ok(link) = std::fs::read_link(entry.path()) else {
             continue;
         };
-        let inode = socket_inode(&link.to_string_lossy());
+        let inode = network::socket_inode(&link.to_string_lossy());
         let fd = entry.file_name().to_string_lossy().parse::<RawFd>().ok();
         if let (Some(inode), Some(fd)) = (inode, fd) {
-            if inodes.contains(&inode) {
+            if matches!(tcp.get(&inode), Some((_, TcpState::Established))) {
                 fds.push((fd, inode));
             }
         }
@@ -505,31 +478,5 @@ mod tests {
         assert_eq!(echo(&mut conn, b"after the rounds"), b"after the rounds");
         let state = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         assert!(state.contains("TracerPid:\t0\n"), "no tracer left: {state}");
-    }
-
-    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000   100        0 20771 1 0000000000000000 100 0 0 10 0
-   1: 0F02000A:18EB 0202000A:C4A6 01 00000000:00000000 02:000A7E5B 00000000   100        0 21841 2 0000000000000000 20 4 30 10 -1
-   2: 0F02000A:18EB 0202000A:C4A8 06 00000000:00000000 03:00000A2F 00000000     0        0 0 3 0000000000000000
-   3: 0F02000A:0016 0202000A:D1C0 01 00000000:00000000 02:00092C19 00000000     0        0 19001 4 0000000000000000 20 4 29 10 -1
-";
-
-    #[test]
-    fn only_established_connections_are_picked() {
-        // The listener (0A) and the TIME_WAIT entry (06, inode 0) are not connections to nudge.
-        assert_eq!(
-            established_inodes(TCP),
-            BTreeSet::from([21841, 19001]),
-            "established rows by inode"
-        );
-        assert!(established_inodes("").is_empty());
-    }
-
-    #[test]
-    fn socket_links_name_their_inode() {
-        assert_eq!(socket_inode("socket:[21841]"), Some(21841));
-        assert_eq!(socket_inode("pipe:[21841]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-        assert_eq!(socket_inode("socket:[x]"), None);
     }
 }

@@ -387,11 +387,7 @@ fn inspect_tree(
                 });
             }
             if kind == "socket" {
-                let inode = link
-                    .trim_start_matches("socket:[")
-                    .trim_end_matches(']')
-                    .parse::<u64>()
-                    .ok();
+                let inode = crate::network::socket_inode(&link);
                 if let Some((port, state)) = inode.and_then(|i| tcp.get(&i)) {
                     kind = format!("socket:{}", state.name());
                     if *state == crate::network::TcpState::Listen {
