@@ -88,21 +88,26 @@ pub enum NudgeError {
     },
 }
 
+/// An established connection of a tree: `(pid, fd)`.
+pub type Socket = (i32, RawFd);
+
 /// What a nudge did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Nudged {
-    /// Established connections probed.
-    pub connections: usize,
     /// Window probes sent.
     pub probes: usize,
-    /// The connections probed, `(pid, fd)`, for [`follow_up`].
-    pub sockets: Vec<(i32, RawFd)>,
+    /// The connections probed, for [`follow_up`].
+    pub sockets: Vec<Socket>,
     /// When they were.
     pub at: Option<Instant>,
 }
 
-/// An established connection of a tree: `(pid, fd)`.
-type Socket = (i32, RawFd);
+impl Nudged {
+    /// Established connections probed.
+    pub fn connections(&self) -> usize {
+        self.sockets.len()
+    }
+}
 
 /// Rounds of probes at most: a round can miss (a segment of the service's own between two
 /// probes restarts the peer's count of duplicate ACKs).
@@ -274,9 +279,7 @@ pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
     // Listed again while held: the descriptor tables cannot change now.
     let mut nudged = Nudged::default();
     for (pid, fd) in established_sockets(pids)? {
-        let sent = probe(pid, fd)?;
-        nudged.connections += 1;
-        nudged.probes += sent;
+        nudged.probes += probe(pid, fd)?;
         nudged.sockets.push((pid, fd));
     }
     nudged.at = Some(Instant::now());
@@ -290,9 +293,8 @@ fn heard(pid: i32, fd: RawFd, within: Duration) -> Option<bool> {
     let pidfd = sys::pidfd_open(pid).ok()?;
     let sock = sys::pidfd_getfd(pidfd.as_fd(), fd).ok()?;
     let info = sys::tcp_info(sock.as_fd()).ok()?;
-    // TCP_ESTABLISHED
-    // In jiffies underneath (4–10 ms): data that came right after a round may read as a few
-    // ms older than it.
+    // State 1: TCP_ESTABLISHED. The time is in jiffies underneath (4–10 ms): data that came
+    // right after a round may read as a few ms older than it.
     (info.tcpi_state == 1).then(|| {
         u128::from(info.tcpi_last_data_recv) < within.as_millis() + JIFFY_SLACK.as_millis()
     })
@@ -305,7 +307,7 @@ const JIFFY_SLACK: Duration = Duration::from_millis(20);
 /// stayed silent since the round before: up to [`ROUNDS`] in all, [`HEARD_WITHIN`] apart. A
 /// peer with nothing to resend stays silent and gets every round: harmless. Best effort (a
 /// failure is logged); returns the probes sent.
-pub fn follow_up(trees: &[(&[i32], &Nudged)]) -> usize {
+pub fn follow_up(trees: &[(&[i32], Nudged)]) -> usize {
     let mut sent = 0;
     let mut waiting: Vec<(&[i32], Vec<Socket>)> = trees
         .iter()
@@ -352,7 +354,7 @@ pub fn follow_up(trees: &[(&[i32], &Nudged)]) -> usize {
 
 /// `(pid, fd)` of every established TCP connection of `pids`, each socket once (a socket
 /// several processes or descriptors share is probed once).
-fn established_sockets(pids: &[i32]) -> Result<Vec<(i32, RawFd)>, NudgeError> {
+fn established_sockets(pids: &[i32]) -> Result<Vec<Socket>, NudgeError> {
     let mut sockets = Vec::new();
     let mut inodes_seen = BTreeSet::new();
     for &pid in pids {
@@ -452,7 +454,7 @@ mod tests {
 
         let probes_before = win_probes();
         let nudged = nudge_tree(&[pid]).expect("nudge");
-        assert_eq!((nudged.connections, nudged.probes), (1, PROBES));
+        assert_eq!((nudged.connections(), nudged.probes), (1, PROBES));
         assert_eq!(nudged.sockets, [(pid, fd)]);
         assert!(
             win_probes() >= probes_before + PROBES as u64,
@@ -465,7 +467,11 @@ mod tests {
         // Released, out of repair mode: the child reads and writes again.
         assert_eq!(echo(&mut conn, b"after the nudge"), b"after the nudge");
         // A peer heard from since is left alone; a silent one gets the other rounds.
-        assert_eq!(follow_up(&[(&[pid], &nudged)]), 0, "heard: no second round");
+        assert_eq!(
+            follow_up(&[(&[pid], nudged.clone())]),
+            0,
+            "heard: no second round"
+        );
         let silent_since = win_probes();
         std::thread::sleep(HEARD_WITHIN * 2);
         let again = Nudged {
@@ -473,7 +479,7 @@ mod tests {
             at: Some(Instant::now()),
             ..Nudged::default()
         };
-        assert_eq!(follow_up(&[(&[pid], &again)]), (ROUNDS - 1) * PROBES);
+        assert_eq!(follow_up(&[(&[pid], again)]), (ROUNDS - 1) * PROBES);
         assert!(win_probes() >= silent_since + ((ROUNDS - 1) * PROBES) as u64);
         assert_eq!(echo(&mut conn, b"after the rounds"), b"after the rounds");
         let state = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

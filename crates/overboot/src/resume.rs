@@ -500,11 +500,11 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     for (tree, report) in manifest.trees.iter().zip(trees.iter_mut()) {
         match crate::nudge::nudge_tree(&tree.pids) {
             Ok(n) => {
-                report.nudged_connections = n.connections;
-                if n.connections > 0 {
+                report.nudged_connections = n.connections();
+                if n.connections() > 0 {
                     tracing::info!(
                         tree = %tree.name,
-                        connections = n.connections,
+                        connections = n.connections(),
                         probes = n.probes,
                         "nudged the peers of the restored connections"
                     );
@@ -582,9 +582,7 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let _ = std::fs::remove_file(options.state_dir.join("pending.json"));
     let _ = std::fs::remove_file(options.state_dir.join(crate::rollback::RECORD));
     // Last, with the update done: the peers still silent get their other rounds.
-    let rounds: Vec<(&[i32], &crate::nudge::Nudged)> =
-        nudged.iter().map(|(pids, n)| (*pids, n)).collect();
-    crate::nudge::follow_up(&rounds);
+    crate::nudge::follow_up(&nudged);
     Ok(Some(report))
 }
 
