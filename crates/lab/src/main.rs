@@ -65,6 +65,10 @@ struct BenchArgs {
     /// `--lazy-restore` for `overboot update`: memory restored lazily in the new kernel.
     #[arg(long)]
     lazy_restore: bool,
+    /// `--criu-log-level` for `overboot update` (3 or more: CRIU's timestamps in its
+    /// logs, and the bench prints the lines after each pause of 20 ms or more).
+    #[arg(long, value_name = "N")]
+    criu_log_level: Option<u8>,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
         render_only,
         pre_copy_rounds,
         lazy_restore,
+        criu_log_level,
     } = args;
     if render_only {
         let path = out.join("results.json");
@@ -151,6 +156,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
     options.to = to;
     options.pre_copy_rounds = pre_copy_rounds;
     options.lazy_restore = lazy_restore;
+    options.criu_log_level = criu_log_level;
     let records = bench::run(&options)?;
     print!("{}", bench::markdown(&records));
     eprintln!("bench: results in {}", options.out.display());

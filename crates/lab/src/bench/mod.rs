@@ -174,6 +174,9 @@ pub struct BenchOptions {
     pub pre_copy_rounds: Option<u32>,
     /// `--lazy-restore` for the update methods.
     pub lazy_restore: bool,
+    /// `--criu-log-level` for the update methods (`None`: overboot's default). From level 3
+    /// CRIU stamps its log lines with the time; the bench then prints where its time went.
+    pub criu_log_level: Option<u8>,
 }
 
 impl BenchOptions {
@@ -187,6 +190,7 @@ impl BenchOptions {
             out,
             pre_copy_rounds: None,
             lazy_restore: false,
+            criu_log_level: None,
         }
     }
 
@@ -281,6 +285,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
                     out: &options.out,
                     pre_copy_rounds: options.pre_copy_rounds,
                     lazy_restore: options.lazy_restore,
+                    criu_log_level: options.criu_log_level,
                 };
                 let record = ctx.run(method);
                 eprintln!(
@@ -380,6 +385,7 @@ struct RunContext<'a> {
     out: &'a Path,
     pre_copy_rounds: Option<u32>,
     lazy_restore: bool,
+    criu_log_level: Option<u8>,
 }
 
 /// What a method measured.
@@ -404,6 +410,12 @@ struct Measured {
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// Prints, for the last update's CRIU logs, each line that came 20 ms or more after the line
+/// before it (the gap, and that line before it), and each log's last line: CRIU stamps every line with
+/// the seconds since it opened the log from log level 3 (level 4 adds a line per page range,
+/// which slows a large dump and restore several times over).
+const CRIU_LOG_GAPS: &str = r#"d=$(ls -td /var/lib/overboot/reports/*/ | head -1); for f in "$d"*-dump.log "$d"*-restore.log; do [ -f "$f" ] || continue; echo "== $f"; awk -F'[()]' '/^\(/ { t = $2 + 0; if (NR == 1 || t - p >= 0.02) printf "   after: %s\n%+.3f %s\n", last, t - p, $0; p = t; last = $0 } END { print "last: " last }' "$f"; done"#;
 
 /// Timeout for bulk Redis I/O (writing or checking gigabytes under TCG).
 const BULK: Duration = Duration::from_secs(1800);
@@ -501,6 +513,9 @@ impl RunContext<'_> {
         if self.lazy_restore {
             extra.push_str(" --lazy-restore");
         }
+        if let Some(level) = self.criu_log_level {
+            extra.push_str(&format!(" --criu-log-level {level}"));
+        }
         let update = service::run_update(
             &mut rg.guest,
             self.to,
@@ -520,6 +535,11 @@ impl RunContext<'_> {
             "cat /run/overboot/*/*/lazy-pages.log 2>/dev/null; true",
             Duration::from_secs(60),
         );
+        if self.criu_log_level.is_some_and(|l| l >= 3) {
+            // Where CRIU's time went: the lines after each pause of 20 ms or more in its
+            // timestamped logs (the whole logs stay on the guest's disk).
+            let _ = rg.guest.run(CRIU_LOG_GAPS, Duration::from_secs(120));
+        }
         let latency = LatencyFile {
             blackout_start_ms: summary.blackout_start_ms,
             samples: samples.iter().map(LatencySample::from).collect(),
