@@ -35,6 +35,13 @@ pub enum CheckpointError {
         #[source]
         source: io::Error,
     },
+    /// The in-memory configuration file for CRIU could not be made.
+    #[error("cannot write CRIU's configuration file")]
+    ConfigFile {
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// CRIU exited (or crashed) before answering.
     #[error("criu exited ({status}) before answering{}", stderr_suffix(stderr))]
     CriuExited {

@@ -54,6 +54,11 @@ pub struct DumpRequest {
     pub log_level: i32,
     /// Keep the tree running after the dump (for tests and rollback drills).
     pub leave_running: bool,
+    /// Leave the tree stopped (`SIGSTOP`) after a successful dump instead of killing it: CRIU
+    /// then does not wait while the kernel frees its memory (most of a large tree's dump), and
+    /// the tasks keep their pids until the caller kills them or a kexec abandons them. Its TCP
+    /// sockets stay in repair mode, their connections locked. DUMP only.
+    pub leave_stopped: bool,
     /// Dump established TCP connections.
     pub tcp_established: bool,
     /// Allow unix sockets whose peer is outside the tree.
@@ -89,6 +94,7 @@ impl DumpRequest {
             log_file: "dump.log".to_owned(),
             log_level: DEFAULT_LOG_LEVEL,
             leave_running: false,
+            leave_stopped: false,
             tcp_established: true,
             ext_unix_sk: true,
             file_locks: false,

@@ -237,11 +237,21 @@ impl Session {
         let work = req.work_dir.as_deref().map(open_dir).transpose()?;
         let mut opts = req.to_opts(images.as_raw_fd(), work.as_ref().map(AsRawFd::as_raw_fd));
         opts.track_mem = Some(track_mem);
+        let config = (req.leave_stopped && kind == CriuReqType::Dump)
+            .then(|| config_file(LEAVE_STOPPED))
+            .transpose()?;
+        if let Some(config) = &config {
+            opts.config_file = Some(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                config.as_raw_fd()
+            ));
+        }
         let mut msg = CriuReq::new(kind);
         msg.opts = Some(opts);
         // The fds must stay open until CRIU has opened them: that is, until the answer.
         let answer = self.exchange(&msg, kind, notify);
-        drop((images, work));
+        drop((images, work, config));
         answer
     }
 
@@ -293,6 +303,23 @@ impl Session {
             }
         }
     }
+}
+
+/// The configuration that stops the tree after its dump instead of killing it. CRIU 3.17's RPC
+/// has no `leave_stopped` field (3.18 added one); it does read a configuration file named by the
+/// request (`config_file`), whose options override the request's, in 3.17 and later alike.
+const LEAVE_STOPPED: &str = "leave-stopped\n";
+
+/// A configuration file for CRIU in memory: a memfd that CRIU opens as `/proc/<our pid>/fd/<n>`
+/// (nothing on disk to clean up, nothing in the images).
+fn config_file(text: &str) -> Result<OwnedFd, CheckpointError> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let err = |source: std::io::Error| CheckpointError::ConfigFile { source };
+    let fd = memfd_create(c"overboot-criu.conf", MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| err(e.into()))?;
+    let mut file = File::from(fd);
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(err)?;
+    Ok(OwnedFd::from(file))
 }
 
 /// Opens a directory for CRIU: an fd in our process, close-on-exec (CRIU does not inherit it;

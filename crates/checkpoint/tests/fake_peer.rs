@@ -129,6 +129,30 @@ fn images_dir_fd_names_the_directory_in_our_process() {
 }
 
 #[test]
+fn leave_stopped_reaches_criu_as_a_configuration_file_it_can_read() {
+    // CRIU 3.17's RPC has no leave_stopped: the request names a configuration file, which CRIU
+    // reads by path while the request runs. A plain dump names none.
+    let images = tempfile::tempdir().unwrap();
+    let (session, peer) = pair(move |peer| {
+        let opts = peer.recv().opts.unwrap();
+        let path = opts.config_file.expect("a configuration file");
+        assert!(path.starts_with(&format!("/proc/{}/fd/", std::process::id())));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "leave-stopped\n");
+        peer.send(&resp(CriuReqType::Dump, true));
+        let opts = peer.recv().opts.unwrap();
+        assert_eq!(opts.config_file, None);
+        peer.send(&resp(CriuReqType::Dump, true));
+    });
+    let mut stopped = DumpRequest::new(7, images.path());
+    stopped.leave_stopped = true;
+    session.dump(&stopped, &mut accept_all).unwrap();
+    session
+        .dump(&DumpRequest::new(7, images.path()), &mut accept_all)
+        .unwrap();
+    peer.join().unwrap();
+}
+
+#[test]
 fn a_failed_dump_carries_criu_message_errno_and_log() {
     let images = tempfile::tempdir().unwrap();
     std::fs::write(

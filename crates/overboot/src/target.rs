@@ -207,6 +207,52 @@ fn stat(pid: i32) -> Option<(String, i32, u32, u64, u64)> {
 
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// When process `pid` started (`starttime` of `/proc/<pid>/stat`, clock ticks since boot): with
+/// the pid, it names one process, not whichever holds that number later.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    // Fields after comm: state(0) ppid(1) ... starttime(19)
+    text.get(close + 2..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Kills the processes `pids` (`SIGKILL`, which ends stopped ones too) and waits until each
+/// is gone: reaped by its parent, not merely a zombie, so that its pid is free (or held by a
+/// process started since). Fails with `TimedOut`, naming a pid still there, after `timeout`.
+pub fn end_tasks(pids: &[i32], timeout: std::time::Duration) -> std::io::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let alive: Vec<(i32, u64)> = pids
+        .iter()
+        .filter_map(|&pid| Some((pid, start_time(pid)?)))
+        .collect();
+    for (pid, _) in &alive {
+        let _ = kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let Some((pid, _)) = alive
+            .iter()
+            .find(|(pid, started)| start_time(*pid) == Some(*started))
+        else {
+            return Ok(());
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "pid {pid} is still there {:.1} s after SIGKILL (not reaped by its parent?)",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")
         .map(|d| {
@@ -545,6 +591,38 @@ mod tests {
             inspect(&Target::Pid(me), me),
             Err(TargetError::ContainsSelf { .. })
         ));
+    }
+
+    #[test]
+    fn stopped_tasks_are_ended_and_their_pids_freed() {
+        use nix::sys::signal::{kill, Signal};
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).expect("stop");
+        // Its parent (this test) reaps it, as a shell or systemd would.
+        let reaper = std::thread::spawn(move || child.wait().expect("wait"));
+        end_tasks(&[pid], std::time::Duration::from_secs(20)).expect("ended");
+        assert!(start_time(pid).is_none(), "pid {pid} still in /proc");
+        assert!(!reaper.join().expect("reaper").success());
+        // Pids already gone are no error.
+        end_tasks(&[pid], std::time::Duration::from_millis(100)).expect("gone already");
+    }
+
+    #[test]
+    fn a_zombie_nobody_reaps_is_reported() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let err = end_tasks(&[pid], std::time::Duration::from_millis(300)).expect_err("zombie");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains(&format!("pid {pid}")), "{err}");
+        let _ = child.wait();
+        assert!(start_time(pid).is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use overboot::network::{NetworkError, NetworkState};
 use overboot::target::{Target, TargetError, TreeInfo};
-use overboot::update::{self, Effects, Handover, UpdateError, UpdateOptions};
+use overboot::update::{self, AfterDump, Effects, Handover, UpdateError, UpdateOptions};
 use overboot_checkpoint::CheckpointError;
 use overboot_handover::{ClockReadings, RollbackRecipe};
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
@@ -33,6 +33,10 @@ struct Mock {
     fail_pre_round: Option<usize>,
     /// The engine can restore lazily.
     lazy: bool,
+    /// What each successful dump did with its tree, by root pid.
+    after_dump: Vec<(i32, AfterDump)>,
+    /// Stopped tasks cannot be ended.
+    fail_end_stopped: bool,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -41,7 +45,13 @@ fn tree(pid: i32) -> TreeInfo {
         name: format!("pid-{pid}"),
         root: pid,
         cmdline: "worker".into(),
-        processes: Vec::new(),
+        processes: vec![overboot::target::ProcessInfo {
+            pid,
+            ppid: 1,
+            comm: "worker".into(),
+            threads: 1,
+            rss_bytes: 0,
+        }],
         fds: Default::default(),
         tmpfs_files: Default::default(),
         listen_ports: Default::default(),
@@ -162,6 +172,7 @@ impl Effects for Mock {
         tree: &TreeInfo,
         images: &Path,
         parent: Option<&str>,
+        after: AfterDump,
     ) -> Result<(), CheckpointError> {
         match parent {
             Some(parent) => self.log.push(format!("dump {} {parent}", tree.root)),
@@ -174,8 +185,21 @@ impl Effects for Mock {
             });
         }
         std::fs::write(images.join("core-1.img"), b"image").expect("write image");
+        self.after_dump.push((tree.root, after));
         if let Some(parent) = parent {
             std::os::unix::fs::symlink(parent, images.join("parent")).expect("parent link");
+        }
+        Ok(())
+    }
+
+    fn end_stopped(&mut self, pids: &[i32]) -> std::io::Result<()> {
+        let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+        self.log.push(format!("end_stopped {}", pids.join(",")));
+        if self.fail_end_stopped {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "pid 100 is still there",
+            ));
         }
         Ok(())
     }
@@ -525,6 +549,100 @@ fn a_failure_after_an_early_load_restores_the_trees_and_unloads_the_kernel() {
         "{err}"
     );
     assert!(!mock.log.contains(&"unload".to_string()));
+}
+
+#[test]
+fn a_directory_store_leaves_dumped_trees_stopped_and_ends_them_before_a_local_restore() {
+    // Success: stopped, never ended (the kexec abandons them), never restored here.
+    let mut mock = Mock::default();
+    let (result, _dir) = run_with(&mut mock, |o| {
+        o.handover = Handover::Dir(o.work_dir.join("store"));
+    });
+    result.expect("update");
+    assert_eq!(
+        mock.after_dump,
+        [(100, AfterDump::Stop), (200, AfterDump::Stop)]
+    );
+    assert!(
+        !mock.log.iter().any(|l| l.starts_with("end_stopped")),
+        "{:?}",
+        mock.log
+    );
+
+    // A failed jump: each tree's stopped tasks end before its restore needs their pids.
+    let mut mock = Mock {
+        fail_jump: true,
+        ..Mock::default()
+    };
+    let (result, _dir) = run_with(&mut mock, |o| {
+        o.handover = Handover::Dir(o.work_dir.join("store"));
+    });
+    let err = result.expect_err("jump fails");
+    assert!(err.to_string().contains("restored on this kernel"), "{err}");
+    let at = |line: &str| mock.log.iter().position(|l| l == line);
+    for (pid, tree) in [(100, "pid-100"), (200, "pid-200")] {
+        let ended = at(&format!("end_stopped {pid}")).expect("ended");
+        let restored = at(&format!("restore {tree}")).expect("restored");
+        assert!(ended < restored, "{:?}", mock.log);
+    }
+
+    // A failed second dump: CRIU resumed that tree itself; only the first was stopped.
+    let mut mock = Mock {
+        fail_dump_of: Some(200),
+        ..Mock::default()
+    };
+    let (result, _dir) = run_with(&mut mock, |o| {
+        o.handover = Handover::Dir(o.work_dir.join("store"));
+    });
+    result.expect_err("dump fails");
+    assert!(at_least_once(&mock, "end_stopped 100"));
+    assert!(!at_least_once(&mock, "end_stopped 200"));
+}
+
+fn at_least_once(mock: &Mock, line: &str) -> bool {
+    mock.log.iter().any(|l| l == line)
+}
+
+#[test]
+fn a_stopped_tree_that_cannot_be_ended_is_reported_not_restored() {
+    let mut mock = Mock {
+        fail_jump: true,
+        fail_end_stopped: true,
+        ..Mock::default()
+    };
+    let (result, _dir) = run_with(&mut mock, |o| {
+        o.handover = Handover::Dir(o.work_dir.join("store"));
+    });
+    let err = result.expect_err("jump fails").to_string();
+    assert!(err.contains("NOT restored"), "{err}");
+    assert!(err.contains("stopped tasks could not be ended"), "{err}");
+    assert!(err.contains("images kept in"), "{err}");
+    assert!(
+        !mock.log.iter().any(|l| l.starts_with("restore ")),
+        "{:?}",
+        mock.log
+    );
+    // New connections are let in again all the same.
+    assert!(at_least_once(&mock, "unblock"), "{:?}", mock.log);
+}
+
+#[test]
+fn the_initrd_store_kills_dumped_trees() {
+    let mut mock = Mock {
+        fail_jump: true,
+        ..Mock::default()
+    };
+    let (result, _dir) = run(&mut mock);
+    result.expect_err("jump fails");
+    assert_eq!(
+        mock.after_dump,
+        [(100, AfterDump::Kill), (200, AfterDump::Kill)]
+    );
+    assert!(
+        !mock.log.iter().any(|l| l.starts_with("end_stopped")),
+        "{:?}",
+        mock.log
+    );
 }
 
 #[test]
