@@ -29,6 +29,9 @@ use prost::Message;
 
 use crate::images::{ImageError, IMG_COMMON_MAGIC};
 
+mod flat;
+pub use flat::flatten;
+
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 /// `pagemap.h`: the pages are in the parent images.
 const PE_PARENT: u32 = 1 << 0;
@@ -639,7 +642,7 @@ mod tests {
         flags: Option<u32>,
     }
 
-    fn write_multi(path: &Path, magic: u32, entries: &[Vec<u8>]) {
+    pub(super) fn write_multi(path: &Path, magic: u32, entries: &[Vec<u8>]) {
         let mut out = Vec::new();
         out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
         out.extend_from_slice(&magic.to_le_bytes());
@@ -650,7 +653,7 @@ mod tests {
         std::fs::write(path, out).unwrap();
     }
 
-    fn pe(vaddr: u64, nr_pages: u32, flags: u32) -> Vec<u8> {
+    pub(super) fn pe(vaddr: u64, nr_pages: u32, flags: u32) -> Vec<u8> {
         PagemapEntry {
             vaddr,
             nr_pages,
@@ -660,13 +663,13 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn pagemap(path: &Path, pages_id: u32, entries: &[Vec<u8>]) {
+    pub(super) fn pagemap(path: &Path, pages_id: u32, entries: &[Vec<u8>]) {
         let mut all = vec![PagemapHead { pages_id }.encode_to_vec()];
         all.extend_from_slice(entries);
         write_multi(path, PAGEMAP_MAGIC, &all);
     }
 
-    fn mm(dir: &Path, pid: u32, vmas: Vec<VmaEntry>) {
+    pub(super) fn mm(dir: &Path, pid: u32, vmas: Vec<VmaEntry>) {
         write_multi(
             &dir.join(format!("mm-{pid}.img")),
             0x5749_2820,
@@ -674,7 +677,7 @@ mod tests {
         );
     }
 
-    fn vma(start: u64, end: u64, flags: u32, status: u32) -> VmaEntry {
+    pub(super) fn vma(start: u64, end: u64, flags: u32, status: u32) -> VmaEntry {
         VmaEntry {
             start,
             end,
@@ -683,15 +686,15 @@ mod tests {
         }
     }
 
-    const HEAP: u32 = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
-    const ANON: u32 = MAP_ANONYMOUS | MAP_PRIVATE;
+    pub(super) const HEAP: u32 = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
+    pub(super) const ANON: u32 = MAP_ANONYMOUS | MAP_PRIVATE;
 
-    fn p(n: u64) -> u64 {
+    pub(super) fn p(n: u64) -> u64 {
         0x10_0000 + n * PAGE_SIZE
     }
 
     /// top -> pre-2 -> pre-1, as pre-copy leaves them: returns (root, top).
-    fn chain() -> (tempfile::TempDir, PathBuf) {
+    pub(super) fn chain() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let top = dir.path().join("top");
         let pre1 = dir.path().join("pre-1");

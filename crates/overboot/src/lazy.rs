@@ -5,7 +5,9 @@
 //! until every page is back, when the server exits. The tasks answer before those pages are
 //! copied. That holds for the pages a pre-copy round holds too: the agent flags them lazy in
 //! the restore's copy of each pagemap ([`overboot_checkpoint::pagemap::prepare_lazy`]),
-//! and the server finds them down the chain of rounds. (CRIU 3.17's own `criu lazy-pages`
+//! and the server finds them down the chain of rounds; then it writes each pagemap anew with
+//! no entry left to a round, so that CRIU reads none of them
+//! ([`overboot_checkpoint::pagemap::flatten`]). (CRIU 3.17's own `criu lazy-pages`
 //! cannot: it serves only the pages the final dump wrote.) Trees with little memory are
 //! restored whole ([`MIN_SERVED_BYTES`]).
 //!

@@ -182,6 +182,40 @@ fn start_page_server(job: &TreeJob, map: &Path) -> Option<crate::lazy::Daemon> {
         .ok()
 }
 
+/// The directory a tree is restored from (see [`restore_dir`]), made in `scratch`: its clock
+/// record advanced by the time since the tree's clocks were read at the freeze (see
+/// [`timens`]), the windows of its unscaled TCP connections pinned. Returns it with that time.
+fn prepare_images(
+    map: &SaveStateMap,
+    manifest: &overboot_handover::Manifest,
+    tree: &overboot_handover::PreservedTree,
+    scratch: &Path,
+) -> Result<(PathBuf, u64), ResumeError> {
+    let images = restore_dir(&map.path_of(&tree.images), scratch).map_err(|source| {
+        ResumeError::Scratch {
+            path: scratch.to_path_buf(),
+            source,
+        }
+    })?;
+    let recorded = if tree.clocks_realtime_ns > 0 {
+        tree.clocks_realtime_ns
+    } else {
+        manifest.clocks.realtime_ns
+    };
+    let elapsed = timens::elapsed_since(recorded, read_clocks().realtime_ns);
+    let images_error = |source| ResumeError::Images {
+        tree: tree.name.clone(),
+        source,
+    };
+    overboot_checkpoint::images::advance_clocks(&images, elapsed).map_err(images_error)?;
+    let pinned =
+        overboot_checkpoint::images::pin_unscaled_windows(&images).map_err(images_error)?;
+    if !pinned.is_empty() {
+        tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
+    }
+    Ok((images, elapsed))
+}
+
 /// Puts back the byte an injected `flip-byte` fault flipped, when dropped.
 struct Unflip(Option<(PathBuf, u8)>);
 
@@ -326,35 +360,12 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let mut clock_advance_ns = BTreeMap::new();
     let mut jobs = Vec::new();
     for tree in &manifest.trees {
-        let images = map.path_of(&tree.images);
         let scratch = options.work_dir.join(&id).join(&tree.name);
-        let restore_images =
-            restore_dir(&images, &scratch).map_err(|source| ResumeError::Scratch {
-                path: scratch.clone(),
-                source,
-            })?;
-        // Clocks continue from their values at freeze plus the time since (see `timens`).
-        let recorded = if tree.clocks_realtime_ns > 0 {
-            tree.clocks_realtime_ns
-        } else {
-            manifest.clocks.realtime_ns
-        };
-        let elapsed = timens::elapsed_since(recorded, read_clocks().realtime_ns);
-        let images_error = |source| ResumeError::Images {
-            tree: tree.name.clone(),
-            source,
-        };
-        overboot_checkpoint::images::advance_clocks(&restore_images, elapsed)
-            .map_err(images_error)?;
+        let (restore_images, elapsed) = prepare_images(&map, &manifest, tree, &scratch)?;
         clock_advance_ns.insert(
             tree.name.clone(),
             i64::try_from(elapsed).unwrap_or(i64::MAX),
         );
-        let pinned = overboot_checkpoint::images::pin_unscaled_windows(&restore_images)
-            .map_err(images_error)?;
-        if !pinned.is_empty() {
-            tracing::info!(tree = %tree.name, connections = pinned.len(), "pinned unscaled TCP windows");
-        }
         // A rollback brings every page back before the tasks run: it is the safe way home. A
         // tree with little memory is restored whole too: its server would cost more than it
         // saves (see `lazy::MIN_SERVED_BYTES`).
@@ -393,6 +404,17 @@ pub fn run(options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
                 .flatten()
         })
         .collect();
+    // A server that did not start may have left its directory half rewritten for a lazy
+    // restore (see `pagemap::flatten`): the eager restore gets a fresh one (its log stays).
+    for ((job, daemon), tree) in jobs.iter_mut().zip(&daemons).zip(&manifest.trees) {
+        if job.lazy && daemon.is_none() {
+            let scratch = options
+                .work_dir
+                .join(&id)
+                .join(format!("{}-eager", tree.name));
+            job.images = prepare_images(&map, &manifest, tree, &scratch)?.0;
+        }
+    }
     let served_dirs: Vec<PathBuf> = jobs
         .iter()
         .zip(&daemons)

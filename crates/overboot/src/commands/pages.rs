@@ -24,8 +24,8 @@ pub fn run(args: Args) -> Result<(), CommandError> {
     let _ = writeln!(
         err,
         "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, {} in \
-         the background, {} dropped by the tasks; {} MiB checked), images indexed in {} ms, {} ms \
-         after the restore finished, {} ms in all",
+         the background, {} dropped by the tasks; {} MiB checked), images indexed in {} ms{}, \
+         {} ms after the restore finished, {} ms in all",
         summary.tasks,
         summary.pages,
         summary.fault_pages,
@@ -35,6 +35,11 @@ pub fn run(args: Args) -> Result<(), CommandError> {
         summary.dropped_pages,
         summary.checked_bytes >> 20,
         summary.index_ms,
+        if summary.flat {
+            " (the restore read no pre-copy round)"
+        } else {
+            ""
+        },
         summary.after_restore_ms,
         started.elapsed().as_millis()
     );

@@ -162,6 +162,9 @@ pub struct Summary {
     pub after_restore_ms: u64,
     /// Milliseconds from the server's start to listening (reading and indexing the images).
     pub index_ms: u64,
+    /// The restore reads no pre-copy round: each task's pagemap was written anew, with the
+    /// pages CRIU puts back in a file of the restore's own ([`pagemap::flatten`]).
+    pub flat: bool,
 }
 
 /// One task served: its userfaultfd and the pages it still misses.
@@ -262,10 +265,11 @@ type EagerSpans = Vec<Vec<(u64, u64)>>;
 
 /// Indexes every task's lazy pages in `dir` and maps their page files, with the piece
 /// digests the map at `map` lists for them.
-fn index(
-    dir: &Path,
-    map: &Path,
-) -> Result<(Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages, EagerSpans), PageServerError> {
+/// The server's view of the images: the page files mapped with their digests, every task's lazy
+/// pages, what the restore itself reads, and whether the restore reads no round.
+type Indexed = (Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages, EagerSpans, bool);
+
+fn index(dir: &Path, map: &Path) -> Result<Indexed, PageServerError> {
     let ssm =
         overboot_handover::SaveStateMap::open(map).map_err(|source| PageServerError::OpenMap {
             path: map.to_path_buf(),
@@ -280,8 +284,10 @@ fn index(
     let mut index = HashMap::new();
     let mut eager: Vec<(usize, u64, u64)> = Vec::new();
     // One reading of the images: flag the pre-copied holes lazy (the restore reads the
-    // rewritten pagemaps) and index what the server will put in.
-    let (_, tasks) = pagemap::prepare_lazy(dir).map_err(index_error)?;
+    // rewritten pagemaps) and index what the server will put in; then spare the restore the
+    // reading of every round (the page files keep their real paths).
+    let (_, mut tasks) = pagemap::prepare_lazy(dir).map_err(index_error)?;
+    let flat = pagemap::flatten(dir, &mut tasks).map_err(index_error)?;
     for (pid, lazy) in tasks {
         let LazyPages {
             files: own,
@@ -354,7 +360,7 @@ fn index(
     for (file, start, end) in eager {
         spans[file].push((start, end));
     }
-    Ok((maps, pieces, index, spans))
+    Ok((maps, pieces, index, spans, flat))
 }
 
 /// Writes [`crate::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
@@ -390,12 +396,13 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerS
 /// page files are in the map at `map`, until every page is back.
 pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
     let started = Instant::now();
-    let (maps, pieces, index, eager) = index(dir, map)?;
+    let (maps, pieces, index, eager, flat) = index(dir, map)?;
     write_served_pieces(dir, map, &pieces, &eager);
     let mut server = Server {
         summary: Summary {
             pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
             index_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            flat,
             ..Summary::default()
         },
         maps,
