@@ -412,10 +412,11 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Prints, for the last update's CRIU logs, each line that came 20 ms or more after the line
-/// before it (the gap, and that line before it), and each log's last line: CRIU stamps every line with
+/// before it (the gap, and that line before it), the restore's page counts and whether it
+/// disabled transparent huge pages for a lazy restore, and each log's last line: CRIU stamps every line with
 /// the seconds since it opened the log from log level 3 (level 4 adds a line per page range,
 /// which slows a large dump and restore several times over).
-const CRIU_LOG_GAPS: &str = r#"d=$(ls -td /var/lib/overboot/reports/*/ | head -1); for f in "$d"*-dump.log "$d"*-restore.log; do [ -f "$f" ] || continue; echo "== $f"; awk -F'[()]' '/^\(/ { t = $2 + 0; if (NR == 1 || t - p >= 0.02) printf "   after: %s\n%+.3f %s\n", last, t - p, $0; p = t; last = $0 } END { print "last: " last }' "$f"; done"#;
+const CRIU_LOG_GAPS: &str = r#"d=$(ls -td /var/lib/overboot/reports/*/ | head -1); for f in "$d"*-dump.log "$d"*-restore.log; do [ -f "$f" ] || continue; echo "== $f"; awk -F'[()]' '/^\(/ { t = $2 + 0; if (NR == 1 || t - p >= 0.02 || /huge pages|nr_restored_pages|nr_lazy/) printf "   after: %s\n%+.3f %s\n", last, t - p, $0; p = t; last = $0 } END { print "last: " last }' "$f"; done"#;
 
 /// Timeout for bulk Redis I/O (writing or checking gigabytes under TCG).
 const BULK: Duration = Duration::from_secs(1800);
