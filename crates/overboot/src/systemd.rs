@@ -5,8 +5,9 @@
 //!  old kernel                                    new kernel (same root file system)
 //!  overboot update --preserve unit:X.service     systemd runs overboot-generator (early):
 //!   X.service.d/zz-overboot-hold.conf:             map on the command line → sysinit wants
-//!     Restart=no (runtime), so the dump's kill     overboot-resume.service; X.service gets
-//!     is not answered by a fresh X                 the adopt drop-in
+//!     Restart=no (runtime), so the end of the      overboot-resume.service; X.service gets
+//!     dumped (stopped) processes after a failure   the adopt drop-in
+//!     is not answered by a fresh X
 //!   dump, map in dir:/var/lib/overboot/ssm/ID   overboot-resume.service (before sysinit.target,
 //!   kexec ─────────────────────────────────────►  PIDs still free): verify, lock, network,
 //!                                                 restore every tree, unlock; writes

@@ -593,14 +593,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn stopped_tasks_are_ended_and_their_pids_freed() {
-        use nix::sys::signal::{kill, Signal};
-        let mut child = std::process::Command::new("sleep")
+    /// A child of this test that sleeps 30 s, and its pid.
+    fn sleeping_child() -> (std::process::Child, i32) {
+        let child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .expect("spawn sleep");
         let pid = i32::try_from(child.id()).unwrap_or(0);
+        (child, pid)
+    }
+
+    #[test]
+    fn stopped_tasks_are_ended_and_their_pids_freed() {
+        use nix::sys::signal::{kill, Signal};
+        let (mut child, pid) = sleeping_child();
         kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).expect("stop");
         // Its parent (this test) reaps it, as a shell or systemd would.
         let reaper = std::thread::spawn(move || child.wait().expect("wait"));
@@ -613,11 +619,7 @@ mod tests {
 
     #[test]
     fn a_zombie_nobody_reaps_is_reported() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let (mut child, pid) = sleeping_child();
         let err = end_tasks(&[pid], std::time::Duration::from_millis(300)).expect_err("zombie");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(err.to_string().contains(&format!("pid {pid}")), "{err}");
@@ -627,11 +629,7 @@ mod tests {
 
     #[test]
     fn a_child_is_inspected() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let (mut child, pid) = sleeping_child();
         let tree = inspect(&Target::Pid(pid), 1);
         let _ = child.kill();
         let _ = child.wait();

@@ -555,28 +555,20 @@ fn a_failure_after_an_early_load_restores_the_trees_and_unloads_the_kernel() {
 fn a_directory_store_leaves_dumped_trees_stopped_and_ends_them_before_a_local_restore() {
     // Success: stopped, never ended (the kexec abandons them), never restored here.
     let mut mock = Mock::default();
-    let (result, _dir) = run_with(&mut mock, |o| {
-        o.handover = Handover::Dir(o.work_dir.join("store"));
-    });
+    let (result, _dir) = run_with(&mut mock, into_a_directory_store);
     result.expect("update");
     assert_eq!(
         mock.after_dump,
         [(100, AfterDump::Stop), (200, AfterDump::Stop)]
     );
-    assert!(
-        !mock.log.iter().any(|l| l.starts_with("end_stopped")),
-        "{:?}",
-        mock.log
-    );
+    assert_none_ended(&mock);
 
     // A failed jump: each tree's stopped tasks end before its restore needs their pids.
     let mut mock = Mock {
         fail_jump: true,
         ..Mock::default()
     };
-    let (result, _dir) = run_with(&mut mock, |o| {
-        o.handover = Handover::Dir(o.work_dir.join("store"));
-    });
+    let (result, _dir) = run_with(&mut mock, into_a_directory_store);
     let err = result.expect_err("jump fails");
     assert!(err.to_string().contains("restored on this kernel"), "{err}");
     let at = |line: &str| mock.log.iter().position(|l| l == line);
@@ -591,12 +583,19 @@ fn a_directory_store_leaves_dumped_trees_stopped_and_ends_them_before_a_local_re
         fail_dump_of: Some(200),
         ..Mock::default()
     };
-    let (result, _dir) = run_with(&mut mock, |o| {
-        o.handover = Handover::Dir(o.work_dir.join("store"));
-    });
+    let (result, _dir) = run_with(&mut mock, into_a_directory_store);
     result.expect_err("dump fails");
     assert!(at_least_once(&mock, "end_stopped 100"));
     assert!(!at_least_once(&mock, "end_stopped 200"));
+}
+
+fn assert_none_ended(mock: &Mock) {
+    let ended = mock.log.iter().any(|l| l.starts_with("end_stopped"));
+    assert!(!ended, "{:?}", mock.log);
+}
+
+fn into_a_directory_store(options: &mut UpdateOptions) {
+    options.handover = Handover::Dir(options.work_dir.join("store"));
 }
 
 fn at_least_once(mock: &Mock, line: &str) -> bool {
@@ -610,9 +609,7 @@ fn a_stopped_tree_that_cannot_be_ended_is_reported_not_restored() {
         fail_end_stopped: true,
         ..Mock::default()
     };
-    let (result, _dir) = run_with(&mut mock, |o| {
-        o.handover = Handover::Dir(o.work_dir.join("store"));
-    });
+    let (result, _dir) = run_with(&mut mock, into_a_directory_store);
     let err = result.expect_err("jump fails").to_string();
     assert!(err.contains("NOT restored"), "{err}");
     assert!(err.contains("stopped tasks could not be ended"), "{err}");
@@ -638,11 +635,7 @@ fn the_initrd_store_kills_dumped_trees() {
         mock.after_dump,
         [(100, AfterDump::Kill), (200, AfterDump::Kill)]
     );
-    assert!(
-        !mock.log.iter().any(|l| l.starts_with("end_stopped")),
-        "{:?}",
-        mock.log
-    );
+    assert_none_ended(&mock);
 }
 
 #[test]
