@@ -26,7 +26,7 @@
 //! are named by their real paths from here on (the `parent` link is gone).
 //!
 //! Nothing changes unless every task can be flattened; a tree with shared anonymous memory
-//! (shmem pagemaps, whose rounds CRIU also chains) keeps its chain.
+//! (`pagemap-shmem-<id>.img`, whose rounds CRIU also chains) keeps its chain.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -111,7 +111,7 @@ fn has_shmem_pagemaps(images: &Path) -> Result<bool, ImageError> {
     Ok(entries.filter_map(Result::ok).any(|e| {
         e.file_name()
             .to_string_lossy()
-            .starts_with("shmem-pagemap-")
+            .starts_with("pagemap-shmem-")
     }))
 }
 
@@ -370,7 +370,7 @@ mod tests {
         let (_dir, top) = chain();
         pagemap(&top.join("pagemap-5.img"), 13, &[pe(p(0), 2, PE_PARENT)]);
         mm(&top, 5, vec![vma(p(0), p(12), ANON, HEAP)]);
-        std::fs::write(top.join("shmem-pagemap-7.img"), b"").unwrap();
+        std::fs::write(top.join("pagemap-shmem-7.img"), b"").unwrap();
         let (_, mut tasks) = prepare_lazy(&top).unwrap();
         let before = std::fs::read(top.join("pagemap-5.img")).unwrap();
         assert!(!flatten(&top, &mut tasks).unwrap());
