@@ -190,19 +190,26 @@ pub fn foreign_namespaces(
         .collect()
 }
 
-/// Reads `/proc/<pid>/stat`: (comm, ppid, threads, rss pages, flags).
-fn stat(pid: i32) -> Option<(String, i32, u32, u64, u64)> {
+/// Reads `/proc/<pid>/stat` and gives `read` the command name and the fields after it:
+/// state(0) ppid(1) ... flags(6) ... num_threads(17) ... starttime(19) ... rss(21). The name may
+/// hold spaces and parentheses: it ends at the last `)`.
+fn with_stat<T>(pid: i32, read: impl FnOnce(&str, &[&str]) -> Option<T>) -> Option<T> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let comm = text[open + 1..close].to_string();
-    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
-    // Fields after comm: state(0) ppid(1) ... flags(6) ... num_threads(17) ... rss(21)
-    let ppid = rest.get(1)?.parse().ok()?;
-    let flags = rest.get(6)?.parse().ok()?;
-    let threads = rest.get(17)?.parse().ok()?;
-    let rss = rest.get(21)?.parse().ok()?;
-    Some((comm, ppid, threads, rss, flags))
+    let rest: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    read(text.get(open + 1..close)?, &rest)
+}
+
+/// Reads `/proc/<pid>/stat`: (comm, ppid, threads, rss pages, flags).
+fn stat(pid: i32) -> Option<(String, i32, u32, u64, u64)> {
+    with_stat(pid, |comm, rest| {
+        let ppid = rest.get(1)?.parse().ok()?;
+        let flags = rest.get(6)?.parse().ok()?;
+        let threads = rest.get(17)?.parse().ok()?;
+        let rss = rest.get(21)?.parse().ok()?;
+        Some((comm.to_string(), ppid, threads, rss, flags))
+    })
 }
 
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -210,14 +217,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// When process `pid` started (`starttime` of `/proc/<pid>/stat`, clock ticks since boot): with
 /// the pid, it names one process, not whichever holds that number later.
 fn start_time(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = text.rfind(')')?;
-    // Fields after comm: state(0) ppid(1) ... starttime(19)
-    text.get(close + 2..)?
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    with_stat(pid, |_, rest| rest.get(19)?.parse().ok())
 }
 
 /// Kills the processes `pids` (`SIGKILL`, which ends stopped ones too) and waits until each
