@@ -69,6 +69,11 @@ struct BenchArgs {
     /// logs, and the bench prints the lines after each pause of 20 ms or more).
     #[arg(long, value_name = "N")]
     criu_log_level: Option<u8>,
+    /// Boots every kernel with `initcall_debug` (logged, not printed: the command line keeps
+    /// `quiet`) and saves the new kernel's `dmesg` of each update and floor run as
+    /// `dmesg-<method>-<MiB>-<run>.txt` in the output directory: where its boot went.
+    #[arg(long)]
+    boot_trace: bool,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +136,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
         pre_copy_rounds,
         lazy_restore,
         criu_log_level,
+        boot_trace,
     } = args;
     if render_only {
         let path = out.join("results.json");
@@ -157,6 +163,7 @@ fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {
     options.pre_copy_rounds = pre_copy_rounds;
     options.lazy_restore = lazy_restore;
     options.criu_log_level = criu_log_level;
+    options.boot_trace = boot_trace;
     let records = bench::run(&options)?;
     print!("{}", bench::markdown(&records));
     eprintln!("bench: results in {}", options.out.display());

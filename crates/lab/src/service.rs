@@ -95,6 +95,8 @@ pub struct RedisBoot {
     /// RAM reserved as legacy persistent memory (`/pmem` in the guest), MiB, on top of the
     /// guest's memory.
     pub pmem_mib: Option<u32>,
+    /// Appended to the guest kernel's command line (empty: nothing).
+    pub append: String,
 }
 
 /// Like [`boot_redis`], with the options of `boot`.
@@ -115,6 +117,9 @@ pub fn boot_redis_with(
         }
     };
     config.monitor = boot.monitor;
+    if !boot.append.is_empty() {
+        config.append = format!("{} {}", config.append, boot.append);
+    }
     let port = ports[0];
     let mut guest = lab.boot(&config)?;
     let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();

@@ -177,6 +177,9 @@ pub struct BenchOptions {
     /// `--criu-log-level` for the update methods (`None`: overboot's default). From level 3
     /// CRIU stamps its log lines with the time; the bench then prints where its time went.
     pub criu_log_level: Option<u8>,
+    /// Boot every kernel with `initcall_debug` and save the new kernel's `dmesg` of each
+    /// update and floor run (`dmesg-<method>-<MiB>-<run>.txt` in `out`).
+    pub boot_trace: bool,
 }
 
 impl BenchOptions {
@@ -191,6 +194,7 @@ impl BenchOptions {
             pre_copy_rounds: None,
             lazy_restore: false,
             criu_log_level: None,
+            boot_trace: false,
         }
     }
 
@@ -286,6 +290,7 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
                     pre_copy_rounds: options.pre_copy_rounds,
                     lazy_restore: options.lazy_restore,
                     criu_log_level: options.criu_log_level,
+                    boot_trace: options.boot_trace,
                 };
                 let record = ctx.run(method);
                 eprintln!(
@@ -386,6 +391,7 @@ struct RunContext<'a> {
     pre_copy_rounds: Option<u32>,
     lazy_restore: bool,
     criu_log_level: Option<u8>,
+    boot_trace: bool,
 }
 
 /// What a method measured.
@@ -485,6 +491,7 @@ impl RunContext<'_> {
         let memory = guest_memory_mib(self.dataset_mib);
         let boot = service::RedisBoot {
             pmem_mib: (method == Method::Overboot).then(|| pmem_mib(self.dataset_mib)),
+            append: self.boot_trace_append().into(),
             ..service::RedisBoot::default()
         };
         let mut rg = service::boot_redis_with(self.lab, self.scenario, "A", memory, &boot)?;
@@ -530,6 +537,7 @@ impl RunContext<'_> {
         incr.wait_answered(answered + 50, Duration::from_secs(120));
         let (summary, samples) = incr.finish();
         let check = dataset.check(rg.redis, BULK)?;
+        self.save_boot_trace(&mut rg.guest, method);
         let report = service::agent_report(&mut rg.guest)?;
         // The page servers' summaries (a lazy restore), kept in the guest's console log.
         let _ = rg.guest.run(
@@ -596,13 +604,17 @@ impl RunContext<'_> {
     fn floor(&self, log: &mut String) -> Result<Measured, ServiceError> {
         let mut config = self.lab.guest_config(self.scenario, "A")?;
         config.memory_mib = guest_memory_mib(self.dataset_mib);
+        let append = format!("{BASE_CMDLINE} {}", self.boot_trace_append());
+        let append = append.trim_end();
+        config.append = append.to_string();
         let mut guest = self.lab.boot(&config)?;
+
         *log = guest.log_path().display().to_string();
         let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
         let peak = mem_used(&mut guest)?;
         guest.send(&format!(
             "overboot kexec --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
-             --append '{BASE_CMDLINE}' 2>&1; echo \"@@LAB\" \"kexec-exited rc=$?\"",
+             --append '{append}' 2>&1; echo \"@@LAB\" \"kexec-exited rc=$?\"",
             to = self.to
         ))?;
         let jump = format!("jumping into {}", self.release_to);
@@ -622,6 +634,7 @@ impl RunContext<'_> {
         guest.wait_for("@@LAB booted", BOOT_TIMEOUT)?;
         let at_shell = jumped.elapsed();
         let to = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
+        self.save_boot_trace(&mut guest, Method::Floor);
         Ok(Measured {
             ok: to == self.release_to,
             blackout_ms: ms(at_init),
@@ -646,6 +659,7 @@ impl RunContext<'_> {
             monitor: true,
             redis_options: RDB.into(),
             pmem_mib: None,
+            append: String::new(),
         };
         let mut rg = service::boot_redis_with(self.lab, self.scenario, self.to, memory, &boot)?;
         *log = rg.guest.log_path().display().to_string();
@@ -701,6 +715,44 @@ impl RunContext<'_> {
             to,
             ..Measured::default()
         })
+    }
+}
+
+/// The new kernel's log lines a boot trace keeps: everything but initcall_debug's `calling`
+/// lines and the initcalls that returned within a millisecond.
+const BOOT_TRACE_DMESG: &str =
+    "dmesg | awk '/ calling / { next } /returned .* after [0-9]+ usecs/ && $(NF-1) < 1000 { next } { print }'";
+
+impl RunContext<'_> {
+    /// What `--boot-trace` adds to the kernel command line.
+    fn boot_trace_append(&self) -> &'static str {
+        if self.boot_trace {
+            "initcall_debug"
+        } else {
+            ""
+        }
+    }
+
+    /// With `--boot-trace`, saves the new kernel's log (initcalls of 1 ms or more, every other
+    /// line) as `dmesg-<method>-<MiB>-<run>.txt` in the output directory. A diagnostic: a
+    /// failure to read or write it is reported, not fatal.
+    fn save_boot_trace(&self, guest: &mut Guest, method: Method) {
+        if !self.boot_trace {
+            return;
+        }
+        let path = self.out.join(format!(
+            "dmesg-{}-{}-{}.txt",
+            method.name(),
+            self.dataset_mib,
+            self.run
+        ));
+        let written = guest
+            .run_ok(BOOT_TRACE_DMESG, Duration::from_secs(300))
+            .map_err(|e| e.to_string())
+            .and_then(|out| fs::write(&path, out.text()).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("bench: boot trace {}: {e}", path.display());
+        }
     }
 }
 
