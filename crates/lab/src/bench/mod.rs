@@ -28,8 +28,10 @@
 //! interrupted benchmark keeps what it measured: `results.json`, `results.md`, `latency.svg`
 //! (one overboot update's reply latency over time with the agent's phases shaded),
 //! `blackout.svg` (median blackout against dataset size, one line per method, min–max bars),
-//! and `latency-<method>-<MiB>-<run>.json` (every INCR command of that run). The schema of
-//! `results.json` (a list, one object per run) is [`RunRecord`], documented in README.
+//! `latency-<method>-<MiB>-<run>.json` (every INCR command of that run) and
+//! `console-<method>-<MiB>-<run>.log` (its guest's console; `.timed.log` with the host's
+//! seconds before each line). The schema of `results.json` (a list, one object per run) is
+//! [`RunRecord`], documented in README.
 
 mod dataset;
 mod render;
@@ -140,7 +142,9 @@ pub struct RunRecord {
     pub to: String,
     /// When the run failed: the whole error chain.
     pub error: Option<String>,
-    /// The guest's console log.
+    /// The guest's console log: its copy in the output directory
+    /// (`console-<method>-<MiB>-<run>.log`), or in results written before the copies were kept,
+    /// the run directory's log that the next run of the size overwrote.
     pub console_log: String,
     /// `--pre-copy-rounds` given to `overboot update` (overboot, disk; `None`: its default,
     /// or a run measured before pre-copy existed).
@@ -451,6 +455,7 @@ impl RunContext<'_> {
             Ok(m) => (m, None),
             Err(e) => (Measured::default(), Some(chain(&e))),
         };
+        let console_log = self.keep_console(method, &console_log);
         RunRecord {
             method,
             dataset_mib: self.dataset_mib,
@@ -479,6 +484,32 @@ impl RunContext<'_> {
             pre_copy_bytes: m.pre_copy_bytes,
             frozen_dump_bytes: m.frozen_dump_bytes,
         }
+    }
+
+    /// Copies the run's console logs (`console.log` at `log`, and `console.timed.log` beside
+    /// it) into the output directory as `console-<method>-<MiB>-<run>.log` and
+    /// `.timed.log`, since the next run of the same size boots its guest in the same
+    /// directory; returns the copy's path (`log` itself if it could not be copied).
+    fn keep_console(&self, method: Method, log: &str) -> String {
+        if log.is_empty() {
+            return String::new();
+        }
+        let stem = format!(
+            "console-{}-{}-{}",
+            method.name(),
+            self.dataset_mib,
+            self.run
+        );
+        let kept = self.out.join(format!("{stem}.log"));
+        let from = Path::new(log);
+        if fs::copy(from, &kept).is_err() {
+            return log.to_string();
+        }
+        let _ = fs::copy(
+            from.with_file_name("console.timed.log"),
+            self.out.join(format!("{stem}.timed.log")),
+        );
+        kept.display().to_string()
     }
 
     fn dataset(&self) -> Dataset {
