@@ -55,6 +55,26 @@ fn quick_benchmark_writes_results_table_and_plots() {
         assert!(record.blackout_ms > 0, "{name}: no blackout measured");
         assert!(!record.phases.is_empty(), "{name}: no phases");
         assert!(record.peak_mem_bytes > 0, "{name}: no memory measured");
+        // Each run's console is kept beside the results as that run's own: the runs of a size
+        // boot in one lab directory, and the next one's console must not stand in for it.
+        let kept = out.join(format!("console-{name}-64-1.log"));
+        assert_eq!(record.console_log, kept.display().to_string(), "{name}");
+        assert!(out.join(format!("console-{name}-64-1.timed.log")).is_file());
+        let console = std::fs::read_to_string(&kept).expect("kept console");
+        // What only this method's console shows (the reserved RAM only the overboot guest has).
+        let (has, lacks): (&[&str], Option<&str>) = match record.method {
+            Method::Overboot => (&["@@LAB pmem mounted", "@@LAB resume-done rc=0"], None),
+            Method::Initrd | Method::Disk => {
+                (&["@@LAB resume-done rc=0"], Some("@@LAB pmem mounted"))
+            }
+            Method::Floor => (&["jumping into"], Some("@@LAB resume-start")),
+            Method::Restart => (&["@@LAB booted"], Some("jumping into")),
+        };
+        assert!(
+            has.iter().all(|h| console.contains(h)) && !lacks.is_some_and(|l| console.contains(l)),
+            "{name}: {} is not this run's console (wants {has:?}, not {lacks:?})",
+            kept.display()
+        );
         match record.method {
             Method::Overboot | Method::Initrd | Method::Disk => {
                 assert_eq!(record.connection_survived, Some(true), "{name}");
