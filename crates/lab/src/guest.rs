@@ -136,8 +136,8 @@ fn accelerator() -> &'static str {
 /// used to be. Every block found there is invalidated on the first write, and in QEMU 7.2 each
 /// invalidation clears the vCPU's whole jump cache (x86 blocks are PC-relative since 7.2). With
 /// the default cache, a kernel booted by `overboot update` (after CRIU, Redis and overboot had
-/// run) took 1.3–1.65 s to unpack the same 38 MiB initramfs a bare kexec's kernel unpacked in
-/// 0.21 s: `perf` on QEMU put half the vCPU thread in `tcg_flush_jmp_cache` and
+/// run) took 0.84–1.65 s to unpack the same 38 MiB initramfs a bare kexec's kernel unpacked in
+/// 0.19–0.24 s: `perf` on QEMU put half the vCPU thread in `tcg_flush_jmp_cache` and
 /// `page_collection_lock` over those seconds. A bounded cache is flushed whole when it fills and
 /// keeps few blocks to invalidate one by one: the same unpacking took 0.12–0.29 s against
 /// 0.12–0.13 s, and the new kernel ran `/init` 0.16–0.47 s after the floor's instead of 2 s. A

@@ -635,11 +635,11 @@ impl RunContext<'_> {
     fn floor(&self, log: &mut String) -> Result<Measured, ServiceError> {
         let mut config = self.lab.guest_config(self.scenario, "A")?;
         config.memory_mib = guest_memory_mib(self.dataset_mib);
-        let append = format!("{BASE_CMDLINE} {}", self.boot_trace_append());
-        let append = append.trim_end();
-        config.append = append.to_string();
+        let append = format!("{BASE_CMDLINE} {}", self.boot_trace_append())
+            .trim_end()
+            .to_string();
+        config.append = append.clone();
         let mut guest = self.lab.boot(&config)?;
-
         *log = guest.log_path().display().to_string();
         let from = guest.run_ok("uname -r", CMD)?.text().trim().to_string();
         let peak = mem_used(&mut guest)?;
