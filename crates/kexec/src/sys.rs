@@ -4,7 +4,9 @@
 //! (`UFFDIO_COPY`, `UFFDIO_ZEROPAGE`) and the adoption of the descriptors the kernel and CRIU
 //! hand it; and the descriptor borrowing (`pidfd_open`, `pidfd_getfd`) and `TCP_REPAIR` toggle
 //! that nudge a restored connection's peer (see `overboot::nudge`), and the page server's
-//! `setpriority` for its background copy. The only module of overboot with raw syscalls.
+//! `setpriority` for its background copy; and `fork` without `exec`, for a process with one
+//! thread ([`fork_alone`]: the resume agent's worker and page server start as copies of the
+//! agent, not as new programs). The only module of overboot with raw syscalls.
 //!
 //! Thin, typed wrappers in the style of `nix`: file descriptors come in as `BorrowedFd`, the
 //! command line as a `CStr`, errors go out as `Errno`. No policy and no error classification:
@@ -307,4 +309,49 @@ pub fn tcp_info(sock: BorrowedFd<'_>) -> Result<libc::tcp_info, Errno> {
     // SAFETY: zero is a valid value of every field (plain integers), and the kernel filled in
     // what it wrote.
     Ok(unsafe { info.assume_init() })
+}
+
+/// Which side of a [`fork_alone`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The parent, with the child's pid.
+    Parent(libc::pid_t),
+    /// The child: a copy of the caller with one thread.
+    Child,
+}
+
+/// The number of threads of the calling process (the entries of `/proc/self/task`).
+pub fn thread_count() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Forks the calling process when it has one thread, the caller (`Ok(None)` when it has more:
+/// the caller then starts a program instead). The child may run any code, unlike the child of
+/// a threaded process, which may only call async-signal-safe functions before it `exec`s: no
+/// other thread of the parent can hold a lock the child needs (the allocator's, stdout's, the
+/// tracing subscriber's). Whatever the caller buffered for stdout is flushed first, so that the
+/// child does not write it a second time. A thread that was joined may still be listed for a
+/// moment while the kernel finishes its exit: the count is read a few times before giving up.
+pub fn fork_alone() -> Result<Option<Forked>, Errno> {
+    use std::io::Write;
+    let mut alone = false;
+    for _ in 0..10 {
+        if thread_count().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))? == 1 {
+            alone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if !alone {
+        return Ok(None);
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: the process has exactly one thread (counted just above; only that thread could
+    // start another, and it is here), so at the fork no other thread holds a lock or is in the
+    // middle of changing shared state: the child's copy of the address space is consistent
+    // and it may allocate, lock and run arbitrary code, as a single-threaded process may.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(Forked::Parent(child.as_raw()))),
+        nix::unistd::ForkResult::Child => Ok(Some(Forked::Child)),
+    }
 }

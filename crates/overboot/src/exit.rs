@@ -42,6 +42,17 @@ pub enum ExitClass {
     Nothing = 10,
 }
 
+/// Prints a failure as the CLI does, on stderr: `overboot: error: <head>`, then each cause of
+/// the chain from `source` on, one per line.
+pub fn print_failure(head: &dyn std::fmt::Display, source: Option<&dyn std::error::Error>) {
+    eprintln!("overboot: error: {head}");
+    let mut source = source;
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
 impl From<ExitClass> for ExitCode {
     fn from(class: ExitClass) -> ExitCode {
         ExitCode::from(class as u8)

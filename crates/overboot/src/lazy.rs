@@ -26,8 +26,8 @@
 //!
 //! Each server's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
 //! tell the previous one is still copying: CRIU cannot dump a task with userfaultfd ranges.
-//! A shell stays the server's parent and writes its exit code beside its log ([`STATUS`]): 0
-//! once every page came back.
+//! The server is a fork of the agent, not a new program (see [`crate::forked`]); its parent
+//! stays and writes its exit code beside its log ([`STATUS`]): 0 once every page came back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
@@ -68,6 +68,12 @@ pub enum LazyError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent could not fork the page server.
+    #[error("cannot fork the agent to run the page server")]
+    Fork {
+        #[source]
+        source: std::io::Error,
+    },
     /// The daemon exited before it listened.
     #[error("the page server exited ({status}) before it listened; see {log}")]
     Exited {
@@ -82,21 +88,58 @@ pub enum LazyError {
 /// A started daemon.
 #[derive(Debug)]
 pub struct Daemon {
-    shell: Child,
+    parent: Parent,
     pid: i32,
     /// Its log file.
     pub log: PathBuf,
 }
 
+/// The daemon's parent, which writes its exit code: leader of their process group.
+#[derive(Debug)]
+enum Parent {
+    /// A fork of the agent (see [`crate::forked::daemon`]), by pid.
+    Forked(i32),
+    /// A shell.
+    Shell(Child),
+}
+
+impl Parent {
+    /// Its exit status, once it exited (the daemon did before it).
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            Parent::Forked(pid) => crate::forked::try_wait(*pid).ok().flatten(),
+            Parent::Shell(child) => child.try_wait().ok().flatten(),
+        }
+    }
+
+    /// Kills the group (the parent and its daemon) and reaps the parent.
+    fn stop(&mut self) {
+        let leader = match self {
+            Parent::Forked(pid) => *pid,
+            Parent::Shell(child) => i32::try_from(child.id()).unwrap_or(0),
+        };
+        if leader > 0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(leader),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        match self {
+            Parent::Forked(pid) => drop(crate::forked::wait(*pid)),
+            Parent::Shell(child) => drop(child.wait()),
+        }
+    }
+}
+
 impl Daemon {
-    /// The daemon's pid (not its shell's).
+    /// The daemon's pid (not its parent's).
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Stops it (the restore it was for did not happen).
     pub fn stop(mut self) {
-        stop_group(&mut self.shell);
+        self.parent.stop();
     }
 
     /// Leaves it running on its own: it exits when every page is back.
@@ -105,11 +148,14 @@ impl Daemon {
     }
 }
 
-/// Starts the page server (`overboot`, the binary at `program`, as `serve-pages`) for the
-/// restore images in `dir` (also the restore's work dir, where the socket and its log go),
-/// whose page files are in the map at `map` (for their piece digests), and waits until it
-/// listens. A shell stays its parent to write its exit code to [`STATUS`] in `dir` when it is
-/// done (0: every page came back).
+/// Starts the page server for the restore images in `dir` (also the restore's work dir, where
+/// the socket and its log go), whose page files are in the map at `map` (for their piece
+/// digests), and waits until it listens. A parent stays with it to write its exit code to
+/// [`STATUS`] in `dir` when it is done (0: every page came back).
+///
+/// The server is a fork of the calling agent ([`crate::forked::daemon`]; it names itself
+/// [`COMM`]) when the agent has one thread; otherwise `overboot` — the binary at `program` —
+/// run as [`VERB`] by a shell, which then is that parent.
 pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError> {
     let socket = dir.join(SOCKET);
     let log = dir.join(LOG);
@@ -117,11 +163,73 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
     for stale in [&socket, &pid_file, &dir.join(STATUS), &dir.join(PIECES)] {
         let _ = std::fs::remove_file(stale);
     }
+    let mut parent = match fork(dir, map) {
+        Ok(Some(waiter)) => Parent::Forked(waiter),
+        Ok(None) => Parent::Shell(shell(program, dir, map)?),
+        Err(source) => return Err(LazyError::Fork { source }),
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = parent.try_wait() {
+            return Err(LazyError::Exited { status, log });
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let (Some(pid), true) = (pid, socket.exists()) {
+            return Ok(Daemon { parent, pid, log });
+        }
+        if start.elapsed() > LISTEN_TIMEOUT {
+            parent.stop();
+            return Err(LazyError::Timeout { socket });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The name a forked page server gives itself (`/proc/PID/comm`), by which [`still_serving`]
+/// knows it.
+pub const COMM: &str = "overboot-pages";
+
+/// Forks the server (see [`start`]): the waiter's pid, `None` when the agent has threads.
+fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
+    let serve = || {
+        if let Ok(name) = std::ffi::CString::new(COMM) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
+        let started = Instant::now();
+        match crate::pageserver::serve(dir, map) {
+            Ok(summary) => {
+                eprintln!("{}", summary.line(started.elapsed()));
+                0
+            }
+            Err(e) => {
+                crate::exit::print_failure(&"serving the lazy restore's pages", Some(&e));
+                crate::ExitClass::Restore as u8
+            }
+        }
+    };
+    let write = |name: &str, value: i32| {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let _ = std::fs::write(&tmp, format!("{value}\n"))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    };
+    crate::forked::daemon(
+        dir,
+        &dir.join(LOG),
+        serve,
+        |pid| write(PID, pid),
+        |code| write(STATUS, code),
+    )
+}
+
+/// Starts the server as a program, through a shell that stays its parent (see [`start`]).
+fn shell(program: &Path, dir: &Path, map: &Path) -> Result<Child, LazyError> {
     let script = format!(
         "\"$0\" {VERB} \"$1\" --map \"$2\" 2> {LOG} & echo $! > {PID}.tmp && mv {PID}.tmp {PID}; \
          wait $!; echo $? > {STATUS}.tmp && mv {STATUS}.tmp {STATUS}"
     );
-    let mut child = Command::new("/bin/sh")
+    Command::new("/bin/sh")
         .arg("-c")
         .arg(script)
         .arg(program)
@@ -138,28 +246,7 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
         .map_err(|source| LazyError::Spawn {
             shell: PathBuf::from("/bin/sh"),
             source,
-        })?;
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(LazyError::Exited { status, log });
-        }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
-        if let (Some(pid), true) = (pid, socket.exists()) {
-            return Ok(Daemon {
-                shell: child,
-                pid,
-                log,
-            });
-        }
-        if start.elapsed() > LISTEN_TIMEOUT {
-            stop_group(&mut child);
-            return Err(LazyError::Timeout { socket });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        })
 }
 
 /// A tree whose page files (every round's) hold less than this is restored whole even with
@@ -241,17 +328,6 @@ pub(crate) fn untouched_pieces(reads: &[(u64, u64)], size: u64, piece: u64) -> B
         .collect()
 }
 
-/// Kills the shell's process group (the shell and its daemon) and reaps the shell.
-fn stop_group(shell: &mut Child) {
-    if let Ok(pgid) = i32::try_from(shell.id()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = shell.wait();
-}
-
 /// Records a detached daemon in the work dir (best effort: the record only lets the next
 /// update wait for it).
 pub fn record(work_dir: &Path, tree: &str, pid: i32) {
@@ -266,16 +342,18 @@ pub fn record(work_dir: &Path, tree: &str, pid: i32) {
     }
 }
 
-/// A recorded server that is still serving pages: `(tree, pid)`. A page server is an
-/// `overboot` running [`VERB`] (or, recorded by an overboot before its own server, `criu`).
+/// A recorded server that is still serving pages: `(tree, pid)`. A page server is a process
+/// named [`COMM`] (forked), an `overboot` running [`VERB`] (started as a program) or,
+/// recorded by an overboot before its own server, `criu`.
 pub fn still_serving(work_dir: &Path) -> Option<(String, i32)> {
     let text = std::fs::read_to_string(work_dir.join(DAEMONS)).ok()?;
     parse_records(&text).into_iter().find(|(_, pid)| {
-        let criu =
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "criu");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let criu = comm.trim() == "criu";
+        let forked = comm.trim() == COMM;
         let server = std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == VERB.as_bytes()));
-        criu || server
+        criu || forked || server
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod exit;
 pub mod fault;
+pub mod forked;
 pub mod lazy;
 pub mod network;
 pub mod nudge;

@@ -19,18 +19,7 @@ fn main() -> ExitCode {
     }
     let cli = commands::Cli::parse();
     init_tracing(cli.verbose, cli.json);
-    match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("overboot: error: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            err.class().into()
-        }
-    }
+    ExitCode::from(commands::exit_code(commands::run(cli)))
 }
 
 fn init_tracing(verbose: u8, json: bool) {

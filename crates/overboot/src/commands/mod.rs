@@ -126,6 +126,17 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
+/// A verb's exit code: 0, or its failure's class after printing the failure's whole chain.
+pub fn exit_code(result: Result<(), CommandError>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            overboot::exit::print_failure(&err, std::error::Error::source(&err));
+            err.class() as u8
+        }
+    }
+}
+
 /// Prints a text for people, or one JSON document for machines, and flushes.
 pub fn print(json: bool, human: &str, machine: &impl serde::Serialize) -> Result<(), CommandError> {
     let mut out = std::io::stdout().lock();

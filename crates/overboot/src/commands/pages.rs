@@ -20,28 +20,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), CommandError> {
     let started = std::time::Instant::now();
     let summary = overboot::pageserver::serve(&args.dir, &args.map)?;
-    let mut err = std::io::stderr().lock();
     let _ = writeln!(
-        err,
-        "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, {} in \
-         the background, {} dropped by the tasks; {} MiB checked), images indexed in {} ms{}, \
-         {} ms after the restore finished, {} ms in all",
-        summary.tasks,
-        summary.pages,
-        summary.fault_pages,
-        summary.faults,
-        summary.zero_faults,
-        summary.background_pages,
-        summary.dropped_pages,
-        summary.checked_bytes >> 20,
-        summary.index_ms,
-        if summary.flat {
-            " (the restore read no pre-copy round)"
-        } else {
-            ""
-        },
-        summary.after_restore_ms,
-        started.elapsed().as_millis()
+        std::io::stderr().lock(),
+        "{}",
+        summary.line(started.elapsed())
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `overboot resume`: the agent run by the new kernel's early userspace. It supervises a
-//! worker (`overboot resume --worker`) that does the restore, and rolls back when it fails.
+//! worker that does the restore — a fork of itself, or `overboot resume --worker` when it
+//! cannot fork — and rolls back when it fails.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,30 +40,30 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         work_dir: args.work_dir.clone(),
     };
     if args.worker {
-        return match resume::run(&options)? {
-            None => print(
-                json,
-                "no Save State Map on the command line: nothing to resume",
-                &serde_json::json!({"resumed": false}),
-            ),
-            Some(report) => print(json, report.human().trim_end(), &report),
-        };
+        return work(&options, json);
     }
     let mut worker = || {
-        let mut cmd = Command::new(rollback::worker_program());
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.args(["resume", "--worker", "--cmdline-file"])
-            .arg(&args.cmdline_file)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--work-dir")
-            .arg(&args.work_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped());
-        let output = cmd.output()?;
+        // A fork of this agent when it can (see `overboot::forked`): no second start of the
+        // program inside the blackout.
+        let output = match overboot::forked::output_of(|| super::exit_code(work(&options, json)))? {
+            Some(output) => output,
+            None => {
+                let mut cmd = Command::new(rollback::worker_program());
+                if json {
+                    cmd.arg("--json");
+                }
+                cmd.args(["resume", "--worker", "--cmdline-file"])
+                    .arg(&args.cmdline_file)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .arg("--work-dir")
+                    .arg(&args.work_dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::piped());
+                cmd.output()?
+            }
+        };
         // Show the worker's errors as they are, then act on them.
         let _ = std::io::stderr().write_all(&output.stderr);
         Ok(output)
@@ -70,5 +71,17 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let mut say = |line: &str| eprintln!("overboot resume: {line}");
     match rollback::supervise(&options, &mut worker, &mut say)? {
         Supervised::NoMap | Supervised::Resumed => Ok(()),
+    }
+}
+
+/// The worker: verifies the map and restores its trees (no rollback here).
+fn work(options: &ResumeOptions, json: bool) -> Result<(), CommandError> {
+    match resume::run(options)? {
+        None => print(
+            json,
+            "no Save State Map on the command line: nothing to resume",
+            &serde_json::json!({"resumed": false}),
+        ),
+        Some(report) => print(json, report.human().trim_end(), &report),
     }
 }

@@ -167,6 +167,33 @@ pub struct Summary {
     pub flat: bool,
 }
 
+impl Summary {
+    /// The server's closing line (its log's last), `elapsed` since it started.
+    pub fn line(&self, elapsed: std::time::Duration) -> String {
+        format!(
+            "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, {} \
+             in the background, {} dropped by the tasks; {} MiB checked), images indexed in {} \
+             ms{}, {} ms after the restore finished, {} ms in all",
+            self.tasks,
+            self.pages,
+            self.fault_pages,
+            self.faults,
+            self.zero_faults,
+            self.background_pages,
+            self.dropped_pages,
+            self.checked_bytes >> 20,
+            self.index_ms,
+            if self.flat {
+                " (the restore read no pre-copy round)"
+            } else {
+                ""
+            },
+            self.after_restore_ms,
+            elapsed.as_millis()
+        )
+    }
+}
+
 /// One task served: its userfaultfd and the pages it still misses.
 #[derive(Debug)]
 struct Task {
