@@ -355,3 +355,16 @@ pub fn fork_alone() -> Result<Option<Forked>, Errno> {
         nix::unistd::ForkResult::Child => Ok(Some(Forked::Child)),
     }
 }
+
+/// Closes every descriptor above stderr, in a child forked without `exec` that is to run on its
+/// own (a daemon): what `exec` does to the descriptors its parent opened close-on-exec, as all
+/// of Rust's are. Without it the daemon would hold, for as long as it runs, whatever its
+/// parent had open, among them the write end of a pipe someone reads to its end.
+pub fn close_inherited_fds() -> Result<(), Errno> {
+    // SAFETY: `close_range` takes plain integers (first, last, flags: none) and touches no
+    // memory. It closes descriptors that objects of the parent's code own in this copy of its
+    // address space; the caller, a forked child, never returns to that code (it exits), so
+    // none of those objects is used or dropped here and nothing closes a descriptor twice.
+    let ret = unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+    Errno::result(ret).map(drop)
+}

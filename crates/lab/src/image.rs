@@ -33,10 +33,12 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 echo "@@LAB init $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+# The release once: a command substitution per module is a fork each (5 ms under TCG).
+release=$(uname -r)
 load_modules() {
   [ -f "$1" ] || return 0
   while read -r m; do
-    insmod "/lib/modules/$(uname -r)/$m" 2>/tmp/insmod.err || echo "@@LAB insmod-failed $m: $(cat /tmp/insmod.err)"
+    insmod "/lib/modules/$release/$m" 2>/tmp/insmod.err || echo "@@LAB insmod-failed $m: $(cat /tmp/insmod.err)"
   done < "$1"
 }
 load_modules /etc/lab/modules

@@ -35,11 +35,14 @@ pub fn output_of(body: impl FnOnce() -> u8) -> std::io::Result<Option<Output>> {
         None => Ok(None),
         Some(Forked::Child) => {
             drop(read);
-            let code = match stdio(None, &write) {
+            let redirected = stdio(None, &write);
+            // Its copy on stderr is the only one left: the pipe ends when the child's stderr
+            // does, not when one of its own children (which inherit what it has open) exits.
+            drop(write);
+            let code = match redirected {
                 Ok(()) => run(body),
                 Err(_) => 1,
             };
-            drop(write);
             std::process::exit(i32::from(code))
         }
         Some(Forked::Parent(pid)) => {
@@ -60,7 +63,8 @@ pub fn output_of(body: impl FnOnce() -> u8) -> std::io::Result<Option<Output>> {
 
 /// Starts `body` as a daemon forked from this process: a waiter process, leader of a process
 /// group of its own (no signal meant for this process reaches it; killing the group stops
-/// both) with its working directory `dir`, forks the daemon, whose stdin and stdout are
+/// both) with its working directory `dir` and no descriptor of this process but the standard
+/// three, pointed at `/dev/null`, forks the daemon, whose stdin and stdout are
 /// `/dev/null` and stderr the file `log` (created or truncated), calls `started` with the
 /// daemon's pid, waits for it and calls `finished` with its exit code (128 + the signal that
 /// killed it, as a shell's `$?`). Returns the waiter's pid (the group's id) without waiting;
@@ -100,7 +104,11 @@ fn waiter(
     let setup = || -> std::io::Result<()> {
         std::env::set_current_dir(dir)?;
         let null = OwnedFd::from(null()?);
-        stdio(Some(&null), &null)
+        stdio(Some(&null), &null)?;
+        drop(null);
+        // Nothing the agent had open stays open for the daemon's life (a pipe its supervisor
+        // reads to the end, above all).
+        Ok(overboot_kexec::sys::close_inherited_fds()?)
     };
     if setup().is_err() {
         return 1;

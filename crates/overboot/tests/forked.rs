@@ -48,18 +48,21 @@ fn main() {
             3
         },
         |pid| std::fs::write("pid", pid.to_string()).unwrap(),
-        |code| std::fs::write("status.tmp", code.to_string()).unwrap(),
+        |code| {
+            std::fs::write("status.tmp", code.to_string()).unwrap();
+            std::fs::rename("status.tmp", "status").unwrap();
+        },
     )
     .expect("fork")
     .expect("one thread: a fork");
     let start = Instant::now();
-    while !dir_path.join("status.tmp").exists() {
+    while !dir_path.join("status").exists() {
         assert!(start.elapsed() < Duration::from_secs(30), "no status");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(wait(waiter).unwrap().code(), Some(0), "the parent exits 0");
     let read = |name: &str| std::fs::read_to_string(dir_path.join(name)).unwrap();
-    assert_eq!(read("status.tmp"), "3", "the daemon's exit code");
+    assert_eq!(read("status"), "3", "the daemon's exit code");
     assert_eq!(
         read("daemon.log"),
         "served\n",
@@ -82,5 +85,58 @@ fn main() {
         nix::errno::Errno::ESRCH,
         "the parent was reaped"
     );
-    println!("forked: 4 checks passed");
+
+    // A daemon started by a forked child (as the worker starts its page servers) holds none of
+    // that child's descriptors: the child's stderr pipe ends when the child does, while the
+    // daemon still runs. (A held pipe would keep the parent reading until the daemon exits.)
+    let go = dir_path.join("go");
+    let status = dir_path.join("daemon-status");
+    let high = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&std::io::stdout()),
+        nix::fcntl::FcntlArg::F_DUPFD(100),
+    )
+    .unwrap();
+    let out = output_of(|| {
+        let waiter = daemon(
+            &dir_path,
+            &dir_path.join("second.log"),
+            || {
+                let inherited = std::path::Path::new(&format!("/proc/self/fd/{high}")).exists();
+                let start = Instant::now();
+                while !go.exists() && start.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if inherited {
+                    9
+                } else {
+                    0
+                }
+            },
+            |_| {},
+            |code| {
+                std::fs::write("second-status.tmp", code.to_string()).unwrap();
+                std::fs::rename("second-status.tmp", &status).unwrap();
+            },
+        );
+        u8::from(!matches!(waiter, Ok(Some(_))))
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the child started its daemon");
+    assert!(
+        !status.exists(),
+        "the child's output ended while its daemon still ran"
+    );
+    std::fs::write(&go, "").unwrap();
+    let start = Instant::now();
+    while !status.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no status");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap(),
+        "0",
+        "the daemon held descriptor {high} of its parent"
+    );
+    println!("forked: 5 checks passed");
 }
