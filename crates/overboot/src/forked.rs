@@ -161,13 +161,12 @@ fn run(body: impl FnOnce() -> u8) -> u8 {
 pub fn wait(pid: i32) -> std::io::Result<ExitStatus> {
     loop {
         match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::from_raw(code << 8)),
-            Ok(WaitStatus::Signaled(_, signal, core)) => {
-                return Ok(ExitStatus::from_raw(
-                    signal as i32 | if core { 0x80 } else { 0 },
-                ))
+            Ok(status) => {
+                if let Some(status) = exit_status(status) {
+                    return Ok(status);
+                }
             }
-            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -176,13 +175,20 @@ pub fn wait(pid: i32) -> std::io::Result<ExitStatus> {
 /// The status of the child `pid` if it exited, without waiting (`None` while it runs).
 pub fn try_wait(pid: i32) -> std::io::Result<Option<ExitStatus>> {
     use nix::sys::wait::WaitPidFlag;
-    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw(code << 8))),
-        Ok(WaitStatus::Signaled(_, signal, core)) => Ok(Some(ExitStatus::from_raw(
+    Ok(exit_status(waitpid(
+        Pid::from_raw(pid),
+        Some(WaitPidFlag::WNOHANG),
+    )?))
+}
+
+/// An exit or a killing signal as the status `std::process` reports; `None` for anything else.
+fn exit_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw(code << 8)),
+        WaitStatus::Signaled(_, signal, core) => Some(ExitStatus::from_raw(
             signal as i32 | if core { 0x80 } else { 0 },
-        ))),
-        Ok(_) => Ok(None),
-        Err(e) => Err(e.into()),
+        )),
+        _ => None,
     }
 }
 

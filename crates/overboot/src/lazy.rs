@@ -197,12 +197,8 @@ fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
         if let Ok(name) = std::ffi::CString::new(COMM) {
             let _ = nix::sys::prctl::set_name(&name);
         }
-        let started = Instant::now();
-        match crate::pageserver::serve(dir, map) {
-            Ok(summary) => {
-                eprintln!("{}", summary.line(started.elapsed()));
-                0
-            }
+        match crate::pageserver::serve_and_log(dir, map) {
+            Ok(()) => 0,
             Err(e) => {
                 crate::exit::print_failure(&"serving the lazy restore's pages", Some(&e));
                 crate::ExitClass::Restore as u8

@@ -2,7 +2,6 @@
 //! for each tree it restores lazily (see [`overboot::pageserver`]). Its summary goes to stderr,
 //! which the agent sends to `lazy-pages.log` beside the images.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use super::CommandError;
@@ -18,12 +17,5 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CommandError> {
-    let started = std::time::Instant::now();
-    let summary = overboot::pageserver::serve(&args.dir, &args.map)?;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}",
-        summary.line(started.elapsed())
-    );
-    Ok(())
+    Ok(overboot::pageserver::serve_and_log(&args.dir, &args.map)?)
 }

@@ -419,6 +419,19 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerS
     }
 }
 
+/// [`serve`], then its summary ([`Summary::line`]) on stderr: the log's last line.
+pub fn serve_and_log(dir: &Path, map: &Path) -> Result<(), PageServerError> {
+    use std::io::Write;
+    let started = Instant::now();
+    let summary = serve(dir, map)?;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{}",
+        summary.line(started.elapsed())
+    );
+    Ok(())
+}
+
 /// Serves the restore of the images in `dir` (the current directory holds the socket), whose
 /// page files are in the map at `map`, until every page is back.
 pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
