@@ -200,7 +200,7 @@ fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
         match crate::pageserver::serve_and_log(dir, map) {
             Ok(()) => 0,
             Err(e) => {
-                crate::exit::print_failure(&"serving the lazy restore's pages", Some(&e));
+                crate::exit::print_failure(&crate::pageserver::FAILED, Some(&e));
                 crate::ExitClass::Restore as u8
             }
         }

@@ -84,7 +84,7 @@ pub enum CommandError {
     #[error("systemd")]
     Systemd(#[source] overboot::systemd::SystemdError),
     /// The lazy restore's page server stopped before every page was back.
-    #[error("serving the lazy restore's pages")]
+    #[error("{}", overboot::pageserver::FAILED)]
     Pages(#[from] overboot::pageserver::PageServerError),
     /// Writing the output failed.
     #[error("writing output")]

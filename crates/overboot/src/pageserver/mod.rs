@@ -419,6 +419,10 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerS
     }
 }
 
+/// What the CLI says failed when a page server stops before every page is back (the head of
+/// the error chain it prints, whether the server runs as the verb or as a fork of the agent).
+pub const FAILED: &str = "serving the lazy restore's pages";
+
 /// [`serve`], then its summary ([`Summary::line`]) on stderr: the log's last line.
 pub fn serve_and_log(dir: &Path, map: &Path) -> Result<(), PageServerError> {
     use std::io::Write;
