@@ -10,6 +10,9 @@ use overboot_checkpoint::pagemap::{Extent, PAGE_SIZE};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Missing {
     extents: BTreeMap<u64, Extent>,
+    /// The pages the extents hold, kept as they change: a task may miss many thousands of
+    /// extents, and the server asks after every copy.
+    pages: u64,
 }
 
 impl Missing {
@@ -29,7 +32,12 @@ impl Missing {
 
     /// Pages still missing.
     pub fn pages(&self) -> u64 {
-        self.extents.values().map(|e| e.len() / PAGE_SIZE).sum()
+        self.pages
+    }
+
+    /// Extents still missing (each a run of pages contiguous in the task and its page file).
+    pub fn extents(&self) -> usize {
+        self.extents.len()
     }
 
     /// The extent holding `addr`.
@@ -46,7 +54,10 @@ impl Missing {
     /// Puts back an extent (disjoint from every other).
     pub fn put(&mut self, e: Extent) {
         if !e.is_empty() {
-            self.extents.insert(e.start, e);
+            self.pages += e.len() / PAGE_SIZE;
+            if let Some(old) = self.extents.insert(e.start, e) {
+                self.pages -= old.len() / PAGE_SIZE;
+            }
         }
     }
 
@@ -63,6 +74,7 @@ impl Missing {
             let Some(e) = self.extents.remove(&key) else {
                 continue;
             };
+            self.pages -= e.len() / PAGE_SIZE;
             let at = |addr: u64| Extent {
                 start: addr,
                 end: e.end,
@@ -111,6 +123,8 @@ mod tests {
     }
 
     fn extents(m: &Missing) -> Vec<Extent> {
+        let pages: u64 = m.extents.values().map(|e| e.len() / PAGE_SIZE).sum();
+        assert_eq!(m.pages(), pages, "the count kept should match the extents");
         m.extents.values().copied().collect()
     }
 

@@ -20,6 +20,9 @@
 //!   19 (the service, just resumed, and the agent finishing the update get the CPU first; a
 //!   fault waits at most for one such copy, then is handled at the server's own priority).
 //!
+//! Every 5 s after the restore finished, its log says what came in since and what is left; its
+//! last line sums it all up, with the longest a fault waited.
+//!
 //! Should it fail, it kills the tasks it serves: a task whose missing pages can no longer
 //! come would otherwise read zeros where its memory was (exit code non-zero, cause on stderr).
 
@@ -29,7 +32,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use overboot_checkpoint::images::ImageError;
@@ -54,6 +57,9 @@ const CHUNK: u64 = 1024 * 1024;
 /// The nice value of the background copy: the restored service and the agent come first (a
 /// fault is handled at the server's own priority again, see [`Server::priority`]).
 const BACKGROUND_NICE: i32 = 19;
+
+/// How often the log says how far the server got, once the restore finished.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// How often one copy may be told to come back after the task's address space changed.
 const RETRIES: usize = 1000;
@@ -152,6 +158,8 @@ pub struct Summary {
     pub faults: u64,
     /// Faults answered with a zero page.
     pub zero_faults: u64,
+    /// The longest a fault waited, from its reading to its answer, in microseconds.
+    pub slowest_fault_us: u64,
     /// Pages put in by the background copy.
     pub background_pages: u64,
     /// Pages dropped (unmapped or discarded by the task before they were put in).
@@ -171,14 +179,15 @@ impl Summary {
     /// The server's closing line (its log's last), `elapsed` since it started.
     pub fn line(&self, elapsed: std::time::Duration) -> String {
         format!(
-            "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, {} \
-             in the background, {} dropped by the tasks; {} MiB checked), images indexed in {} \
-             ms{}, {} ms after the restore finished, {} ms in all",
+            "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, the \
+             slowest answered in {:.1} ms, {} in the background, {} dropped by the tasks; {} MiB \
+             checked), images indexed in {} ms{}, {} ms after the restore finished, {} ms in all",
             self.tasks,
             self.pages,
             self.fault_pages,
             self.faults,
             self.zero_faults,
+            self.slowest_fault_us as f64 / 1000.0,
             self.background_pages,
             self.dropped_pages,
             self.checked_bytes >> 20,
@@ -253,13 +262,30 @@ struct Server {
     pieces: Vec<Pieces>,
     index: TaskPages,
     tasks: Vec<Task>,
-    /// Faults read while another copy waited for the address space to settle.
-    pending: VecDeque<(i32, u64)>,
+    /// Faults read (with when) while another copy waited for the address space to settle.
+    pending: VecDeque<(i32, u64, Instant)>,
     finished: Option<Instant>,
     summary: Summary,
+    /// The summary when the log last told the progress, and when.
+    progress: Option<(Instant, Summary)>,
     /// The nice value the server started with, and whether it runs at [`BACKGROUND_NICE`].
     own_nice: i32,
     background_nice: bool,
+}
+
+/// A line of the server's progress (see [`Server::log_progress`]): `now` is `since` the restore
+/// finished, `before` the summary at the last line, `left` the pages still missing.
+fn progress_line(since: Duration, before: &Summary, now: &Summary, left: u64) -> String {
+    let mib = |pages: u64| (pages * PAGE_SIZE) >> 20;
+    format!(
+        "{} s after the restore: {} faults ({} pages) and {} MiB in the background since the \
+         last line, {} MiB left",
+        since.as_secs(),
+        now.faults - before.faults,
+        now.fault_pages - before.fault_pages,
+        mib(now.background_pages - before.background_pages),
+        mib(left)
+    )
 }
 
 /// The calling thread's nice value (field 19 of `/proc/thread-self/stat`; 0 if unreadable).
@@ -455,6 +481,7 @@ pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
         tasks: Vec::new(),
         pending: VecDeque::new(),
         finished: None,
+        progress: None,
         own_nice: current_nice(),
         background_nice: false,
     };
@@ -482,9 +509,12 @@ impl Server {
             if !self.pending.is_empty() {
                 self.priority(false);
             }
-            while let Some((pid, addr)) = self.pending.pop_front() {
+            while let Some((pid, addr, read)) = self.pending.pop_front() {
                 self.fault(pid, addr)?;
+                let waited = u64::try_from(read.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.summary.slowest_fault_us = self.summary.slowest_fault_us.max(waited);
             }
+            self.log_progress();
             let busy = self.finished.is_some() && self.tasks.iter().any(|t| !t.missing.is_empty());
             if self.finished.is_some() && !busy {
                 if let Some(at) = self.finished {
@@ -557,6 +587,7 @@ impl Server {
             .map_err(PageServerError::Restore)?;
         if u32::from_ne_bytes(word) == RESTORE_FINISHED {
             self.finished = Some(Instant::now());
+            self.progress = Some((Instant::now(), self.summary.clone()));
             return Ok(true);
         }
         let pid = i32::from_ne_bytes(word);
@@ -605,7 +636,7 @@ impl Server {
     fn event(&mut self, t: usize, event: Event) -> Result<(), PageServerError> {
         let task = &mut self.tasks[t];
         match event {
-            Event::Fault(addr) => self.pending.push_back((task.pid, addr)),
+            Event::Fault(addr) => self.pending.push_back((task.pid, addr, Instant::now())),
             Event::Fork(raw) => {
                 let uffd = sys::adopt_event_fd(raw).map_err(|source| PageServerError::Uffd {
                     op: "adopting the userfaultfd of a forked child",
@@ -790,6 +821,26 @@ impl Server {
         Ok(())
     }
 
+    /// Every [`PROGRESS_EVERY`] after the restore finished, a line on stderr (the log): what
+    /// came in since the last, and what is left.
+    fn log_progress(&mut self) {
+        use std::io::Write;
+        let (Some(finished), Some((last, before))) = (self.finished, &self.progress) else {
+            return;
+        };
+        if last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        let line = progress_line(
+            finished.elapsed(),
+            before,
+            &self.summary,
+            self.tasks.iter().map(|t| t.missing.pages()).sum(),
+        );
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        self.progress = Some((Instant::now(), self.summary.clone()));
+    }
+
     /// Background copy at [`BACKGROUND_NICE`], everything else at the nice value the server
     /// started with. Best effort: a refusal leaves the priority as it is.
     fn priority(&mut self, background: bool) {
@@ -833,7 +884,7 @@ impl Server {
     fn gone(&mut self, t: usize) {
         let task = self.tasks.remove(t);
         self.summary.dropped_pages += task.missing.pages();
-        self.pending.retain(|(pid, _)| *pid != task.pid);
+        self.pending.retain(|(pid, _, _)| *pid != task.pid);
     }
 
     /// Kills every task still served (see the module doc).
@@ -863,6 +914,7 @@ mod tests {
                 tasks: Vec::new(),
                 pending: VecDeque::new(),
                 finished: None,
+                progress: None,
                 summary: Summary::default(),
                 own_nice: own,
                 background_nice: false,
@@ -905,6 +957,7 @@ mod tests {
             tasks: Vec::new(),
             pending: VecDeque::new(),
             finished: None,
+            progress: None,
             summary: Summary::default(),
             own_nice: 0,
             background_nice: false,
@@ -933,6 +986,33 @@ mod tests {
             checked: Vec::new(),
         };
         server.check(0, mib, 4096).unwrap();
+    }
+
+    #[test]
+    fn the_progress_line_counts_since_the_last_one_and_what_is_left() {
+        let before = Summary {
+            faults: 10,
+            fault_pages: 100,
+            background_pages: 256,
+            ..Summary::default()
+        };
+        let now = Summary {
+            faults: 15,
+            fault_pages: 180,
+            background_pages: 256 + 2 * 256,
+            ..before.clone()
+        };
+        assert_eq!(
+            progress_line(Duration::from_millis(10_400), &before, &now, 1024),
+            "10 s after the restore: 5 faults (80 pages) and 2 MiB in the background since the \
+             last line, 4 MiB left"
+        );
+        let line = Summary {
+            slowest_fault_us: 2_350,
+            ..now
+        }
+        .line(Duration::from_secs(1));
+        assert!(line.contains("the slowest answered in 2.4 ms"), "{line}");
     }
 
     #[test]
