@@ -159,6 +159,13 @@ pub struct RunRecord {
     /// Bytes dumped after the freeze (from the agent's report; 0 when not reported).
     #[serde(default)]
     pub frozen_dump_bytes: u64,
+    /// A lazy restore: from the restore's finish until every page was back, the slowest of the
+    /// page servers (ms; from their logs' last lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_back_ms: Option<u64>,
+    /// A lazy restore: the longest a restored task's fault waited for the page server (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest_fault_ms: Option<f64>,
 }
 
 /// What to run.
@@ -415,6 +422,8 @@ struct Measured {
     to: String,
     pre_copy_bytes: Vec<u64>,
     frozen_dump_bytes: u64,
+    memory_back_ms: Option<u64>,
+    slowest_fault_ms: Option<f64>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -427,6 +436,34 @@ fn ms(d: Duration) -> u64 {
 /// the seconds since it opened the log from log level 3 (level 4 adds a line per page range,
 /// which slows a large dump and restore several times over).
 const CRIU_LOG_GAPS: &str = r#"d=$(ls -td /var/lib/overboot/reports/*/ | head -1); for f in "$d"*-dump.log "$d"*-restore.log; do [ -f "$f" ] || continue; echo "== $f"; awk -F'[()]' '/^\(/ { t = $2 + 0; if (NR == 1 || t - p >= 0.02 || /huge pages|nr_restored_pages|nr_lazy/) printf "   after: %s\n%+.3f %s\n", last, t - p, $0; p = t; last = $0 } END { print "last: " last }' "$f"; done"#;
+
+/// From the page servers' last lines (`every page is back: ...`), the longest any took after
+/// the restore finished (ms) and the longest any fault waited (ms); `None` without such lines.
+fn page_servers_done(lines: &[String]) -> (Option<u64>, Option<f64>) {
+    let mut back = None;
+    let mut slowest = None;
+    for line in lines
+        .iter()
+        .filter(|l| l.starts_with("every page is back: "))
+    {
+        let after = line
+            .split(" ms after the restore finished")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        let fault = line
+            .split("the slowest answered in ")
+            .nth(1)
+            .and_then(|tail| tail.split(' ').next())
+            .and_then(|n| n.parse::<f64>().ok());
+        back = back.max(after);
+        slowest = match (slowest, fault) {
+            (Some(a), Some(b)) => Some(f64::max(a, b)),
+            (a, b) => a.or(b),
+        };
+    }
+    (back, slowest)
+}
 
 /// Timeout for bulk Redis I/O (writing or checking gigabytes under TCG).
 const BULK: Duration = Duration::from_secs(1800);
@@ -483,6 +520,8 @@ impl RunContext<'_> {
                 && matches!(method, Method::Overboot | Method::Disk | Method::Initrd),
             pre_copy_bytes: m.pre_copy_bytes,
             frozen_dump_bytes: m.frozen_dump_bytes,
+            memory_back_ms: m.memory_back_ms,
+            slowest_fault_ms: m.slowest_fault_ms,
         }
     }
 
@@ -570,11 +609,18 @@ impl RunContext<'_> {
         let check = dataset.check(rg.redis, BULK)?;
         self.save_boot_trace(&mut rg.guest, method);
         let report = service::agent_report(&mut rg.guest)?;
-        // The page servers' summaries (a lazy restore), kept in the guest's console log.
-        let _ = rg.guest.run(
-            "cat /run/overboot/*/*/lazy-pages.log 2>/dev/null; true",
-            Duration::from_secs(60),
+        // The page servers' summaries (a lazy restore), kept in the guest's console log once
+        // each server finished (its status file written): when every page was back.
+        let servers = rg.guest.run(
+            "end=$(( $(cut -d. -f1 /proc/uptime) + 150 )); \
+             for f in /run/overboot/*/*/lazy-pages.log; do [ -e \"$f\" ] || continue; \
+             s=${f%.log}.status; while [ ! -e \"$s\" ] && \
+             [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do sleep 0.5; done; cat \"$f\"; done; true",
+            Duration::from_secs(240),
         );
+        let (memory_back_ms, slowest_fault_ms) = servers
+            .map(|out| page_servers_done(&out.lines))
+            .unwrap_or_default();
         if self.criu_log_level.is_some_and(|l| l >= 3) {
             // Where CRIU's time went: the lines after each pause of 20 ms or more in its
             // timestamped logs (the whole logs stay on the guest's disk).
@@ -628,6 +674,8 @@ impl RunContext<'_> {
                 .to_string(),
             pre_copy_bytes,
             frozen_dump_bytes: number("frozen_dump_bytes"),
+            memory_back_ms,
+            slowest_fault_ms,
         })
     }
 
@@ -814,6 +862,25 @@ mod tests {
             );
         }
         assert!("reboot".parse::<Method>().is_err());
+    }
+
+    #[test]
+    fn page_server_summaries_give_the_slowest_server_and_fault() {
+        let line = |after: u64, slowest: &str| {
+            format!(
+                "every page is back: 1 tasks, 664073 pages (1824 in at 467 faults, 13 zero-page \
+                 faults, the slowest answered in {slowest} ms, 662249 in the background, 0 \
+                 dropped by the tasks; 2602 MiB checked), images indexed in 861 ms, {after} ms \
+                 after the restore finished, 24590 ms in all"
+            )
+        };
+        let lines = vec![
+            "10 s after the restore: 5 faults (80 pages) and 2 MiB in the background".to_string(),
+            line(22_369, "24.6"),
+            line(1_200, "31.0"),
+        ];
+        assert_eq!(page_servers_done(&lines), (Some(22_369), Some(31.0)));
+        assert_eq!(page_servers_done(&lines[..1]), (None, None));
     }
 
     #[test]
