@@ -30,7 +30,7 @@ use prost::Message;
 use crate::images::{ImageError, IMG_COMMON_MAGIC};
 
 mod flat;
-pub use flat::flatten;
+pub use flat::{flatten, prepare_lazy_flat};
 
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 /// `pagemap.h`: the pages are in the parent images.
@@ -385,6 +385,37 @@ fn rewrite_pagemap(images: &Path, pid: &str, pagemap: &Pagemap) -> Result<(), Im
 /// pre-copied holes lazy (see the module doc; a changed pagemap is rewritten as a file of its
 /// own) and indexes every task's lazy pages. Returns the pages flagged and the index by pid.
 pub fn prepare_lazy(images: &Path) -> Result<(u64, Vec<(u32, LazyPages)>), ImageError> {
+    let (flagged, prepared) = prepare(images)?;
+    let mut tasks = Vec::with_capacity(prepared.len());
+    for task in prepared {
+        task.write_top(images)?;
+        tasks.push((task.pid, task.lazy));
+    }
+    Ok((flagged, tasks))
+}
+
+/// One task as [`prepare`] left it: its index, and its pagemap as the restore is to read it
+/// (with the lazy flags changed, `changed`) but not yet written, with its mappings.
+struct Prepared {
+    pid: u32,
+    lazy: LazyPages,
+    top: Pagemap,
+    changed: bool,
+    vmas: Vec<VmaEntry>,
+}
+
+impl Prepared {
+    /// Writes the task's pagemap with its flags changed, if they were.
+    fn write_top(&self, images: &Path) -> Result<(), ImageError> {
+        if self.changed {
+            rewrite_pagemap(images, &self.pid.to_string(), &self.top)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`prepare_lazy`] without writing anything: each task's images read once.
+fn prepare(images: &Path) -> Result<(u64, Vec<Prepared>), ImageError> {
     let mut flagged = 0;
     let mut tasks = Vec::new();
     for pid in task_pids(images)? {
@@ -392,9 +423,15 @@ pub fn prepare_lazy(images: &Path) -> Result<(u64, Vec<(u32, LazyPages)>), Image
         let top = read_pagemap(images, &name)?;
         let chain = parent_chain(images, &name)?;
         let vmas = read_vmas(images, &name)?;
-        let (pages, lazy) = index_task(images, &name, top, chain, &vmas)?;
+        let (pages, lazy, top, changed) = index_task(images, &name, top, chain, &vmas)?;
         flagged += pages;
-        tasks.push((pid, lazy));
+        tasks.push(Prepared {
+            pid,
+            lazy,
+            top,
+            changed,
+            vmas,
+        });
     }
     Ok((flagged, tasks))
 }
@@ -504,14 +541,14 @@ fn resolve(
 /// in one mapping); and where the pages CRIU reads lie. The pages left out are those of entries
 /// flagged `PE_LAZY`, and of holes this flags so: every page of the hole held, down the chain,
 /// in an entry CRIU flagged lazy, in a VMA CRIU registers for lazy pages. Returns the pages
-/// flagged with the index (the pagemap rewritten when any was).
+/// flagged with the index, and the pagemap with whether its flags changed (it is not written).
 fn index_task(
     images: &Path,
     pid: &str,
     mut top: Pagemap,
     chain: Vec<(PathBuf, Pagemap)>,
     vmas: &[VmaEntry],
-) -> Result<(u64, LazyPages), ImageError> {
+) -> Result<(u64, LazyPages, Pagemap, bool), ImageError> {
     let top_entries = std::mem::take(&mut top.entries);
     let mut files = vec![images.join(format!("pages-{}.img", top.pages_id))];
     let mut levels = Vec::with_capacity(chain.len() + 1);
@@ -582,9 +619,7 @@ fn index_task(
         }
         // Not found and not lazy: the restore fails on it before any task runs.
     }
-    if flagged > 0 || changed {
-        rewrite_pagemap(images, pid, &top)?;
-    }
+    let changed = flagged > 0 || changed;
     // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
     let mut extents: Vec<(usize, Extent)> = Vec::with_capacity(found.len());
     for piece in found {
@@ -622,6 +657,8 @@ fn index_task(
             extents: extents.into_iter().map(|(_, e)| e).collect(),
             eager,
         },
+        top,
+        changed,
     ))
 }
 

@@ -37,8 +37,8 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use super::{
-    format_error, read_pagemap, read_vmas, LazyPages, PagemapHead, IMG_COMMON_MAGIC, PAGEMAP_MAGIC,
-    PAGE_SIZE, PE_LAZY, PE_PRESENT,
+    format_error, prepare, read_pagemap, read_vmas, LazyPages, Pagemap, PagemapHead, VmaEntry,
+    IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_LAZY, PE_PRESENT,
 };
 use crate::images::ImageError;
 
@@ -61,14 +61,62 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
 /// when a tree has shared anonymous memory, or when a page CRIU must read is in no image (the
 /// restore then fails on it as it would have).
 pub fn flatten(images: &Path, tasks: &mut [(u32, LazyPages)]) -> Result<bool, ImageError> {
-    let parent = images.join("parent");
-    let linked = std::fs::symlink_metadata(&parent).is_ok_and(|m| m.file_type().is_symlink());
-    if !linked || has_shmem_pagemaps(images)? || tasks.is_empty() {
+    if !can_flatten(images, tasks.len())? {
         return Ok(false);
     }
+    let mut tops = Vec::with_capacity(tasks.len());
+    for (pid, _) in tasks.iter() {
+        let name = pid.to_string();
+        tops.push((read_pagemap(images, &name)?, read_vmas(images, &name)?));
+    }
+    flatten_read(images, tasks, &tops)
+}
+
+/// [`super::prepare_lazy`] then [`flatten`], with each task's images read once and its pagemap
+/// written once (flattened, or with its lazy flags when it cannot be): what the page server
+/// needs before it listens, inside the blackout. Returns the index and whether it flattened.
+pub fn prepare_lazy_flat(images: &Path) -> Result<(Vec<(u32, LazyPages)>, bool), ImageError> {
+    let (_, prepared) = prepare(images)?;
+    let mut tasks: Vec<(u32, LazyPages)> = Vec::with_capacity(prepared.len());
+    let mut tops = Vec::with_capacity(prepared.len());
+    let mut changed = Vec::with_capacity(prepared.len());
+    for task in prepared {
+        tasks.push((task.pid, task.lazy));
+        tops.push((task.top, task.vmas));
+        changed.push(task.changed);
+    }
+    let flat = can_flatten(images, tasks.len())? && flatten_read(images, &mut tasks, &tops)?;
+    if !flat {
+        // As `prepare_lazy` leaves them: the lazy flags changed, the chain in place.
+        for (((pid, _), (top, _)), changed) in tasks.iter().zip(&tops).zip(changed) {
+            if changed {
+                super::rewrite_pagemap(images, &pid.to_string(), top)?;
+            }
+        }
+    }
+    Ok((tasks, flat))
+}
+
+/// Whether the restore directory has a chain to flatten and no shared anonymous memory.
+fn can_flatten(images: &Path, tasks: usize) -> Result<bool, ImageError> {
+    let parent = images.join("parent");
+    let linked = std::fs::symlink_metadata(&parent).is_ok_and(|m| m.file_type().is_symlink());
+    Ok(linked && tasks > 0 && !has_shmem_pagemaps(images)?)
+}
+
+/// [`flatten`] with each task's pagemap (as the restore is to read it) and mappings in `tops`,
+/// in the order of `tasks`.
+fn flatten_read(
+    images: &Path,
+    tasks: &mut [(u32, LazyPages)],
+    tops: &[(Pagemap, Vec<VmaEntry>)],
+) -> Result<bool, ImageError> {
+    let parent = images.join("parent");
     let mut flats = Vec::with_capacity(tasks.len());
-    for (next_id, (pid, lazy)) in (free_pages_id(images)?..).zip(tasks.iter()) {
-        let written = flatten_task(images, *pid, lazy, next_id);
+    for (next_id, ((pid, lazy), (top, vmas))) in
+        (free_pages_id(images)?..).zip(tasks.iter().zip(tops))
+    {
+        let written = flatten_task(images, *pid, lazy, top, vmas, next_id);
         match written {
             Ok(Some(flat)) => flats.push((flat, next_id)),
             Ok(None) | Err(_) => {
@@ -158,11 +206,10 @@ fn flatten_task(
     images: &Path,
     pid: u32,
     lazy: &LazyPages,
+    top: &Pagemap,
+    vmas: &[VmaEntry],
     pages_id: u32,
 ) -> Result<Option<Flat>, ImageError> {
-    let name = pid.to_string();
-    let top = read_pagemap(images, &name)?;
-    let vmas = read_vmas(images, &name)?;
     let listed: u64 = lazy.eager.iter().map(|x| x.len() / PAGE_SIZE).sum();
     let needed: u64 = top
         .entries
@@ -351,6 +398,71 @@ mod tests {
         assert_eq!(x.start, p(1));
         let round1 = std::fs::read(&after.files[x.file]).unwrap();
         assert_eq!(round1[usize::try_from(x.offset).unwrap()], 0x11);
+    }
+
+    #[test]
+    fn in_one_pass_the_images_end_as_in_two() {
+        // The fixture of the test above, and one whose page 20 is in no round (not flattened).
+        let fixture = |missing: bool| {
+            let (dir, top) = chain();
+            pages(
+                &dir.path().join("pre-1/pages-11.img"),
+                &(0x10..0x1c).collect::<Vec<u8>>(),
+            );
+            pages(&dir.path().join("pre-2/pages-12.img"), &[0x22, 0x23]);
+            let mut entries = vec![
+                pe(p(0), 1, PE_PRESENT),
+                pe(p(1), 3, PE_PARENT),
+                pe(p(4), 2, PE_PARENT),
+                pe(p(6), 2, PE_PRESENT | PE_LAZY),
+            ];
+            if missing {
+                entries.push(pe(p(20), 1, PE_PARENT));
+            }
+            pagemap(&top.join("pagemap-5.img"), 13, &entries);
+            pages(&top.join("pages-13.img"), &[0xa0, 0xa6, 0xa7]);
+            mm(&top, 5, vec![vma(p(0), p(21), ANON, HEAP)]);
+            (dir, top)
+        };
+        let files = |top: &Path| -> Vec<(String, Vec<u8>)> {
+            let mut all = Vec::new();
+            for dir in [top.to_path_buf(), top.join("parent")] {
+                let mut names: Vec<_> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.is_file())
+                    .collect();
+                names.sort();
+                for path in names {
+                    let name = path.strip_prefix(top).unwrap().display().to_string();
+                    all.push((name, std::fs::read(&path).unwrap()));
+                }
+            }
+            all
+        };
+        for missing in [false, true] {
+            let (_a, two) = fixture(missing);
+            let (_, mut expected) = prepare_lazy(&two).unwrap();
+            let expected_flat = flatten(&two, &mut expected).unwrap();
+            let (_b, one) = fixture(missing);
+            let (tasks, flat) = prepare_lazy_flat(&one).unwrap();
+            assert_eq!(flat, expected_flat);
+            assert_eq!(flat, !missing);
+            assert_eq!(files(&one), files(&two), "missing: {missing}");
+            assert_eq!(tasks.len(), expected.len());
+            for ((pid, lazy), (want_pid, want)) in tasks.iter().zip(&expected) {
+                assert_eq!(pid, want_pid);
+                assert_eq!(lazy.extents, want.extents);
+                assert_eq!(lazy.eager, want.eager);
+                let names = |l: &LazyPages| -> Vec<String> {
+                    l.files
+                        .iter()
+                        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+                        .collect()
+                };
+                assert_eq!(names(lazy), names(want));
+            }
+        }
     }
 
     #[test]

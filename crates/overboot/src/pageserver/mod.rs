@@ -171,7 +171,7 @@ pub struct Summary {
     /// Milliseconds from the server's start to listening (reading and indexing the images).
     pub index_ms: u64,
     /// The restore reads no pre-copy round: each task's pagemap was written anew, with the
-    /// pages CRIU puts back in a file of the restore's own ([`pagemap::flatten`]).
+    /// pages CRIU puts back in a file of the restore's own ([`pagemap::prepare_lazy_flat`]).
     pub flat: bool,
 }
 
@@ -339,8 +339,7 @@ fn index(dir: &Path, map: &Path) -> Result<Indexed, PageServerError> {
     // One reading of the images: flag the pre-copied holes lazy (the restore reads the
     // rewritten pagemaps) and index what the server will put in; then spare the restore the
     // reading of every round (the page files keep their real paths).
-    let (_, mut tasks) = pagemap::prepare_lazy(dir).map_err(index_error)?;
-    let flat = pagemap::flatten(dir, &mut tasks).map_err(index_error)?;
+    let (tasks, flat) = pagemap::prepare_lazy_flat(dir).map_err(index_error)?;
     for (pid, lazy) in tasks {
         let LazyPages {
             files: own,
