@@ -35,10 +35,6 @@ impl Missing {
         self.pages
     }
 
-    /// Extents still missing (each a run of pages contiguous in the task and its page file).
-    pub fn extents(&self) -> usize {
-        self.extents.len()
-    }
 
     /// The extent holding `addr`.
     pub fn find(&self, addr: u64) -> Option<Extent> {
