@@ -35,7 +35,6 @@ impl Missing {
         self.pages
     }
 
-
     /// The extent holding `addr`.
     pub fn find(&self, addr: u64) -> Option<Extent> {
         let (_, e) = self.extents.range(..=addr).next_back()?;
