@@ -154,11 +154,20 @@ impl LivePatch {
     }
 }
 
-fn read_trim(path: &Path) -> Result<String, RuntimeError> {
-    Ok(fs::read_to_string(path)
-        .map_err(io(path))?
-        .trim()
-        .to_string())
+/// Whether reading a file of a patch's sysfs directory failed because the patch is being freed:
+/// the file is gone (`ENOENT`), or its kobject is already deactivated and the read returns
+/// `ENODEV` (seen in the lab between a revert's transition ending and the directory going away).
+fn going(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(Errno::ENODEV as i32)
+}
+
+/// A patch's sysfs flag (`enabled`, `transition`); `None` when the patch is being freed.
+fn read_flag(path: &Path) -> Result<Option<bool>, RuntimeError> {
+    match fs::read_to_string(path) {
+        Ok(v) => Ok(Some(v.trim() == "1")),
+        Err(e) if going(&e) => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
 }
 
 fn sorted_dirs(path: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
@@ -185,16 +194,23 @@ pub fn list(root: &Path) -> Result<Vec<LivePatch>, RuntimeError> {
     }
     let mut patches = Vec::new();
     for dir in sorted_dirs(root)? {
+        // A patch freed while it is listed (a revert ending) is no longer there.
+        let (Some(enabled), Some(transition)) = (
+            read_flag(&dir.join("enabled"))?,
+            read_flag(&dir.join("transition"))?,
+        ) else {
+            continue;
+        };
         let mut functions = Vec::new();
-        for object in sorted_dirs(&dir)? {
-            for func in sorted_dirs(&object)? {
+        for object in sorted_dirs(&dir).unwrap_or_default() {
+            for func in sorted_dirs(&object).unwrap_or_default() {
                 functions.push(format!("{}:{}", file_name(&object), file_name(&func)));
             }
         }
         patches.push(LivePatch {
             name: file_name(&dir),
-            enabled: read_trim(&dir.join("enabled"))? == "1",
-            transition: read_trim(&dir.join("transition"))? == "1",
+            enabled,
+            transition,
             functions,
         });
     }
@@ -236,7 +252,7 @@ pub fn wait_transition(
     loop {
         match fs::read_to_string(&path) {
             // The directory goes away when a disabled patch is freed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if going(&e) => return Ok(()),
             Err(e) => return Err(io(&path)(e)),
             Ok(v) if v.trim() == "0" => return Ok(()),
             Ok(_) => {}
@@ -349,7 +365,8 @@ pub fn revert(name: &str, root: &Path, timeout: Duration) -> Result<(), RuntimeE
         return Err(RuntimeError::NoSuchPatch(name.into()));
     }
     let _span = tracing::info_span!("revert", patch = name).entered();
-    if read_trim(&dir.join("enabled"))? == "1" {
+    // Being freed (`None`): disabled already.
+    if read_flag(&dir.join("enabled"))? == Some(true) {
         let enabled = dir.join("enabled");
         fs::write(&enabled, b"0").map_err(|e| match e.raw_os_error().map(Errno::from_raw) {
             Some(errno @ (Errno::EPERM | Errno::EACCES)) => RuntimeError::Permission {
@@ -411,6 +428,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let err = revert("nope", root.path(), Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.class(), RuntimeErrorClass::Nothing);
+    }
+
+    #[test]
+    fn a_patch_being_freed_is_gone_not_an_error() {
+        assert!(going(&std::io::Error::from_raw_os_error(
+            Errno::ENODEV as i32
+        )));
+        assert!(going(&std::io::Error::from(std::io::ErrorKind::NotFound)));
+        assert!(!going(&std::io::Error::from_raw_os_error(
+            Errno::EACCES as i32
+        )));
+        // Listed while its directory empties: left out.
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("livepatch_gone")).unwrap();
+        assert!(list(root.path()).unwrap().is_empty());
     }
 
     #[test]
