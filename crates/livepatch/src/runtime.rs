@@ -170,9 +170,14 @@ fn read_flag(path: &Path) -> Result<Option<bool>, RuntimeError> {
     }
 }
 
+/// The directories in `path`, sorted; none when `path` is going away with its patch.
 fn sorted_dirs(path: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(path)
-        .map_err(io(path))?
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if going(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_dir())
@@ -202,8 +207,8 @@ pub fn list(root: &Path) -> Result<Vec<LivePatch>, RuntimeError> {
             continue;
         };
         let mut functions = Vec::new();
-        for object in sorted_dirs(&dir).unwrap_or_default() {
-            for func in sorted_dirs(&object).unwrap_or_default() {
+        for object in sorted_dirs(&dir)? {
+            for func in sorted_dirs(&object)? {
                 functions.push(format!("{}:{}", file_name(&object), file_name(&func)));
             }
         }
