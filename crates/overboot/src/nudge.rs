@@ -151,82 +151,128 @@ fn threads(pid: i32) -> BTreeSet<i32> {
 struct Held {
     /// Thread, and the signal to hand back on release.
     stopped: Vec<(Pid, Option<Signal>)>,
+    /// Threads seized and interrupted whose stop has not been seen yet.
+    pending: Vec<(i32, Pid)>,
+}
+
+/// What `waitpid` said of a thread being held.
+enum Stop {
+    /// Not stopped yet.
+    Running,
+    /// In its ptrace stop, with the signal to hand back on release.
+    Stopped(Option<Signal>),
+    /// It exited.
+    Gone,
+}
+
+fn poll_stop(pid: i32, thread: Pid) -> Result<Stop, NudgeError> {
+    loop {
+        return match waitpid(thread, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive | WaitStatus::Continued(_)) => Ok(Stop::Running),
+            // A signal-delivery stop: the signal goes back on release.
+            Ok(WaitStatus::Stopped(_, signal)) => Ok(Stop::Stopped(Some(signal))),
+            Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
+                Ok(Stop::Stopped(None))
+            }
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                Ok(Stop::Gone)
+            }
+            Err(Errno::EINTR) => continue,
+            Err(source) => Err(NudgeError::Hold {
+                pid,
+                tid: thread.as_raw(),
+                source,
+            }),
+        };
+    }
 }
 
 impl Held {
-    /// Seizes and interrupts `tid`, and waits for its stop. `Ok(false)`: it exited.
-    fn hold(&mut self, pid: i32, tid: i32) -> Result<bool, NudgeError> {
+    /// Seizes and interrupts `tid` without waiting for its stop ([`Held::wait_stops`] does).
+    /// `Ok(false)`: it exited.
+    fn interrupt(&mut self, pid: i32, tid: i32) -> Result<bool, NudgeError> {
         let thread = Pid::from_raw(tid);
         match ptrace::seize(thread, ptrace::Options::empty()) {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Ok(false),
             Err(source) => return Err(NudgeError::Hold { pid, tid, source }),
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        if let Err(source) = ptrace::interrupt(thread) {
-            // Seized but not stopped: it is detached when this agent exits.
-            return if source == Errno::ESRCH {
-                Ok(false)
-            } else {
-                Err(NudgeError::Hold { pid, tid, source })
-            };
-        }
-        loop {
-            match waitpid(thread, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    if Instant::now() > deadline {
-                        return Err(NudgeError::StopTimeout { tid });
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(WaitStatus::Stopped(_, signal)) => {
-                    // A signal-delivery stop: the signal goes back on release.
-                    self.stopped.push((thread, Some(signal)));
-                    return Ok(true);
-                }
-                Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
-                    self.stopped.push((thread, None));
-                    return Ok(true);
-                }
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
-                    return Ok(false)
-                }
-                Ok(WaitStatus::Continued(_)) => {}
-                Err(Errno::EINTR) => {}
-                Err(source) => return Err(NudgeError::Hold { pid, tid, source }),
-            }
+        // Seized before interrupted: released or, failing that, detached when this agent exits.
+        self.pending.push((pid, thread));
+        match ptrace::interrupt(thread) {
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(source) => Err(NudgeError::Hold { pid, tid, source }),
         }
     }
 
-    /// Holds every thread of every process in `pids`, including threads started meanwhile.
+    /// Waits until every interrupted thread is in its ptrace stop, all within [`STOP_TIMEOUT`]:
+    /// the waits overlap (a thread inside a page fault that a lazy restore's page server
+    /// answers stops only once it is answered).
+    fn wait_stops(&mut self) -> Result<(), NudgeError> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let mut running = Vec::new();
+            for (pid, thread) in std::mem::take(&mut self.pending) {
+                match poll_stop(pid, thread) {
+                    Ok(Stop::Running) => running.push((pid, thread)),
+                    Ok(Stop::Stopped(signal)) => self.stopped.push((thread, signal)),
+                    Ok(Stop::Gone) => {}
+                    Err(e) => {
+                        self.pending = running;
+                        return Err(e);
+                    }
+                }
+            }
+            self.pending = running;
+            let Some(&(_, thread)) = self.pending.first() else {
+                return Ok(());
+            };
+            if Instant::now() > deadline {
+                return Err(NudgeError::StopTimeout {
+                    tid: thread.as_raw(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Holds every thread of every process in `pids`, including threads started meanwhile:
+    /// each round interrupts every thread not seen yet, then waits for all of them.
     fn hold_all(&mut self, pids: &[i32]) -> Result<(), NudgeError> {
         let mut seen = BTreeSet::new();
-        for &pid in pids {
-            let mut settled = false;
-            for _ in 0..16 {
-                let new: Vec<i32> = threads(pid)
-                    .into_iter()
-                    .filter(|t| !seen.contains(t))
-                    .collect();
-                if new.is_empty() {
-                    settled = true;
-                    break;
-                }
-                for tid in new {
-                    seen.insert(tid);
-                    self.hold(pid, tid)?;
+        // The first process that still had new threads in the last round.
+        let mut changing = None;
+        for _ in 0..16 {
+            changing = None;
+            for &pid in pids {
+                for tid in threads(pid) {
+                    if seen.insert(tid) {
+                        changing.get_or_insert(pid);
+                        self.interrupt(pid, tid)?;
+                    }
                 }
             }
-            if !settled {
-                return Err(NudgeError::Unsettled { pid });
+            if changing.is_none() {
+                return Ok(());
             }
+            self.wait_stops()?;
         }
-        Ok(())
+        Err(NudgeError::Unsettled {
+            pid: changing.unwrap_or_default(),
+        })
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // A thread whose stop came after the wait gave up is released too; one still running
+        // stays seized until this agent exits (the kernel then detaches it).
+        for (pid, thread) in std::mem::take(&mut self.pending) {
+            if let Ok(Stop::Stopped(signal)) = poll_stop(pid, thread) {
+                self.stopped.push((thread, signal));
+            }
+        }
         for (thread, signal) in self.stopped.drain(..) {
             if let Err(e) = ptrace::detach(thread, signal) {
                 tracing::warn!(tid = thread.as_raw(), error = %e, "cannot release a held thread");
