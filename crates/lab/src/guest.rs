@@ -38,6 +38,8 @@ pub struct GuestConfig {
     pub net: Option<Vec<(u16, u16)>>,
     /// A QEMU monitor on a unix socket in the run directory; it also lets the guest reboot
     /// (without it QEMU runs with `-no-reboot`: a reboot ends the run). See [`Guest::reset`].
+    /// `OVERBOOT_LAB_MONITOR=1` gives every guest one, e.g. to sample where its vCPUs are
+    /// (`info registers -a`) while a benchmark runs.
     pub monitor: bool,
 }
 
@@ -215,7 +217,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&config.initrd)
             .args(["-append", append.trim()]);
-        if config.monitor {
+        if config.monitor || std::env::var_os("OVERBOOT_LAB_MONITOR").is_some() {
             cmd.arg("-monitor").arg(format!(
                 "unix:{},server,nowait",
                 dir.join("monitor.sock").display()

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Rounds go on while the dirty set shrinks (each round at most [`Policy::shrink`] × the one
-//! before) and is not already small, up to [`Policy::max_rounds`]. Each round freezes the tree
+//! before) and is not already small, up to [`Policy::max_rounds`]. Small is relative to the
+//! memory too ([`Policy::small_fraction`]): each round adds a level to the chain of pagemaps the
+//! restore reads in the blackout, and every level lists the whole memory (a 2 GiB Redis: some
+//! 130,000 entries a level), while the pages a further round would spare the freeze are few. Each round freezes the tree
 //! only while CRIU collects its pages, then writes them with the tree running; its files are
 //! hashed into the map right away ([`overboot_handover::MapWriter::seal_dir`]), so neither the
 //! copy nor the hashing of the bulk of the memory falls in the blackout.
@@ -92,16 +95,32 @@ pub struct Policy {
     pub shrink: f64,
     /// Stop once a round wrote no more than this (the freeze writes that much anyway).
     pub small_bytes: u64,
+    /// Or no more than this fraction of the first round (about the memory): another level of
+    /// the chain then costs the restore more than the pages it spares the freeze.
+    pub small_fraction: f64,
 }
 
 impl Policy {
-    /// `max_rounds` rounds at most, going on while the dirty set halves and exceeds 4 MiB.
+    /// `max_rounds` rounds at most, going on while the dirty set halves and exceeds both 4 MiB
+    /// and 1 % of the first round.
     pub fn new(max_rounds: u32) -> Policy {
         Policy {
             max_rounds,
             shrink: 0.5,
             small_bytes: 4 << 20,
+            small_fraction: 0.01,
         }
+    }
+
+    /// What counts as small after a first round of `first` bytes.
+    fn small(&self, first: u64) -> u64 {
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let relative = (first as f64 * self.small_fraction) as u64;
+        self.small_bytes.max(relative)
     }
 
     /// Whether another round is worth it after rounds that wrote `bytes` (in order).
@@ -112,7 +131,8 @@ impl Policy {
         }
         match bytes {
             [] => true,
-            [.., last] if *last <= self.small_bytes => false,
+            [first, .., last] if *last <= self.small(*first) => false,
+            [last] if *last <= self.small_bytes => false,
             [_] => true,
             [.., before, last] => {
                 #[allow(clippy::cast_precision_loss)]
@@ -152,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn rounds_go_on_while_the_dirty_set_halves_and_is_not_small() {
+    fn rounds_go_on_while_the_dirty_set_halves_and_is_not_small_against_4_mib_or_the_memory() {
         let p = Policy::new(4);
         let mib = 1 << 20;
         assert!(p.go_on(&[]));
@@ -161,6 +181,13 @@ mod tests {
         assert!(p.go_on(&[512 * mib, 40 * mib]));
         assert!(!p.go_on(&[512 * mib, 300 * mib]), "not shrinking");
         assert!(!p.go_on(&[512 * mib, 40 * mib, 2 * mib]), "small");
+        // Small against the memory: 1 % of the first round (a 2.6 GiB Redis, 12 MiB dirty).
+        assert!(!p.go_on(&[2600 * mib, 12 * mib]), "under 1 % of the memory");
+        assert!(p.go_on(&[2600 * mib, 40 * mib]), "over 1 %, and halved");
+        assert!(
+            p.go_on(&[64 * mib, 5 * mib]),
+            "4 MiB is the least that is small"
+        );
         assert!(
             !p.go_on(&[512 * mib, 256 * mib, 100 * mib, 40 * mib]),
             "at most 4"
