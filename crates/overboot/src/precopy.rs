@@ -13,10 +13,11 @@
 //! before) and is not already small, up to [`Policy::max_rounds`]. Small is relative to the
 //! memory too ([`Policy::small_fraction`]): each round adds a level to the chain of pagemaps the
 //! restore reads in the blackout, and every level lists the whole memory (a 2 GiB Redis: some
-//! 130,000 entries a level), while the pages a further round would spare the freeze are few. Each round freezes the tree
-//! only while CRIU collects its pages, then writes them with the tree running; its files are
-//! hashed into the map right away ([`overboot_handover::MapWriter::seal_dir`]), so neither the
-//! copy nor the hashing of the bulk of the memory falls in the blackout.
+//! 130,000 entries a level), while the pages a further round would spare the freeze are few.
+//! Each round freezes the tree only while CRIU collects its pages, then writes them with the
+//! tree running; its files are hashed into the map right away
+//! ([`overboot_handover::MapWriter::seal_dir`]), so neither the copy nor the hashing of the bulk
+//! of the memory falls in the blackout.
 //!
 //! CRIU links each image directory to its parent with a `parent` symlink. A map holds regular
 //! files only, so the links are dropped after each CRIU call and put back, from the directory
