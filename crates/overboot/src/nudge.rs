@@ -189,19 +189,18 @@ fn poll_stop(pid: i32, thread: Pid) -> Result<Stop, NudgeError> {
 
 impl Held {
     /// Seizes and interrupts `tid` without waiting for its stop ([`Held::wait_stops`] does).
-    /// `Ok(false)`: it exited.
-    fn interrupt(&mut self, pid: i32, tid: i32) -> Result<bool, NudgeError> {
+    /// A thread that exited meanwhile is no error.
+    fn interrupt(&mut self, pid: i32, tid: i32) -> Result<(), NudgeError> {
         let thread = Pid::from_raw(tid);
         match ptrace::seize(thread, ptrace::Options::empty()) {
             Ok(()) => {}
-            Err(Errno::ESRCH) => return Ok(false),
+            Err(Errno::ESRCH) => return Ok(()),
             Err(source) => return Err(NudgeError::Hold { pid, tid, source }),
         }
         // Seized before interrupted: released or, failing that, detached when this agent exits.
         self.pending.push((pid, thread));
         match ptrace::interrupt(thread) {
-            Ok(()) => Ok(true),
-            Err(Errno::ESRCH) => Ok(false),
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(source) => Err(NudgeError::Hold { pid, tid, source }),
         }
     }
@@ -213,18 +212,27 @@ impl Held {
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             let mut running = Vec::new();
+            let mut failed = None;
             for (pid, thread) in std::mem::take(&mut self.pending) {
+                if failed.is_some() {
+                    // Not polled: still pending, so that dropping the hold releases it.
+                    running.push((pid, thread));
+                    continue;
+                }
                 match poll_stop(pid, thread) {
                     Ok(Stop::Running) => running.push((pid, thread)),
                     Ok(Stop::Stopped(signal)) => self.stopped.push((thread, signal)),
                     Ok(Stop::Gone) => {}
                     Err(e) => {
-                        self.pending = running;
-                        return Err(e);
+                        running.push((pid, thread));
+                        failed = Some(e);
                     }
                 }
             }
             self.pending = running;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             let Some(&(_, thread)) = self.pending.first() else {
                 return Ok(());
             };
