@@ -19,6 +19,7 @@ pub mod report;
 pub mod restore;
 pub mod resume;
 pub mod rollback;
+pub mod rtnl;
 pub mod store;
 pub mod systemd;
 pub mod target;

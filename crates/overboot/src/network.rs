@@ -29,6 +29,9 @@ pub enum NetworkError {
     /// A tool failed.
     #[error("`{command}` failed: {stderr}")]
     Tool { command: String, stderr: String },
+    /// The kernel refused an interface, address or route.
+    #[error("network configuration")]
+    Rtnl(#[from] crate::rtnl::RtnlError),
     /// A tool could not be run.
     #[error("cannot run {command}")]
     Spawn {
@@ -95,6 +98,7 @@ pub struct NetworkState {
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetworkError> {
     let command = format!("{program} {}", args.join(" "));
+    let started = std::time::Instant::now();
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -122,6 +126,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Netw
             command: command.clone(),
             source,
         })?;
+    tracing::debug!(%command, ms = started.elapsed().as_millis(), "ran");
     if !out.status.success() {
         return Err(NetworkError::Tool {
             command,
@@ -316,28 +321,31 @@ fn parse_routes(text: &str) -> Vec<Route> {
 }
 
 /// In the new kernel, before any restore: load the lock tables, then bring the interfaces up
-/// with their addresses and routes.
+/// with their addresses and routes (rtnetlink, see [`crate::rtnl`]).
 pub fn apply(state: &NetworkState) -> Result<(), NetworkError> {
     if !state.tables.is_empty() {
         run("nft", &["-f", "-"], Some(&load_script(&state.tables)))?;
     }
+    let started = std::time::Instant::now();
+    let mut rtnl = crate::rtnl::Rtnl::open()?;
     for iface in &state.interfaces {
         for address in &iface.addresses {
-            let cidr = format!("{}/{}", address.addr, address.prefix);
-            run("ip", &["addr", "add", &cidr, "dev", &iface.name], None)?;
+            rtnl.add_address(&iface.name, address.addr, address.prefix)?;
         }
-        run("ip", &["link", "set", &iface.name, "up"], None)?;
+        rtnl.set_up(&iface.name)?;
     }
     for route in &state.routes {
-        let dest = format!("{}/{}", route.destination, route.prefix);
-        let mut args = vec!["route", "add", dest.as_str()];
-        let gateway = route.gateway.map(|g| g.to_string());
-        if let Some(gateway) = &gateway {
-            args.extend(["via", gateway.as_str()]);
-        }
-        args.extend(["dev", route.device.as_str()]);
-        run("ip", &args, None)?;
+        rtnl.add_route(
+            route.destination,
+            route.prefix,
+            route.gateway,
+            &route.device,
+        )?;
     }
+    tracing::debug!(
+        ms = started.elapsed().as_millis(),
+        "interfaces, addresses and routes back"
+    );
     Ok(())
 }
 
