@@ -365,7 +365,7 @@ pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
     let probed = start.elapsed();
     drop(held);
     tracing::debug!(
-        threads = stopped_threads(pids),
+        threads = thread_count(pids),
         listed_us = listed.as_micros(),
         stopped_us = stopped.as_micros(),
         probed_us = probed.as_micros(),
@@ -376,7 +376,7 @@ pub fn nudge_tree(pids: &[i32]) -> Result<Nudged, NudgeError> {
 }
 
 /// How many threads the tree has (for the debug log).
-fn stopped_threads(pids: &[i32]) -> usize {
+fn thread_count(pids: &[i32]) -> usize {
     pids.iter().map(|&pid| threads(pid).len()).sum()
 }
 
