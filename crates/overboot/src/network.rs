@@ -138,14 +138,9 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Netw
 
 /// TCP sockets of the system by inode: (local port, state), from `/proc/net/tcp{,6}`.
 pub fn tcp_sockets() -> BTreeMap<u64, (u16, TcpState)> {
-    tcp_sockets_in("/proc/net")
-}
-
-/// The same from `<net>/tcp{,6}`: `/proc/<pid>/net` for the network namespace of a process.
-pub fn tcp_sockets_in(net: &str) -> BTreeMap<u64, (u16, TcpState)> {
     let mut map = BTreeMap::new();
     for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("{net}/{table}")).unwrap_or_default();
+        let text = std::fs::read_to_string(format!("/proc/net/{table}")).unwrap_or_default();
         map.extend(parse_tcp_table(&text));
     }
     map
