@@ -72,10 +72,10 @@ impl Message {
         self
     }
 
-    fn finish(&mut self) -> &[u8] {
+    fn finish(mut self) -> Vec<u8> {
         let len = u32::try_from(self.buf.len()).expect("message under 4 GiB");
         self.buf[..4].copy_from_slice(&len.to_ne_bytes());
-        &self.buf
+        self.buf
     }
 }
 
@@ -111,7 +111,7 @@ fn new_address(seq: u32, index: u32, addr: &IpAddr, prefix: u8) -> Vec<u8> {
     let bytes = octets(addr);
     m.attr(libc::IFA_LOCAL, &bytes)
         .attr(libc::IFA_ADDRESS, &bytes);
-    m.finish().to_vec()
+    m.finish()
 }
 
 /// `RTM_NEWLINK`: interface `index` up (only `IFF_UP` changes).
@@ -124,7 +124,7 @@ fn link_up(seq: u32, index: u32) -> Vec<u8> {
         .bytes(&index.to_ne_bytes())
         .bytes(&up.to_ne_bytes())
         .bytes(&up.to_ne_bytes());
-    m.finish().to_vec()
+    m.finish()
 }
 
 /// `RTM_NEWROUTE`: `destination/prefix` in the main table, through `gateway` when given, out of
@@ -166,7 +166,7 @@ fn new_route(
         m.attr(libc::RTA_GATEWAY, &gateway.octets());
     }
     m.attr(libc::RTA_OIF, &index.to_ne_bytes());
-    m.finish().to_vec()
+    m.finish()
 }
 
 /// The errno of the acknowledgement of request `seq` in `answer` (0: done), or `None` when the
