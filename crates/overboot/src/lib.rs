@@ -5,6 +5,7 @@
 //! shows), with [`target`] inspection shared by `plan` and `update` ([`unit`]: systemd services as targets). The kernel switch itself is
 //! `overboot-kexec`, the checkpoint engine `overboot-checkpoint`, the map `overboot-handover`.
 
+pub mod dirty;
 pub mod exit;
 pub mod fault;
 pub mod forked;

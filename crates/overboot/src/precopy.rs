@@ -14,6 +14,9 @@
 //! memory too ([`Policy::small_fraction`]): each round adds a level to the chain of pagemaps the
 //! restore reads in the blackout, and every level lists the whole memory (a 2 GiB Redis: some
 //! 130,000 entries a level), while the pages a further round would spare the freeze are few.
+//! And before each round after the first, the pages the tree wrote since the last one are
+//! counted ([`crate::dirty`]): a round that would copy no more than the freeze writes anyway
+//! is not run ([`Policy::worth_next`]).
 //! Each round freezes the tree only while CRIU collects its pages, then writes them with the
 //! tree running; its files are hashed into the map right away
 //! ([`overboot_handover::MapWriter::seal_dir`]), so neither the copy nor the hashing of the bulk
@@ -124,6 +127,20 @@ impl Policy {
         self.small_bytes.max(relative)
     }
 
+    /// Whether the next round is worth running when the tree wrote `dirty` bytes since the
+    /// last of the rounds that wrote `bytes` (counted before the round, see [`crate::dirty`]):
+    /// not when that is [`Policy::small_bytes`] or less — the freeze writes about that much
+    /// anyway (what the service writes during the last round), so the round would spare it
+    /// nothing and add a level to the chain. Not the fraction of the memory that stops rounds
+    /// after the fact: at 2 GiB a second round of 11 MiB (0.4 %) still spared the freeze
+    /// 8 MiB and its restore 0.3 s in the lab. Before the first round, or with no count, it is.
+    pub fn worth_next(&self, bytes: &[u64], dirty: Option<u64>) -> bool {
+        match (bytes.first(), dirty) {
+            (Some(_), Some(dirty)) => dirty > self.small_bytes,
+            _ => true,
+        }
+    }
+
     /// Whether another round is worth it after rounds that wrote `bytes` (in order).
     pub fn go_on(&self, bytes: &[u64]) -> bool {
         let done = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -155,6 +172,10 @@ pub struct Round {
     pub bytes: u64,
     /// How long the round took, with the hashing of its files (ms).
     pub ms: u64,
+    /// Bytes the tree wrote after this round, counted when the next one was weighed (see
+    /// [`Policy::worth_next`]); absent when no next round was weighed or the count failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_after: Option<u64>,
 }
 
 #[cfg(test)]
@@ -194,6 +215,25 @@ mod tests {
             "at most 4"
         );
         assert!(!Policy::new(0).go_on(&[]));
+    }
+
+    #[test]
+    fn a_round_is_not_run_when_what_it_would_copy_is_small_already() {
+        let p = Policy::new(3);
+        let mib = 1 << 20;
+        assert!(
+            p.worth_next(&[], Some(0)),
+            "the first round copies everything"
+        );
+        // A 512 MiB Redis that wrote 2 MiB during its first round: the freeze writes that
+        // much anyway.
+        assert!(!p.worth_next(&[650 * mib], Some(2 * mib)));
+        assert!(!p.worth_next(&[650 * mib], Some(4 * mib)));
+        // A 2.6 GiB one that wrote 11 MiB: under 1 % of it, and still worth a round.
+        assert!(p.worth_next(&[2600 * mib], Some(11 * mib)));
+        assert!(p.worth_next(&[64 * mib], Some(5 * mib)));
+        // No count: the rounds' own sizes decide, as without it.
+        assert!(p.worth_next(&[2600 * mib], None));
     }
 
     #[test]

@@ -257,11 +257,14 @@ impl Report {
             out.push_str("  pre-copy (service running):");
             for r in &self.pre_copy {
                 out.push_str(&format!(
-                    " {} round {} {} KiB in {} ms;",
+                    " {} round {} {} KiB in {} ms{};",
                     r.tree,
                     r.round,
                     r.bytes >> 10,
-                    r.ms
+                    r.ms,
+                    r.dirty_after
+                        .map(|d| format!(", {} KiB written after it", d >> 10))
+                        .unwrap_or_default()
                 ));
             }
             out.push_str(&format!(

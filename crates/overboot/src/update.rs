@@ -265,6 +265,11 @@ pub trait Effects {
         images: &Path,
         parent: Option<&str>,
     ) -> Result<(), CheckpointError>;
+    /// Bytes the running tree wrote since its last pre-copy round (soft-dirty pages, see
+    /// [`crate::dirty`]): what the next round would copy. `None` when they cannot be counted.
+    fn dirty_bytes(&mut self, _tree: &TreeInfo) -> Option<u64> {
+        None
+    }
     /// Freezes and dumps a tree into `images`; with `parent` (relative to `images`: the last
     /// pre-copy round) only the pages changed since. `after` says whether its tasks are then
     /// killed or left stopped.
@@ -456,6 +461,12 @@ impl Effects for HostEffects {
         self.criu
             .pre_dump(&request, &mut overboot_checkpoint::accept_all)
             .map(|_| ())
+    }
+
+    fn dirty_bytes(&mut self, tree: &TreeInfo) -> Option<u64> {
+        crate::dirty::dirty_bytes(&tree.pids())
+            .map_err(|e| tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot count the pages written since the last pre-copy round"))
+            .ok()
     }
 
     fn dump(
@@ -873,6 +884,17 @@ fn pre_copy(
         let mut bytes: Vec<u64> = Vec::new();
         let mut k = 0;
         while policy.go_on(&bytes) {
+            if let Some(last) = out.rounds.last_mut().filter(|_| k > 0) {
+                let start = std::time::Instant::now();
+                let dirty = effects.dirty_bytes(tree);
+                let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last.dirty_after = dirty;
+                tracing::info!(tree = %tree.name, after_round = k, dirty, ms, "written since the last pre-copy round");
+                if !policy.worth_next(&bytes, dirty) {
+                    tracing::info!(tree = %tree.name, rounds = k, "pre-copy stops: the next round would copy little");
+                    break;
+                }
+            }
             k += 1;
             progress(&format!(
                 "pre-copy round {k} of {} ({} MiB resident), service running",
@@ -902,6 +924,7 @@ fn pre_copy(
                         round: k,
                         bytes: written,
                         ms,
+                        dirty_after: None,
                     });
                 }
                 Err(error) => {

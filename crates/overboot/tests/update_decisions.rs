@@ -29,6 +29,9 @@ struct Mock {
     tracking: bool,
     /// Bytes each pre-copy round writes, in order (then 1 KiB).
     pre_bytes: Vec<usize>,
+    /// Bytes written since the last round, as counted before each round after a first, in
+    /// order (then none counted).
+    dirty: Vec<u64>,
     /// The pre-copy round (from 1) that fails half-way.
     fail_pre_round: Option<usize>,
     /// The engine can restore lazily.
@@ -136,6 +139,12 @@ impl Effects for Mock {
 
     fn lazy_pages(&mut self) -> bool {
         self.lazy
+    }
+
+    fn dirty_bytes(&mut self, tree: &TreeInfo) -> Option<u64> {
+        let count = self.log.iter().filter(|l| l.starts_with("dirty")).count();
+        self.log.push(format!("dirty {}", tree.root));
+        self.dirty.get(count).copied()
     }
 
     fn pre_dump(
@@ -793,6 +802,52 @@ fn pre_copy_rounds_run_before_the_freeze_and_the_dump_builds_on_the_last() {
     let first = scratch.join("parent/parent/parent/pages-1.img");
     assert_eq!(std::fs::metadata(first).unwrap().len(), 40 << 20);
     assert!(scratch.join("core-1.img").exists());
+}
+
+#[test]
+fn a_round_that_would_copy_little_is_not_run_and_the_count_is_reported() {
+    let mib = 1 << 20;
+    let mut mock = Mock {
+        tracking: true,
+        // Tree 100: 40 MiB, then 8 MiB written since (a second round), then 1 MiB (small:
+        // no third). Tree 200: 40 MiB, then 2 MiB written since (small: no second round).
+        pre_bytes: vec![40 * mib, 8 * mib, 40 * mib],
+        dirty: vec![8 << 20, 1 << 20, 2 << 20],
+        ..Mock::default()
+    };
+    let (result, _dir) = run_dir(&mut mock);
+    let staged = result.expect("update");
+    let block = mock.log.iter().position(|l| l == "block").unwrap();
+    assert_eq!(
+        mock.log[..block]
+            .iter()
+            .filter(|l| l.starts_with("pre_dump") || l.starts_with("dirty"))
+            .collect::<Vec<_>>(),
+        [
+            "pre_dump 100 -",
+            "dirty 100",
+            "pre_dump 100 ../pre-1",
+            "dirty 100",
+            "pre_dump 200 -",
+            "dirty 200",
+        ]
+    );
+    for dump in ["dump 100 pre-2", "dump 200 pre-1"] {
+        assert!(mock.log.contains(&dump.to_string()), "{:?}", mock.log);
+    }
+    let rounds: Vec<(&str, u32, Option<u64>)> = staged
+        .pre_copy
+        .iter()
+        .map(|r| (r.tree.as_str(), r.round, r.dirty_after))
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            ("pid-100", 1, Some(8 << 20)),
+            ("pid-100", 2, Some(1 << 20)),
+            ("pid-200", 1, Some(2 << 20)),
+        ]
+    );
 }
 
 #[test]
