@@ -64,9 +64,13 @@ pub fn count_dirty(entries: &[u8]) -> u64 {
 /// The soft-dirty pages of `[start, end)` of the address space whose pagemap is open as
 /// `pagemap`.
 pub fn dirty_pages(pagemap: &File, start: u64, end: u64) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK_ENTRIES * 8];
     let mut page = start / PAGE;
     let last = end.div_ceil(PAGE);
+    // Most mappings are a few pages (libraries, stacks): a buffer of their size.
+    let entries = usize::try_from(last.saturating_sub(page))
+        .unwrap_or(usize::MAX)
+        .min(CHUNK_ENTRIES);
+    let mut buf = vec![0u8; entries * 8];
     let mut dirty = 0;
     while page < last {
         let want = usize::try_from(last - page)

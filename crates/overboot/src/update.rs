@@ -890,7 +890,7 @@ fn pre_copy(
                 let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
                 last.dirty_after = dirty;
                 tracing::info!(tree = %tree.name, after_round = k, dirty, ms, "written since the last pre-copy round");
-                if !policy.worth_next(&bytes, dirty) {
+                if !policy.worth_next(dirty) {
                     tracing::info!(tree = %tree.name, rounds = k, "pre-copy stops: the next round would copy little");
                     break;
                 }
