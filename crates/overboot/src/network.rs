@@ -177,7 +177,8 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    fn from_code(code: u8) -> TcpState {
+    /// From the kernel's state number (`/proc/net/tcp`'s `st`, `TCP_INFO`'s `tcpi_state`).
+    pub fn from_code(code: u8) -> TcpState {
         match code {
             0x01 => TcpState::Established,
             0x0A => TcpState::Listen,

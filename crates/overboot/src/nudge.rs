@@ -45,7 +45,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use overboot_kexec::sys;
 
-use crate::network;
+use crate::network::{self, TcpState};
 
 /// Window probes sent per connection: three duplicate ACKs start a fast retransmit, and the
 /// first may count as a window update instead.
@@ -155,8 +155,13 @@ fn is_established_tcp(sock: std::os::fd::BorrowedFd<'_>) -> bool {
         .and_then(|a| a.family())
         .is_some_and(|f| matches!(f, AddressFamily::Inet | AddressFamily::Inet6));
     let stream = getsockopt(&sock, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
-    // State 1: TCP_ESTABLISHED (`TCP_INFO` fails on a socket that is not TCP's).
-    inet && stream && sys::tcp_info(sock).is_ok_and(|info| info.tcpi_state == 1)
+    // `TCP_INFO` fails on a socket that is not TCP's.
+    inet && stream && sys::tcp_info(sock).is_ok_and(|info| is_established(&info))
+}
+
+/// Whether `TCP_INFO` reports the connection established.
+fn is_established(info: &libc::tcp_info) -> bool {
+    TcpState::from_code(info.tcpi_state) == TcpState::Established
 }
 
 fn threads(pid: i32) -> BTreeSet<i32> {
@@ -386,9 +391,9 @@ fn heard(pid: i32, fd: RawFd, within: Duration) -> Option<bool> {
     let pidfd = sys::pidfd_open(pid).ok()?;
     let sock = sys::pidfd_getfd(pidfd.as_fd(), fd).ok()?;
     let info = sys::tcp_info(sock.as_fd()).ok()?;
-    // State 1: TCP_ESTABLISHED. The time is in jiffies underneath (4–10 ms): data that came
-    // right after a round may read as a few ms older than it.
-    (info.tcpi_state == 1).then(|| {
+    // The time is in jiffies underneath (4–10 ms): data that came right after a round may
+    // read as a few ms older than it.
+    is_established(&info).then(|| {
         u128::from(info.tcpi_last_data_recv) < within.as_millis() + JIFFY_SLACK.as_millis()
     })
 }
