@@ -16,6 +16,7 @@ pub mod header;
 pub mod manifest;
 pub mod map;
 mod mapped;
+pub mod network;
 pub mod store;
 mod verify;
 mod writer;

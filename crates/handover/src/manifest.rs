@@ -47,6 +47,14 @@ pub enum ManifestError {
         /// The offending path.
         path: PathBuf,
     },
+    /// The network section is newer than this build.
+    #[error("the network section is version {found}; this build reads up to {supported}")]
+    NetworkVersion {
+        /// Version found.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
     /// A preserved tree entry is inconsistent.
     #[error("preserved tree {name:?}: {reason}")]
     InvalidTree {
@@ -248,9 +256,9 @@ pub struct Manifest {
     pub trees: Vec<PreservedTree>,
     /// Files carried into the new kernel's file systems.
     pub carried_files: Vec<CarriedFile>,
-    /// Network configuration to re-apply (owned by the network step).
+    /// Network configuration to re-apply, with the lock tables (see [`crate::network`]).
     #[serde(default)]
-    pub network: Option<serde_json::Value>,
+    pub network: Option<crate::network::NetworkState>,
     /// How to go back.
     pub rollback: RollbackRecipe,
     /// Every file of the map by relative path; filled by [`crate::MapWriter::finish`].
@@ -307,6 +315,14 @@ impl Manifest {
     /// Checks the manifest on its own: paths stay inside the map, trees are well formed.
     /// Cross-checks against the files of a map are done by the map.
     pub fn validate(&self) -> Result<(), ManifestError> {
+        if let Some(network) = &self.network {
+            if network.version > crate::network::NETWORK_VERSION {
+                return Err(ManifestError::NetworkVersion {
+                    found: network.version,
+                    supported: crate::network::NETWORK_VERSION,
+                });
+            }
+        }
         for (i, tree) in self.trees.iter().enumerate() {
             let invalid = |reason| ManifestError::InvalidTree {
                 name: tree.name.clone(),
@@ -413,7 +429,15 @@ mod tests {
                 uid: 100,
                 gid: 101,
             }],
-            network: Some(serde_json::json!({"nft": "table inet CRIU-1 {}"})),
+            network: Some(crate::network::NetworkState {
+                locked: true,
+                tables: vec![crate::network::NftTable {
+                    family: "inet".into(),
+                    name: "CRIU-1".into(),
+                    rules: "table inet CRIU-1 {}".into(),
+                }],
+                ..Default::default()
+            }),
             rollback: RollbackRecipe {
                 kernel: "/boot/vmlinuz-6.1.0-47-cloud-amd64".into(),
                 initrd: Some("/boot/initrd.img-6.1.0-47-cloud-amd64".into()),

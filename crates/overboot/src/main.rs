@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .and_then(|n| n.to_str());
-    if called == Some(overboot::systemd::GENERATOR) {
+    if called == Some(overboot::host::systemd::GENERATOR) {
         return commands::systemd::generator(&args);
     }
     let cli = commands::Cli::parse();

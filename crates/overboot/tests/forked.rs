@@ -7,7 +7,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use overboot::forked::{daemon, output_of, wait};
+use overboot::host::forked::{daemon, output_of, wait};
 
 fn main() {
     let out = output_of(|| {

@@ -5,9 +5,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use overboot::network::{NetworkError, NetworkState};
-use overboot::target::{Target, TargetError, TreeInfo};
-use overboot::update::{self, AfterDump, Effects, Handover, UpdateError, UpdateOptions};
+use overboot::host::network::{NetworkError, NetworkState};
+use overboot::host::store::Handover;
+use overboot::host::target::{Target, TargetError, TreeInfo};
+use overboot::old::effects::{AfterDump, Effects};
+use overboot::old::update::{self, UpdateError, UpdateOptions};
 use overboot_checkpoint::CheckpointError;
 use overboot_handover::{ClockReadings, RollbackRecipe};
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
@@ -24,7 +26,7 @@ struct Mock {
     log: Vec<String>,
     memory: Option<u64>,
     /// A systemd host (`None`: not systemd), whose unit holds are logged.
-    systemd: Option<overboot::systemd::Host>,
+    systemd: Option<overboot::host::systemd::Host>,
     /// The engine tracks memory changes (pre-copy rounds happen).
     tracking: bool,
     /// Bytes each pre-copy round writes, in order (then 1 KiB).
@@ -40,6 +42,8 @@ struct Mock {
     after_dump: Vec<(i32, AfterDump)>,
     /// Stopped tasks cannot be ended.
     fail_end_stopped: bool,
+    /// The network lock cannot be set up.
+    fail_network: bool,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -48,7 +52,7 @@ fn tree(pid: i32) -> TreeInfo {
         name: format!("pid-{pid}"),
         root: pid,
         cmdline: "worker".into(),
-        processes: vec![overboot::target::ProcessInfo {
+        processes: vec![overboot::host::target::ProcessInfo {
             pid,
             ppid: 1,
             comm: "worker".into(),
@@ -112,6 +116,12 @@ impl Effects for Mock {
 
     fn check_network(&mut self, _trees: &[TreeInfo]) -> Result<(), NetworkError> {
         self.log.push("check_network".into());
+        if self.fail_network {
+            return Err(NetworkError::Tool {
+                command: "nft list tables".into(),
+                stderr: "no nftables".into(),
+            });
+        }
         Ok(())
     }
 
@@ -236,11 +246,14 @@ impl Effects for Mock {
         self.memory.unwrap_or(u64::MAX)
     }
 
-    fn systemd_host(&mut self) -> overboot::systemd::Host {
+    fn systemd_host(&mut self) -> overboot::host::systemd::Host {
         self.systemd.clone().unwrap_or_default()
     }
 
-    fn hold_units(&mut self, _trees: &[TreeInfo]) -> Result<(), overboot::systemd::SystemdError> {
+    fn hold_units(
+        &mut self,
+        _trees: &[TreeInfo],
+    ) -> Result<(), overboot::host::systemd::SystemdError> {
         if self.systemd.is_some() {
             self.log.push("hold".into());
         }
@@ -521,8 +534,9 @@ fn handover_stores_parse_and_bad_ones_are_explained() {
 #[test]
 fn a_directory_store_without_room_for_the_map_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    overboot::store::check_dir(dir.path(), 1 << 20).expect("1 MiB fits");
-    let err = overboot::store::check_dir(dir.path(), u64::MAX / 4).expect_err("too big");
+    overboot::host::store::check_dir(dir.path(), 1 << 20, true).expect("1 MiB fits");
+    let err =
+        overboot::host::store::check_dir(dir.path(), u64::MAX / 4, true).expect_err("too big");
     assert!(err.to_string().contains("the map needs about"), "{err}");
     assert!(err.to_string().contains("nothing was frozen"), "{err}");
 }
@@ -673,10 +687,10 @@ fn an_initrd_handover_that_would_run_out_of_memory_is_refused_before_anything_is
 fn the_initrd_handover_memory_counts_every_copy() {
     // 659 MiB map, 39 MiB initrd, 8 MiB kernel: the case that ran out of memory in a 3 GiB
     // guest with 2.25 GiB available.
-    let needed = overboot::plan::initrd_handover_memory(659 << 20, 39 << 20, 8 << 20);
+    let needed = overboot::old::estimate::initrd_handover_memory(659 << 20, 39 << 20, 8 << 20);
     assert!(needed > 2250 << 20, "{}", needed >> 20);
     // 540 MiB map in the same guest (2.37 GiB available) went through.
-    let needed = overboot::plan::initrd_handover_memory(540 << 20, 39 << 20, 8 << 20);
+    let needed = overboot::old::estimate::initrd_handover_memory(540 << 20, 39 << 20, 8 << 20);
     assert!(needed < 2370 << 20, "{}", needed >> 20);
 }
 
@@ -685,7 +699,7 @@ fn the_initrd_handover_memory_counts_every_copy() {
 /// them (adopting what was restored here).
 #[test]
 fn systemd_hosts_need_a_directory_store_and_the_generator() {
-    let systemd = |generator: bool| overboot::systemd::Host {
+    let systemd = |generator: bool| overboot::host::systemd::Host {
         booted: true,
         generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
     };
@@ -794,7 +808,7 @@ fn pre_copy_rounds_run_before_the_freeze_and_the_dump_builds_on_the_last() {
     // A restore directory gets the chain back: final → pre-3 → pre-2 → pre-1.
     let images = staged.map_dir.join("trees/pid-100");
     let scratch = dir.path().join("scratch");
-    overboot::resume::restore_dir(&images, &scratch).expect("restore dir");
+    overboot::model::images::restore_dir(&images, &scratch).expect("restore dir");
     assert_eq!(
         std::fs::read_link(scratch.join("parent")).unwrap(),
         Path::new("pre-3")
@@ -945,4 +959,155 @@ fn run_dir(mock: &mut Mock) -> (Result<update::Staged, UpdateError>, tempfile::T
     opts.handover = Handover::Dir(dir.path().join("store"));
     let result = update::run(mock, &opts, &mut |_| {});
     (result, dir)
+}
+
+/// `plan` runs the very checks `update` makes: for every check's failing case, `update` refuses
+/// before anything is frozen and `plan` says no with the same reason (among the others it
+/// finds); with every check passing, both say yes.
+#[test]
+fn plan_and_update_refuse_the_same_inputs() {
+    let systemd = |generator: bool| overboot::host::systemd::Host {
+        booted: true,
+        generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
+    };
+    type Adjust = fn(&mut UpdateOptions, &Path);
+    let cases: Vec<(&str, Mock, Adjust)> = vec![
+        ("nothing to preserve", Mock::default(), |o, _| {
+            o.preserve.clear()
+        }),
+        (
+            "kexec disabled",
+            Mock {
+                fail_preflight: true,
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        ("missing initrd", Mock::default(), |o, d| {
+            o.initrd = Some(d.join("absent.img"))
+        }),
+        (
+            "target refused",
+            Mock {
+                fail_target: true,
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        (
+            "systemd with the initrd store",
+            Mock {
+                systemd: Some(systemd(true)),
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        (
+            "no generator",
+            Mock {
+                systemd: Some(systemd(false)),
+                ..Mock::default()
+            },
+            |o, d| o.handover = Handover::Dir(d.join("ssm")),
+        ),
+        ("store in RAM", Mock::default(), |o, _| {
+            let shm = format!("/dev/shm/overboot-plan-test-{}", std::process::id());
+            o.handover = Handover::Dir(PathBuf::from(shm));
+        }),
+        (
+            "memory",
+            Mock {
+                memory: Some(1),
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        (
+            "network lock",
+            Mock {
+                fail_network: true,
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        (
+            "engine",
+            Mock {
+                fail_engine: true,
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
+        ("lazy pages", Mock::default(), |o, _| o.lazy_restore = true),
+    ];
+    for (case, mock, adjust) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = options(dir.path());
+        adjust(&mut opts, dir.path());
+        let mut for_update = Mock {
+            log: Vec::new(),
+            ..clone_mock(&mock)
+        };
+        let err = update::run(&mut for_update, &opts, &mut |_| {});
+        if case == "store in RAM" {
+            // (update made the directory to look at it; plan judges its parent)
+            if let Handover::Dir(shm) = &opts.handover {
+                let _ = std::fs::remove_dir_all(shm);
+            }
+            if !matches!(&err, Err(UpdateError::HandoverDir(_))) {
+                eprintln!("skipped {case}: /dev/shm is not a tmpfs here");
+                continue;
+            }
+        }
+        let Err(err) = err else {
+            panic!("{case}: update went ahead");
+        };
+        assert!(!dumped(&for_update), "{case}: dumped: {:?}", for_update.log);
+        let mut for_plan = clone_mock(&mock);
+        let plan = overboot::old::plan::make(&mut for_plan, &opts);
+        assert!(
+            !plan.ok,
+            "{case}: plan said yes where update refused: {err}"
+        );
+        let reason = overboot_checkpoint::error_chain(&err);
+        assert!(
+            plan.problems.contains(&reason),
+            "{case}: plan does not give update's reason {reason:?}: {:?}",
+            plan.problems
+        );
+        let changed = |l: &String| ["load", "block", "hold"].contains(&l.as_str());
+        assert!(
+            !dumped(&for_plan) && !for_plan.log.iter().any(changed),
+            "{case}: plan changed something: {:?}",
+            for_plan.log
+        );
+        if let Handover::Dir(store) = &opts.handover {
+            assert!(
+                !store.exists() || case != "store in RAM",
+                "plan made {}",
+                store.display()
+            );
+        }
+    }
+    // Every check passing: both go ahead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path());
+    let plan = overboot::old::plan::make(&mut Mock::default(), &opts);
+    assert!(plan.ok, "{:?}", plan.problems);
+    assert_eq!(plan.trees.len(), 2);
+    update::run(&mut Mock::default(), &opts, &mut |_| {}).expect("update goes ahead");
+}
+
+/// The mock's settings, without what a run logged.
+fn clone_mock(m: &Mock) -> Mock {
+    Mock {
+        fail_preflight: m.fail_preflight,
+        fail_target: m.fail_target,
+        fail_engine: m.fail_engine,
+        fail_network: m.fail_network,
+        memory: m.memory,
+        systemd: m.systemd.clone(),
+        lazy: m.lazy,
+        ..Mock::default()
+    }
 }

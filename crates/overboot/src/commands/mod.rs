@@ -1,6 +1,7 @@
 //! The verbs of the CLI. Each module turns its arguments into plain options and calls the
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
+mod args;
 mod kexec;
 mod pages;
 mod patch;
@@ -58,16 +59,16 @@ pub enum CommandError {
     Kexec(#[from] overboot_kexec::KexecError),
     /// The update stopped (see the chain for what became of the processes).
     #[error("update failed")]
-    Update(#[from] overboot::update::UpdateError),
+    Update(#[from] overboot::old::update::UpdateError),
     /// The resume agent failed.
     #[error("resume failed")]
-    Resume(#[from] overboot::resume::ResumeError),
+    Resume(#[from] overboot::new::resume::ResumeError),
     /// The agent could neither restore nor roll back.
     #[error("resume failed and could not roll back")]
-    Rollback(#[from] overboot::rollback::RollbackError),
+    Rollback(#[from] overboot::new::supervise::RollbackError),
     /// No report to show.
     #[error(transparent)]
-    Report(#[from] overboot::report::ReportError),
+    Report(#[from] overboot::model::report::ReportError),
     /// Building a live patch failed or the patch was refused.
     #[error(transparent)]
     PatchBuild(#[from] overboot_livepatch::BuildError),
@@ -82,7 +83,7 @@ pub enum CommandError {
     Usage(String),
     /// The systemd integration failed.
     #[error("systemd")]
-    Systemd(#[source] overboot::systemd::SystemdError),
+    Systemd(#[source] overboot::host::systemd::SystemdError),
     /// The lazy restore's page server stopped before every page was back.
     #[error("{}", overboot::pageserver::FAILED)]
     Pages(#[from] overboot::pageserver::PageServerError),
@@ -99,7 +100,9 @@ impl CommandError {
             CommandError::Update(e) => e.class(),
             CommandError::Resume(e) => e.class(),
             CommandError::Rollback(_) => ExitClass::Restore,
-            CommandError::Report(overboot::report::ReportError::NoReport(_)) => ExitClass::Nothing,
+            CommandError::Report(overboot::model::report::ReportError::NoReport(_)) => {
+                ExitClass::Nothing
+            }
             CommandError::Report(_) => ExitClass::Internal,
             CommandError::PatchBuild(e) => patch::build_class(e),
             CommandError::Patch(e) => patch::runtime_class(e),
@@ -131,7 +134,7 @@ pub fn exit_code(result: Result<(), CommandError>) -> u8 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            overboot::exit::print_failure(&err, std::error::Error::source(&err));
+            overboot::model::exit::print_failure(&err, std::error::Error::source(&err));
             err.class() as u8
         }
     }

@@ -6,9 +6,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use overboot::report::state_dir;
-use overboot::resume::{self, ResumeOptions};
-use overboot::rollback::{self, Supervised};
+use overboot::model::records::WorkerFailure;
+use overboot::model::report::state_dir;
+use overboot::new::agent::HostAgent;
+use overboot::new::resume::{self, ResumeOptions};
+use overboot::new::supervise::{self as rollback, Supervised};
 
 use super::{print, CommandError};
 
@@ -33,7 +35,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
     let state = args.state_dir.clone().unwrap_or_else(state_dir);
     let options = ResumeOptions {
-        fault: overboot::fault::from_cmdline(&cmdline),
+        fault: overboot::model::fault::from_cmdline(&cmdline),
         rollback: rollback::is_rollback(&cmdline),
         cmdline,
         state_dir: state.clone(),
@@ -45,28 +47,29 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let mut worker = || {
         // A fork of this agent when it can (see `overboot::forked`): no second start of the
         // program inside the blackout.
-        let output = match overboot::forked::output_of(|| super::exit_code(work(&options, json)))? {
-            Some(output) => output,
-            None => {
-                let mut cmd = Command::new(rollback::worker_program());
-                if json {
-                    cmd.arg("--json");
+        let output =
+            match overboot::host::forked::output_of(|| super::exit_code(work(&options, json)))? {
+                Some(output) => output,
+                None => {
+                    let mut cmd = Command::new(rollback::worker_program());
+                    if json {
+                        cmd.arg("--json");
+                    }
+                    cmd.args(["resume", "--worker", "--cmdline-file"])
+                        .arg(&args.cmdline_file)
+                        .arg("--state-dir")
+                        .arg(&state)
+                        .arg("--work-dir")
+                        .arg(&args.work_dir)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::inherit())
+                        .stderr(Stdio::piped());
+                    cmd.output()?
                 }
-                cmd.args(["resume", "--worker", "--cmdline-file"])
-                    .arg(&args.cmdline_file)
-                    .arg("--state-dir")
-                    .arg(&state)
-                    .arg("--work-dir")
-                    .arg(&args.work_dir)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::inherit())
-                    .stderr(Stdio::piped());
-                cmd.output()?
-            }
-        };
-        // Show the worker's errors as they are, then act on them.
+            };
+        // Show the worker's errors as they are; the supervisor acts on its record.
         let _ = std::io::stderr().write_all(&output.stderr);
-        Ok(output)
+        Ok(output.status)
     };
     let mut say = |line: &str| eprintln!("overboot resume: {line}");
     match rollback::supervise(&options, &mut worker, &mut say)? {
@@ -74,9 +77,17 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     }
 }
 
-/// The worker: verifies the map and restores its trees (no rollback here).
+/// The worker: verifies the map and restores its trees (no rollback here). A failure leaves
+/// its record for the supervisor ([`WorkerFailure`]).
 fn work(options: &ResumeOptions, json: bool) -> Result<(), CommandError> {
-    match resume::run(options)? {
+    let result = resume::run(&mut HostAgent, options);
+    if let Err(e) = &result {
+        let record = WorkerFailure::of(e, e.class() as u8);
+        if let Err(save) = record.save(&options.work_dir) {
+            tracing::error!(error = %save, "cannot record why the worker failed");
+        }
+    }
+    match result? {
         None => print(
             json,
             "no Save State Map on the command line: nothing to resume",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use overboot::report::{state_dir, Report};
+use overboot::model::report::{state_dir, Report};
 
 use super::{print, CommandError};
 

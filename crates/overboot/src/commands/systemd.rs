@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use overboot::systemd::{self, SystemdError};
+use overboot::host::systemd::{self, SystemdError};
 
 use super::{print, CommandError};
 
@@ -56,7 +56,7 @@ fn exe() -> PathBuf {
 }
 
 fn unit(text: &str) -> Result<String, CommandError> {
-    overboot::unit::unit_name(text).map_err(|e| CommandError::Usage(e.to_string()))
+    overboot::host::target::unit::unit_name(text).map_err(|e| CommandError::Usage(e.to_string()))
 }
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {

@@ -415,7 +415,7 @@ fn index(dir: &Path, map: &Path) -> Result<Indexed, PageServerError> {
     Ok((maps, pieces, index, spans, flat))
 }
 
-/// Writes [`crate::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
+/// Writes [`crate::new::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
 /// path) that the restore itself reads nothing from, for its gate to leave: this server
 /// checks each piece it reads from before its first page goes in, and nothing reads the others
 /// (pages a later round or the dump wrote again). Best effort: without the file the gate
@@ -431,15 +431,15 @@ fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerS
             continue; // no piece digests: the gate checks the file whole
         }
         let size = u64::try_from(file.size).unwrap_or(u64::MAX);
-        let left = crate::lazy::untouched_pieces(reads, size, overboot_handover::CHUNK_BYTES);
+        let left = crate::new::lazy::untouched_pieces(reads, size, overboot_handover::CHUNK_BYTES);
         if !left.is_empty() {
             served.insert(rel.to_string(), left);
         }
     }
     if let Ok(json) = serde_json::to_vec(&served) {
-        let tmp = dir.join(format!("{}.tmp", crate::lazy::PIECES));
+        let tmp = dir.join(format!("{}.tmp", crate::new::lazy::PIECES));
         if std::fs::write(&tmp, json).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join(crate::lazy::PIECES));
+            let _ = std::fs::rename(&tmp, dir.join(crate::new::lazy::PIECES));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::target::TargetError;
+use super::error::TargetError;
 
 /// Where systemd's view of units is read from: the host's, or a fake tree in tests.
 #[derive(Debug, Clone)]

@@ -45,7 +45,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use overboot_kexec::sys;
 
-use crate::network::{self, TcpState};
+use crate::host::network::{self, TcpState};
 
 /// Window probes sent per connection: three duplicate ACKs start a fast retransmit, and the
 /// first may count as a window update instead.
@@ -583,7 +583,7 @@ mod tests {
         }
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let child = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "nudge::tests::echo_child", "--nocapture"])
+            .args(["--exact", "new::nudge::tests::echo_child", "--nocapture"])
             .env(CHILD_ENV, listener.local_addr().expect("addr").to_string())
             .stdout(std::process::Stdio::null())
             .spawn()

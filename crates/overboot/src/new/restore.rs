@@ -36,7 +36,7 @@ pub struct TreeJob {
     pub inject_failure: bool,
     /// CRIU's log level.
     pub log_level: i32,
-    /// Restore the memory lazily, from overboot's page server (see [`crate::lazy`]), started
+    /// Restore the memory lazily, from overboot's page server (see [`super::lazy`]), started
     /// by the caller of [`restore_all`]; a server that cannot start makes it an ordinary
     /// restore.
     pub lazy: bool,
@@ -63,7 +63,7 @@ pub struct TreeResult {
     /// Time from the start of the restore to its end.
     pub ms: u64,
     /// The page server left serving the restored tree.
-    pub lazy: Option<crate::lazy::Daemon>,
+    pub lazy: Option<super::lazy::Daemon>,
 }
 
 /// A barrier that also counts failures: everybody waits until each participant arrived or
@@ -118,7 +118,7 @@ pub type Gate<'a> = &'a (dyn Fn() -> Result<(), overboot_handover::HandoverError
 /// uses it).
 pub fn restore_all(
     jobs: &[TreeJob],
-    mut daemons: Vec<Option<crate::lazy::Daemon>>,
+    mut daemons: Vec<Option<super::lazy::Daemon>>,
     gate: Option<Gate<'_>>,
     on_first_arrival: &(dyn Fn() + Sync),
 ) -> (

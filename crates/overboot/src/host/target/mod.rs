@@ -3,7 +3,7 @@
 //! reasons it cannot be carried across, if any.
 //!
 //! A target is a process tree (`pid:N`) or a systemd service (`unit:NAME.service`, every
-//! process of its cgroup, see [`crate::unit`]); a service whose processes form several trees
+//! process of its cgroup, see [`unit`]); a service whose processes form several trees
 //! gives one tree each.
 //!
 //! Checks here are read-only. They refuse PID 1, overboot itself (or a tree that contains it),
@@ -11,9 +11,14 @@
 //! 3.x cannot checkpoint (io_uring, pidfd, perf events, BPF objects, KVM), naming the process,
 //! the fd and its kind.
 
+mod error;
+pub mod unit;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
+
+pub use error::TargetError;
 
 /// A target as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,72 +45,10 @@ impl std::str::FromStr for Target {
         let bad = || TargetError::Syntax(s.to_string());
         match s.split_once(':') {
             Some(("pid", n)) => n.parse().map(Target::Pid).map_err(|_| bad()),
-            Some(("unit", name)) => crate::unit::unit_name(name).map(Target::Unit),
+            Some(("unit", name)) => unit::unit_name(name).map(Target::Unit),
             _ => Err(bad()),
         }
     }
-}
-
-/// Why a target cannot be preserved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    /// Neither `pid:N` nor `unit:NAME.service`.
-    #[error("cannot parse target {0:?}: expected pid:N or unit:NAME.service")]
-    Syntax(String),
-    /// A unit that is not a service.
-    #[error("{target}: only .service units can be preserved")]
-    NotAService { target: String },
-    /// No cgroup v2 hierarchy to find a unit's processes in.
-    #[error("{target}: no unified cgroup hierarchy (cgroup v2) at /sys/fs/cgroup")]
-    NoUnifiedCgroup { target: String },
-    /// systemd knows no such unit.
-    #[error("{target}: no such unit (no unit file and no cgroup)")]
-    NoSuchUnit { target: String },
-    /// The unit exists but runs no process.
-    #[error("{target}: the unit is not running (no process in its cgroup)")]
-    UnitInactive { target: String },
-    /// No such process.
-    #[error("{target}: no such process")]
-    NoSuchProcess { target: String },
-    /// PID 1 is the init of this kernel: it cannot move to another.
-    #[error("{target}: pid 1 is this kernel's init and cannot be preserved")]
-    Init { target: String },
-    /// The tree contains the overboot process itself.
-    #[error("{target}: the tree contains overboot itself (pid {pid})")]
-    ContainsSelf { target: String, pid: i32 },
-    /// Two targets overlap.
-    #[error("{target}: pid {pid} is already part of {other}")]
-    Overlap {
-        target: String,
-        pid: i32,
-        other: String,
-    },
-    /// A kernel thread.
-    #[error("{target}: pid {pid} is a kernel thread")]
-    KernelThread { target: String, pid: i32 },
-    /// A process in namespaces of its own (systemd's sandboxing makes them: `PrivateUsers=`,
-    /// `PrivateTmp=`, `ProtectSystem=`, `ProtectHostname=`, …). CRIU dumps such a tree only
-    /// together with its namespaces, which overboot does not carry yet.
-    #[error(
-        "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s); overboot carries \
-         only processes in the host's namespaces (for a systemd unit: `overboot systemd prepare \
-         NAME --restart` turns the sandboxing that makes them off)"
-    )]
-    ForeignNamespaces {
-        target: String,
-        pid: i32,
-        comm: String,
-        namespaces: String,
-    },
-    /// A file descriptor of a kind the checkpoint engine cannot carry.
-    #[error("{target}: pid {pid} ({comm}) holds fd {fd}, {kind}, which CRIU cannot checkpoint")]
-    UnsupportedFd {
-        target: String,
-        pid: i32,
-        comm: String,
-        fd: i32,
-        kind: String,
-    },
 }
 
 /// One process of a tree.
@@ -345,10 +288,10 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<Vec<TreeInfo>, TargetEr
             self_pid,
         )?]),
         Target::Unit(unit) => {
-            let pids = crate::unit::unit_pids(&crate::unit::SystemdView::host(), unit)?;
-            let roots = crate::unit::tree_roots(&pids, |pid| stat(pid).map(|s| s.1));
+            let pids = unit::unit_pids(&unit::SystemdView::host(), unit)?;
+            let roots = unit::tree_roots(&pids, |pid| stat(pid).map(|s| s.1));
             let several = roots.len() > 1;
-            let main_pid = crate::systemd::main_pid(unit)
+            let main_pid = crate::host::systemd::main_pid(unit)
                 .filter(|pid| pids.contains(pid))
                 .or_else(|| roots.first().copied())
                 .unwrap_or(0);
@@ -393,7 +336,7 @@ fn inspect_tree(
         });
     }
     let page = 4096;
-    let tcp = crate::network::tcp_sockets();
+    let tcp = crate::host::network::tcp_sockets();
     let mut listen_ports = BTreeSet::new();
     let mut processes = Vec::new();
     let mut fds: BTreeMap<String, u32> = BTreeMap::new();
@@ -433,10 +376,10 @@ fn inspect_tree(
                 });
             }
             if kind == "socket" {
-                let inode = crate::network::socket_inode(&link);
+                let inode = crate::host::network::socket_inode(&link);
                 if let Some((port, state)) = inode.and_then(|i| tcp.get(&i)) {
                     kind = format!("socket:{}", state.name());
-                    if *state == crate::network::TcpState::Listen {
+                    if *state == crate::host::network::TcpState::Listen {
                         listen_ports.insert(*port);
                     }
                 }

@@ -400,12 +400,8 @@ pub fn generate(exe: &Path, map: Option<&Path>, manifest: Option<&Manifest>) -> 
         ));
         return out;
     };
-    let network: crate::network::NetworkState = manifest
-        .network
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
-    for interface in &network.interfaces {
+    let interfaces = manifest.network.iter().flat_map(|n| &n.interfaces);
+    for interface in interfaces {
         let device = format!(
             "sys-subsystem-net-devices-{}.device",
             escape_path(&interface.name)
@@ -609,14 +605,14 @@ pub fn adopt(unit: &str, work_dir: &Path) -> Result<i32, SystemdError> {
     })?;
     let record: Restored =
         serde_json::from_str(&text).map_err(|source| SystemdError::Record { path, source })?;
-    if !crate::resume::alive(record.main_pid) {
+    if !crate::host::proc::alive(record.main_pid) {
         return Err(SystemdError::NotAlive {
             unit: unit.into(),
             pid: record.main_pid,
         });
     }
     let procs = own_cgroup()?.join("cgroup.procs");
-    for pid in record.pids.iter().filter(|p| crate::resume::alive(**p)) {
+    for pid in record.pids.iter().filter(|p| crate::host::proc::alive(**p)) {
         // Threads follow their process; a pid already here is rewritten harmlessly.
         std::fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
     }
@@ -752,21 +748,20 @@ mod tests {
     }
 
     fn manifest(trees: Vec<PreservedTree>, interfaces: &[&str]) -> Manifest {
-        let network = crate::network::NetworkState {
+        let network = crate::host::network::NetworkState {
             locked: true,
             interfaces: interfaces
                 .iter()
-                .map(|n| crate::network::Interface {
+                .map(|n| crate::host::network::Interface {
                     name: (*n).into(),
                     addresses: Vec::new(),
                 })
                 .collect(),
-            routes: Vec::new(),
-            tables: Vec::new(),
+            ..Default::default()
         };
         Manifest {
             trees,
-            network: Some(serde_json::to_value(network).unwrap()),
+            network: Some(network),
             ..Manifest::default()
         }
     }

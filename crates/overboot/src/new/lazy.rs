@@ -24,19 +24,18 @@
 //! why it is an option, and why an update refuses to start while a server of the previous one
 //! still serves.
 //!
-//! Each server's pid is recorded in the work dir ([`DAEMONS`]), so that the next update can
+//! Each server's pid is recorded in the work dir ([`crate::host::served::DAEMONS`]), so that the next update can
 //! tell the previous one is still copying: CRIU cannot dump a task with userfaultfd ranges.
-//! The server is a fork of the agent, not a new program (see [`crate::forked`]); its parent
+//! The server is a fork of the agent, not a new program (see [`crate::host::forked`]); its parent
 //! stays and writes its exit code beside its log ([`STATUS`]): 0 once every page came back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+
+use crate::host::served::{COMM, VERB};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// File in the work dir listing the page servers started by the agent, `tree pid` per line.
-pub const DAEMONS: &str = "lazy-pages";
 
 /// The server's log (its stderr), in the directory it serves.
 pub const LOG: &str = "lazy-pages.log";
@@ -50,9 +49,6 @@ const PID: &str = "lazy-pages.pid";
 
 /// The socket CRIU's restore connects to, relative to the work dir both share.
 const SOCKET: &str = crate::pageserver::SOCKET;
-
-/// The hidden verb that runs [`crate::pageserver`].
-pub const VERB: &str = "serve-pages";
 
 /// How long a server may take to listen (it indexes its pagemaps first: a tree per server,
 /// all starting at once, under TCG).
@@ -97,7 +93,7 @@ pub struct Daemon {
 /// The daemon's parent, which writes its exit code: leader of their process group.
 #[derive(Debug)]
 enum Parent {
-    /// A fork of the agent (see [`crate::forked::daemon`]), by pid.
+    /// A fork of the agent (see [`crate::host::forked::daemon`]), by pid.
     Forked(i32),
     /// A shell.
     Shell(Child),
@@ -107,7 +103,7 @@ impl Parent {
     /// Its exit status, once it exited (the daemon did before it).
     fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         match self {
-            Parent::Forked(pid) => crate::forked::try_wait(*pid).ok().flatten(),
+            Parent::Forked(pid) => crate::host::forked::try_wait(*pid).ok().flatten(),
             Parent::Shell(child) => child.try_wait().ok().flatten(),
         }
     }
@@ -125,7 +121,7 @@ impl Parent {
             );
         }
         match self {
-            Parent::Forked(pid) => drop(crate::forked::wait(*pid)),
+            Parent::Forked(pid) => drop(crate::host::forked::wait(*pid)),
             Parent::Shell(child) => drop(child.wait()),
         }
     }
@@ -153,7 +149,7 @@ impl Daemon {
 /// digests), and waits until it listens. A parent stays with it to write its exit code to
 /// [`STATUS`] in `dir` when it is done (0: every page came back).
 ///
-/// The server is a fork of the calling agent ([`crate::forked::daemon`]; it names itself
+/// The server is a fork of the calling agent ([`crate::host::forked::daemon`]; it names itself
 /// [`COMM`]) when the agent has one thread; otherwise `overboot` — the binary at `program` —
 /// run as [`VERB`] by a shell, which then is that parent.
 pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError> {
@@ -187,10 +183,6 @@ pub fn start(program: &Path, dir: &Path, map: &Path) -> Result<Daemon, LazyError
     }
 }
 
-/// The name a forked page server gives itself (`/proc/PID/comm`), by which [`still_serving`]
-/// knows it.
-pub const COMM: &str = "overboot-pages";
-
 /// Forks the server (see [`start`]): the waiter's pid, `None` when the agent has threads.
 fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
     let serve = || {
@@ -200,7 +192,7 @@ fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
         match crate::pageserver::serve_and_log(dir, map) {
             Ok(()) => 0,
             Err(e) => {
-                crate::exit::print_failure(&crate::pageserver::FAILED, Some(&e));
+                crate::model::exit::print_failure(&crate::pageserver::FAILED, Some(&e));
                 crate::ExitClass::Restore as u8
             }
         }
@@ -210,7 +202,7 @@ fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
         let _ = std::fs::write(&tmp, format!("{value}\n"))
             .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
     };
-    crate::forked::daemon(
+    crate::host::forked::daemon(
         dir,
         &dir.join(LOG),
         serve,
@@ -324,44 +316,6 @@ pub(crate) fn untouched_pieces(reads: &[(u64, u64)], size: u64, piece: u64) -> B
         .collect()
 }
 
-/// Records a detached daemon in the work dir (best effort: the record only lets the next
-/// update wait for it).
-pub fn record(work_dir: &Path, tree: &str, pid: i32) {
-    use std::io::Write;
-    let _ = std::fs::create_dir_all(work_dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(work_dir.join(DAEMONS))
-    {
-        let _ = writeln!(f, "{tree} {pid}");
-    }
-}
-
-/// A recorded server that is still serving pages: `(tree, pid)`. A page server is a process
-/// named [`COMM`] (forked), an `overboot` running [`VERB`] (started as a program) or,
-/// recorded by an overboot before its own server, `criu`.
-pub fn still_serving(work_dir: &Path) -> Option<(String, i32)> {
-    let text = std::fs::read_to_string(work_dir.join(DAEMONS)).ok()?;
-    parse_records(&text).into_iter().find(|(_, pid)| {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let criu = comm.trim() == "criu";
-        let forked = comm.trim() == COMM;
-        let server = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == VERB.as_bytes()));
-        criu || forked || server
-    })
-}
-
-fn parse_records(text: &str) -> Vec<(String, i32)> {
-    text.lines()
-        .filter_map(|line| {
-            let (tree, pid) = line.rsplit_once(' ')?;
-            Some((tree.to_string(), pid.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,53 +346,6 @@ mod tests {
         assert_eq!(left(&[(0, 45)]), BTreeSet::new());
         // Spans past the end (they cannot be read) change nothing beyond it.
         assert_eq!(left(&[(30, 400)]), BTreeSet::from([0, 1, 2]));
-    }
-
-    #[test]
-    fn records_read_back_and_garbage_is_skipped() {
-        assert_eq!(
-            parse_records("redis.service 412\npid:77 78\nbroken\nx notapid\n"),
-            vec![
-                ("redis.service".to_string(), 412),
-                ("pid:77".to_string(), 78)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_dead_or_foreign_pid_is_not_serving() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(still_serving(dir.path()), None);
-        // Our own pid is alive but is not criu.
-        record(
-            dir.path(),
-            "pid:1",
-            i32::try_from(std::process::id()).unwrap(),
-        );
-        record(dir.path(), "pid:2", i32::MAX);
-        assert_eq!(still_serving(dir.path()), None);
-    }
-
-    #[test]
-    fn a_live_criu_process_is_serving_until_it_exits() {
-        let dir = tempfile::tempdir().unwrap();
-        // A process whose name is `criu` (comm comes from the name it was executed by).
-        let criu = dir.path().join("criu");
-        std::os::unix::fs::symlink("/bin/sleep", &criu).unwrap();
-        let mut child = Command::new(&criu).arg("30").spawn().unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
-        record(dir.path(), "redis.service", pid);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while still_serving(dir.path()).is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(
-            still_serving(dir.path()),
-            Some(("redis.service".into(), pid))
-        );
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(still_serving(dir.path()), None);
     }
 
     #[test]

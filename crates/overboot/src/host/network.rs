@@ -20,6 +20,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+pub use overboot_handover::network::{Address, Interface, NetworkState, NftTable, Route};
+
 /// Name of our table blocking new connections to preserved listeners.
 pub const SYN_BLOCK_TABLE: &str = "overboot-syn-block";
 
@@ -31,7 +33,7 @@ pub enum NetworkError {
     Tool { command: String, stderr: String },
     /// The kernel refused an interface, address or route.
     #[error("network configuration")]
-    Rtnl(#[from] crate::rtnl::RtnlError),
+    Rtnl(#[from] crate::host::rtnl::RtnlError),
     /// A tool could not be run.
     #[error("cannot run {command}")]
     Spawn {
@@ -39,61 +41,6 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// An address of an interface.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Address {
-    /// The address.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-/// An interface the preserved sockets may use.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Interface {
-    /// Its name (e.g. `eth0`); the new kernel must name it the same.
-    pub name: String,
-    /// Its addresses.
-    pub addresses: Vec<Address>,
-}
-
-/// An IPv4 route.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Route {
-    /// Destination network.
-    pub destination: std::net::Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
-    /// Gateway, if any.
-    pub gateway: Option<std::net::Ipv4Addr>,
-    /// Output interface.
-    pub device: String,
-}
-
-/// An nftables table carried as text.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NftTable {
-    /// Family (`inet`, `ip`, ...).
-    pub family: String,
-    /// Name.
-    pub name: String,
-    /// `nft -s list table` output, loadable with `nft -f`.
-    pub rules: String,
-}
-
-/// What the Save State Map carries about the network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NetworkState {
-    /// Whether the network lock is in force (off only in tests proving it matters).
-    pub locked: bool,
-    /// Interfaces (not loopback) with their addresses.
-    pub interfaces: Vec<Interface>,
-    /// IPv4 routes.
-    pub routes: Vec<Route>,
-    /// Lock tables to load before the interfaces come up.
-    pub tables: Vec<NftTable>,
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetworkError> {
@@ -317,13 +264,13 @@ fn parse_routes(text: &str) -> Vec<Route> {
 }
 
 /// In the new kernel, before any restore: load the lock tables, then bring the interfaces up
-/// with their addresses and routes (rtnetlink, see [`crate::rtnl`]).
+/// with their addresses and routes (rtnetlink, see [`crate::host::rtnl`]).
 pub fn apply(state: &NetworkState) -> Result<(), NetworkError> {
     if !state.tables.is_empty() {
         run("nft", &["-f", "-"], Some(&load_script(&state.tables)))?;
     }
     let started = std::time::Instant::now();
-    let mut rtnl = crate::rtnl::Rtnl::open()?;
+    let mut rtnl = crate::host::rtnl::Rtnl::open()?;
     for iface in &state.interfaces {
         for address in &iface.addresses {
             rtnl.add_address(&iface.name, address.addr, address.prefix)?;

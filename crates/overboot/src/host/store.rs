@@ -54,13 +54,21 @@ const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
 
 /// Checks a directory store's place before anything is frozen: it exists (or can be created),
 /// is on a file system that survives a kernel switch (a disk, or reserved RAM such as legacy
-/// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes.
-pub fn check_dir(dir: &Path, needed: u64) -> Result<(), StoreError> {
+/// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes. With `create`
+/// false (`plan`) a missing directory is judged by the nearest directory above it that exists.
+pub fn check_dir(dir: &Path, needed: u64, create: bool) -> Result<(), StoreError> {
     let bad = |reason: String| StoreError {
         path: dir.to_path_buf(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it: {e}")))?;
+    let dir = if create {
+        std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it: {e}")))?;
+        dir
+    } else {
+        dir.ancestors()
+            .find(|d| d.is_dir())
+            .ok_or_else(|| bad("no directory above it exists".into()))?
+    };
     let fs = nix::sys::statfs::statfs(dir).map_err(|e| bad(format!("statfs: {e}")))?;
     let kind = fs.filesystem_type();
     if let Some((name, _)) = RAM_FILESYSTEMS.iter().find(|(_, magic)| *magic == kind) {

@@ -22,23 +22,14 @@ use std::path::{Path, PathBuf};
 use overboot_handover::{DirectoryStore, InitrdStore, SaveStateMap, Store};
 use overboot_kexec::LoadRequest;
 
-use crate::report::{self, Outcome, Report};
-use crate::resume::{ResumeOptions, RESTORED_LIST};
-
-/// Record in the state directory of why an update is being rolled back.
-pub const RECORD: &str = "rollback.json";
+use super::resume::ResumeOptions;
+use crate::model::files::{self, RESTORED_LIST};
+pub use crate::model::records::RollbackRecord;
+use crate::model::records::WorkerFailure;
+use crate::model::report::{self, Outcome, Report};
 
 /// The command-line marker of a rollback boot.
 pub const ROLLBACK_PARAM: &str = "overboot.rollback=1";
-
-/// Why an update was rolled back.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RollbackRecord {
-    /// Release of the kernel where the restore failed.
-    pub failed_on: String,
-    /// What failed (the worker's error chain).
-    pub reason: String,
-}
 
 /// Why the supervisor stopped without the trees running anywhere.
 #[derive(Debug, thiserror::Error)]
@@ -70,24 +61,17 @@ pub enum Supervised {
 }
 
 fn release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+    crate::host::proc::release()
 }
 
-/// The worker's failure as one line: its error chain, or the signal that killed it.
-fn failure_reason(output: &std::process::Output) -> String {
+/// The worker's failure as one line: the error chain it recorded ([`WorkerFailure`]), or the
+/// signal that killed it, or its exit status.
+fn failure_reason(status: std::process::ExitStatus, record: Option<&WorkerFailure>) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let chain: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("overboot: error:") || l.starts_with("caused by:"))
-        .collect();
-    match (output.status.signal(), chain.is_empty()) {
+    match (status.signal(), record) {
         (Some(sig), _) => format!("the resume worker was killed by signal {sig}"),
-        (None, false) => chain.join(" / "),
-        (None, true) => format!("the resume worker exited with {}", output.status),
+        (None, Some(record)) if !record.chain.is_empty() => record.reason(),
+        (None, _) => format!("the resume worker exited with {status}"),
     }
 }
 
@@ -97,7 +81,7 @@ fn keep_map(location: &Path, state_dir: &Path) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let dest = state_dir.join("kept-maps").join(secs.to_string());
+    let dest = state_dir.join(files::KEPT_MAPS).join(secs.to_string());
     let kept = SaveStateMap::open(location)
         .and_then(|map| DirectoryStore { path: dest.clone() }.publish(&map));
     match kept {
@@ -161,30 +145,32 @@ fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
 /// Runs the worker and, when it fails, rolls back (or, on a rollback boot, stops loudly).
 pub fn supervise(
     options: &ResumeOptions,
-    worker: &mut dyn FnMut() -> std::io::Result<std::process::Output>,
+    worker: &mut dyn FnMut() -> std::io::Result<std::process::ExitStatus>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Supervised, RollbackError> {
     let Ok(Some((store, location))) =
         overboot_handover::locate_store_from_cmdline(&options.cmdline)
     else {
         // No map, or a malformed parameter: the worker reports the latter.
-        let output = worker().map_err(RollbackError::Worker)?;
-        return match output.status.success() {
+        WorkerFailure::clear(&options.work_dir);
+        let status = worker().map_err(RollbackError::Worker)?;
+        return match status.success() {
             true => Ok(Supervised::NoMap),
             false => Err(RollbackError::CannotRollBack {
                 step: "locating the map".into(),
                 kept: "(no map)".into(),
-                reason: failure_reason(&output),
+                reason: failure_reason(status, WorkerFailure::load(&options.work_dir).as_ref()),
             }),
         };
     };
     let _ = std::fs::remove_file(options.work_dir.join(RESTORED_LIST));
-    let output = worker().map_err(RollbackError::Worker)?;
-    if output.status.success() {
+    WorkerFailure::clear(&options.work_dir);
+    let status = worker().map_err(RollbackError::Worker)?;
+    if status.success() {
         forget_map(&location);
         return Ok(Supervised::Resumed);
     }
-    let reason = failure_reason(&output);
+    let reason = failure_reason(status, WorkerFailure::load(&options.work_dir).as_ref());
     stop_restored(&options.work_dir);
     let from = SaveStateMap::open(&location)
         .map(|m| m.manifest().from.release.clone())
@@ -218,7 +204,7 @@ pub fn supervise(
         failed_on: release(),
         reason: reason.clone(),
     };
-    report::write_json(&options.state_dir.join(RECORD), &record)
+    report::write_json(&files::rollback_record(&options.state_dir), &record)
         .map_err(|e| fail("recording why", e.to_string()))?;
     save_failed(
         options,
@@ -283,30 +269,27 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
-    fn output(code: i32, stderr: &str) -> std::process::Output {
-        std::process::Output {
-            status: std::process::ExitStatus::from_raw(code << 8),
-            stdout: Vec::new(),
-            stderr: stderr.as_bytes().to_vec(),
+    fn exited(code: i32) -> std::process::ExitStatus {
+        std::process::ExitStatus::from_raw(code << 8)
+    }
+
+    fn failure(chain: &[&str]) -> WorkerFailure {
+        WorkerFailure {
+            class: 7,
+            chain: chain.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     #[test]
     fn the_reason_is_the_workers_error_chain() {
-        let out = output(
-            9,
-            "noise\noverboot: error: resume failed\n  caused by: restore of pid-7 failed\n",
-        );
+        let record = failure(&["resume failed", "restore of pid-7 failed"]);
         assert_eq!(
-            failure_reason(&out),
-            "overboot: error: resume failed / caused by: restore of pid-7 failed"
+            failure_reason(exited(7), Some(&record)),
+            "resume failed / restore of pid-7 failed"
         );
-        let killed = std::process::Output {
-            status: std::process::ExitStatus::from_raw(9),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
-        assert!(failure_reason(&killed).contains("signal 9"));
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert!(failure_reason(killed, Some(&record)).contains("signal 9"));
+        assert!(failure_reason(exited(101), None).contains("exited with"));
         assert!(is_rollback("console=ttyS0 overboot.rollback=1"));
         assert!(!is_rollback("console=ttyS0"));
     }
@@ -334,12 +317,13 @@ mod tests {
             rollback: true,
         };
         let mut calls = 0;
+        let work = dir.path().join("run");
         let mut worker = || {
             calls += 1;
-            Ok(output(
-                9,
-                "overboot: error: resume failed\n  caused by: criu said no\n",
-            ))
+            failure(&["resume failed", "criu said no"])
+                .save(&work)
+                .unwrap();
+            Ok(exited(7))
         };
         let err = supervise(&options, &mut worker, &mut |_| {}).unwrap_err();
         assert_eq!(calls, 1, "a rollback boot must not retry");
@@ -363,7 +347,7 @@ mod tests {
             fault: None,
             rollback: false,
         };
-        let mut worker = || Ok(output(0, ""));
+        let mut worker = || Ok(exited(0));
         assert_eq!(
             supervise(&options, &mut worker, &mut |_| {}).unwrap(),
             Supervised::NoMap

@@ -114,7 +114,7 @@ pub struct Pending {
     pub peak_mem_bytes: u64,
     /// Pre-copy rounds before the freeze.
     #[serde(default)]
-    pub pre_copy: Vec<crate::precopy::Round>,
+    pub pre_copy: Vec<super::rounds::Round>,
     /// Bytes the dump wrote after the freeze (with pre-copy: the pages changed since the last
     /// round, and everything that is not memory).
     #[serde(default)]
@@ -155,7 +155,7 @@ pub struct Report {
     pub logs: Vec<PathBuf>,
     /// Pre-copy rounds before the freeze, per tree: bytes and time of each.
     #[serde(default)]
-    pub pre_copy: Vec<crate::precopy::Round>,
+    pub pre_copy: Vec<super::rounds::Round>,
     /// Bytes the dump wrote after the freeze (see [`Pending::frozen_dump_bytes`]).
     #[serde(default)]
     pub frozen_dump_bytes: u64,
@@ -203,20 +203,20 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Repor
 impl Report {
     /// The directory of this report in `state`.
     pub fn dir(state: &Path, id: &str) -> PathBuf {
-        state.join("reports").join(id)
+        state.join(super::files::REPORTS).join(id)
     }
 
     /// Writes the report into its directory and as `last-report.json`.
     pub fn save(&self, state: &Path) -> Result<PathBuf, ReportError> {
         let path = Report::dir(state, &self.id).join("report.json");
         write_json(&path, self)?;
-        write_json(&state.join("last-report.json"), self)?;
+        write_json(&state.join(super::files::LAST_REPORT), self)?;
         Ok(path)
     }
 
     /// The newest report.
     pub fn last(state: &Path) -> Result<Report, ReportError> {
-        let path = state.join("last-report.json");
+        let path = state.join(super::files::LAST_REPORT);
         if !path.exists() {
             return Err(ReportError::NoReport(state.into()));
         }

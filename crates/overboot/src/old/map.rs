@@ -1,0 +1,81 @@
+//! The Save State Map of an update, written after the last dump: the network state captured
+//! under the lock, the images hashed, tmpfs files carried, the manifest and header written.
+
+use overboot_handover::{
+    HandoverError, KernelInfo, Manifest, MapWriter, SaveStateMap, TargetKernel,
+};
+use overboot_kexec::KernelImage;
+
+use super::effects::Effects;
+use super::error::UpdateError;
+use super::freeze::{restore_here, Dumped, Frozen};
+use super::options::UpdateOptions;
+use crate::host::target::TreeInfo;
+use crate::model::phases::{Phase, Phases};
+
+/// Captures the network state and writes the map. A failure restores the dumped trees here.
+#[allow(clippy::too_many_arguments)]
+pub fn write(
+    effects: &mut dyn Effects,
+    options: &UpdateOptions,
+    image: &KernelImage,
+    trees: &[TreeInfo],
+    mut writer: MapWriter,
+    frozen: Frozen,
+    dumped: &[Dumped],
+    phases: &mut Phases,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SaveStateMap, UpdateError> {
+    let network = match effects.capture_network() {
+        Ok(n) => n,
+        Err(source) => {
+            return Err(UpdateError::Network {
+                recovery: restore_here(effects, dumped),
+                source,
+            })
+        }
+    };
+    progress("writing the Save State Map");
+    let old_phases = phases.map().clone();
+    let map = phases.run(
+        Phase::WriteMap,
+        || -> Result<SaveStateMap, HandoverError> {
+            let mut carried = Vec::new();
+            for (i, path) in trees.iter().flat_map(|t| t.tmpfs_files.iter()).enumerate() {
+                carried.push(writer.carry_file(path, &format!("files/{i}"))?);
+            }
+            for Dumped { images, .. } in dumped {
+                let rel = images
+                    .strip_prefix(writer.dir())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                writer.adopt_tree(&rel)?;
+            }
+            let manifest = Manifest {
+                created_unix_ms: frozen.clocks.realtime_ns / 1_000_000,
+                from: KernelInfo {
+                    release: crate::host::proc::release(),
+                    boot_id: crate::host::proc::boot_id(),
+                },
+                to: TargetKernel {
+                    release: image.release.clone(),
+                    boot_id: None,
+                },
+                clocks: frozen.clocks,
+                trees: frozen.preserved,
+                carried_files: carried,
+                rollback: options.rollback.clone(),
+                network: Some(network),
+                phases: old_phases,
+                criu_log_level: Some(options.criu_log_level),
+                lazy_restore: options.lazy_restore,
+                ..Manifest::default()
+            };
+            writer.finish(manifest)
+        },
+    );
+    map.map_err(|source| UpdateError::Handover {
+        recovery: restore_here(effects, dumped),
+        source,
+    })
+}
