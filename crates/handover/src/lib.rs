@@ -13,6 +13,7 @@ pub mod cpio;
 mod digest;
 mod error;
 pub mod header;
+mod layout;
 pub mod manifest;
 pub mod map;
 mod mapped;

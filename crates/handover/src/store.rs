@@ -34,11 +34,12 @@ use std::path::{Component, Path, PathBuf};
 use crate::cpio::{pad4, CpioWriter};
 use crate::digest::HashingReader;
 use crate::error::HandoverError;
-use crate::manifest::FileEntry;
-use crate::map::{
-    create_file, make_dir_all, sync_dir, write_file_synced, SaveStateMap, DIR_MODE, FILE_MODE,
-    HEADER_FILE, MANIFEST_FILE,
+use crate::layout::{
+    create_file, make_dir_all, sync_dir, write_file_synced, DIR_MODE, FILE_MODE, HEADER_FILE,
+    MANIFEST_FILE,
 };
+use crate::manifest::FileEntry;
+use crate::map::SaveStateMap;
 
 /// Errors of store configuration and of the command-line parameter.
 #[derive(Debug, thiserror::Error)]

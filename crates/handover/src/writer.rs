@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use crate::digest::{hash_file, parallel_map, sha256_bytes};
 use crate::error::HandoverError;
 use crate::header::MapHeader;
+use crate::layout::{
+    check_references, create_file, is_under, make_dir_all, sync_dir, walk, write_file_synced,
+    Found, FILE_MODE, HEADER_FILE, MANIFEST_FILE,
+};
 use crate::manifest::CURRENT_DIGEST;
 use crate::manifest::{check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT};
-use crate::map::{
-    check_references, create_file, make_dir_all, sync_dir, walk, write_file_synced, Found,
-    SaveStateMap, FILE_MODE, HEADER_FILE, MANIFEST_FILE,
-};
+use crate::map::SaveStateMap;
 
 /// A map being written; obtained from [`SaveStateMap::create`].
 #[derive(Debug)]
@@ -129,7 +130,7 @@ impl MapWriter {
         let files: Vec<String> = self
             .listed
             .iter()
-            .filter(|rel| crate::map::is_under(rel, rel_dir) && !self.sealed.contains_key(*rel))
+            .filter(|rel| is_under(rel, rel_dir) && !self.sealed.contains_key(*rel))
             .cloned()
             .collect();
         let digests = parallel_map(&files, |rel| {
@@ -155,10 +156,8 @@ impl MapWriter {
     /// failed half-way).
     pub fn discard_dir(&mut self, rel_dir: &str) -> Result<(), HandoverError> {
         check_map_path(rel_dir)?;
-        self.listed
-            .retain(|rel| !crate::map::is_under(rel, rel_dir));
-        self.sealed
-            .retain(|rel, _| !crate::map::is_under(rel, rel_dir));
+        self.listed.retain(|rel| !is_under(rel, rel_dir));
+        self.sealed.retain(|rel, _| !is_under(rel, rel_dir));
         let path = self.dir.join(rel_dir);
         match fs::remove_dir_all(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
