@@ -27,9 +27,8 @@ use std::path::{Path, PathBuf};
 use crate::digest::sha256_bytes;
 use crate::error::HandoverError;
 use crate::header::{MapHeader, HEADER_LEN};
-use crate::layout::{check_references, make_dir_all};
-use crate::manifest::{Manifest, PreservedTree, RESERVED_NAMES};
-use crate::writer::MapWriter;
+use crate::layout::check_references;
+use crate::manifest::{Manifest, PreservedTree};
 
 pub use crate::layout::{DIR_MODE, FILE_MODE, HEADER_FILE, MANIFEST_FILE};
 
@@ -47,19 +46,6 @@ pub struct SaveStateMap {
 }
 
 impl SaveStateMap {
-    /// Starts a new map in `dir`, created with mode 0700 (parents too, if missing). An existing
-    /// directory is accepted (and set to 0700) unless it already holds a map.
-    pub fn create(dir: impl AsRef<Path>) -> Result<MapWriter, HandoverError> {
-        let dir = dir.as_ref().to_path_buf();
-        make_dir_all(&dir)?;
-        for name in RESERVED_NAMES {
-            if dir.join(name).symlink_metadata().is_ok() {
-                return Err(HandoverError::AlreadyFinished { path: dir });
-            }
-        }
-        Ok(MapWriter::new(dir))
-    }
-
     /// Opens a finished map: checks the header (magic, major), that `manifest.json` has the
     /// length and SHA-256 the header pins, parses and validates the manifest. Image files are
     /// not read; see [`SaveStateMap::verify_files`].
@@ -149,21 +135,5 @@ impl SaveStateMap {
     /// The exact bytes of `HEADER`.
     pub fn header_bytes(&self) -> &[u8; HEADER_LEN] {
         &self.header
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn create_makes_a_root_only_directory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("a/ssm");
-        let writer = SaveStateMap::create(&dir).unwrap();
-        assert_eq!(writer.dir(), dir);
-        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, DIR_MODE);
     }
 }

@@ -16,8 +16,27 @@ use crate::layout::{
     Found, FILE_MODE, HEADER_FILE, MANIFEST_FILE,
 };
 use crate::manifest::CURRENT_DIGEST;
-use crate::manifest::{check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT};
+use crate::manifest::{
+    check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT, RESERVED_NAMES,
+};
 use crate::map::SaveStateMap;
+
+// `SaveStateMap::create` lives beside the writer it returns, so that the map module, whose
+// finished map the writer builds, needs nothing of the writer.
+impl SaveStateMap {
+    /// Starts a new map in `dir`, created with mode 0700 (parents too, if missing). An existing
+    /// directory is accepted (and set to 0700) unless it already holds a map.
+    pub fn create(dir: impl AsRef<Path>) -> Result<MapWriter, HandoverError> {
+        let dir = dir.as_ref().to_path_buf();
+        make_dir_all(&dir)?;
+        for name in RESERVED_NAMES {
+            if dir.join(name).symlink_metadata().is_ok() {
+                return Err(HandoverError::AlreadyFinished { path: dir });
+            }
+        }
+        Ok(MapWriter::new(dir))
+    }
+}
 
 /// A map being written; obtained from [`SaveStateMap::create`].
 #[derive(Debug)]
@@ -30,7 +49,7 @@ pub struct MapWriter {
 }
 
 impl MapWriter {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    fn new(dir: PathBuf) -> Self {
         Self {
             dir,
             listed: BTreeSet::new(),
@@ -260,5 +279,21 @@ impl MapWriter {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::DIR_MODE;
+
+    #[test]
+    fn create_makes_a_root_only_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/ssm");
+        let writer = SaveStateMap::create(&dir).unwrap();
+        assert_eq!(writer.dir(), dir);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, DIR_MODE);
     }
 }
