@@ -9,6 +9,7 @@
 //! [`SaveStateMap::open`] checks header and manifest, and [`SaveStateMap::verify_files`] checks
 //! every image before anything is restored.
 
+mod cmdline;
 pub mod cpio;
 mod digest;
 mod error;
