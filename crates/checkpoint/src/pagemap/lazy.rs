@@ -186,10 +186,31 @@ fn index_task(
     chain: Vec<(PathBuf, Pagemap)>,
     vmas: &[VmaEntry],
 ) -> Result<(u64, LazyPages, Pagemap, bool), ImageError> {
-    let top_entries = std::mem::take(&mut top.entries);
+    let (files, mut levels) = chain_levels(images, &top, chain);
+    let pagemap_path = images.join(format!("pagemap-{pid}.img"));
+    let sorted = sort_entries(&mut top, &mut levels, vmas, &pagemap_path)?;
+    Ok((
+        sorted.flagged,
+        LazyPages {
+            files,
+            extents: cut_at_vmas(sorted.lazy, vmas),
+            eager: sorted.eager,
+        },
+        top,
+        sorted.changed,
+    ))
+}
+
+/// The page files of the chain (the top's first, then each round's down the chain) and one
+/// [`Level`] for each, its cursor at the start.
+fn chain_levels(
+    images: &Path,
+    top: &Pagemap,
+    chain: Vec<(PathBuf, Pagemap)>,
+) -> (Vec<PathBuf>, Vec<Level>) {
     let mut files = vec![images.join(format!("pages-{}.img", top.pages_id))];
     let mut levels = Vec::with_capacity(chain.len() + 1);
-    let pagemaps = std::iter::once(top_entries.clone())
+    let pagemaps = std::iter::once(top.entries.clone())
         .chain(chain.into_iter().map(|(dir, pagemap)| {
             files.push(dir.join(format!("pages-{}.img", pagemap.pages_id)));
             pagemap.entries
@@ -211,7 +232,31 @@ fn index_task(
             cursor: 0,
         });
     }
-    let pagemap_path = images.join(format!("pagemap-{pid}.img"));
+    (files, levels)
+}
+
+/// What [`sort_entries`] made of a task's pagemap.
+struct Sorted {
+    /// The runs the page server puts in, in address order, not yet cut at the VMAs.
+    lazy: Vec<Extent>,
+    /// The runs CRIU reads itself.
+    eager: Vec<Extent>,
+    /// Pages of holes flagged lazy.
+    flagged: u64,
+    /// Whether any entry's flags changed.
+    changed: bool,
+}
+
+/// Resolves each entry of `top` down the chain and sorts its pages: lazy ones to the page
+/// server; hot ones (written since the last round, within [`HOT_PAGES_BYTES`]) and those that
+/// cannot be lazy to CRIU; holes over lazy parent pages in a lazy VMA flagged lazy. A lazy
+/// entry no image holds is an error of `pagemap_path`.
+fn sort_entries(
+    top: &mut Pagemap,
+    levels: &mut [Level],
+    vmas: &[VmaEntry],
+    pagemap_path: &Path,
+) -> Result<Sorted, ImageError> {
     let mut found = Vec::new();
     let mut eager = Vec::new();
     let mut flagged = 0;
@@ -219,10 +264,9 @@ fn index_task(
     // On top of pre-copy rounds, the dump's own pages are those written since the last round.
     let mut hot_budget = if levels.len() > 1 { HOT_PAGES_BYTES } else { 0 };
     let mut pieces = Vec::new();
-    top.entries = top_entries;
     for e in &mut top.entries {
         pieces.clear();
-        let resolved = resolve(&mut levels, e.vaddr, e.end(), &mut pieces);
+        let resolved = resolve(levels, e.vaddr, e.end(), &mut pieces);
         let bytes = u64::from(e.nr_pages) * PAGE_SIZE;
         let hot = e.flags & PE_LAZY != 0 && e.flags & (PE_PRESENT | PE_PARENT) == PE_PRESENT;
         if hot && resolved.is_ok() && bytes <= hot_budget {
@@ -235,7 +279,7 @@ fn index_task(
             resolved.map_err(|()| {
                 let (start, end) = (e.vaddr, e.end());
                 format_error(
-                    &pagemap_path,
+                    pagemap_path,
                     format!("no image of the chain holds pages {start:#x}..{end:#x}"),
                 )
             })?;
@@ -256,8 +300,17 @@ fn index_task(
         }
         // Not found and not lazy: the restore fails on it before any task runs.
     }
-    let changed = flagged > 0 || changed;
-    // Cut at VMA boundaries; pages outside every VMA are not the task's to get.
+    Ok(Sorted {
+        lazy: found,
+        eager,
+        flagged,
+        changed: flagged > 0 || changed,
+    })
+}
+
+/// Cuts the runs `found` at the VMA boundaries and joins the runs that continue each other in
+/// the same file and mapping. Pages outside every VMA are not the task's to get.
+fn cut_at_vmas(found: Vec<Extent>, vmas: &[VmaEntry]) -> Vec<Extent> {
     let mut extents: Vec<(usize, Extent)> = Vec::with_capacity(found.len());
     for piece in found {
         let first = vmas.partition_point(|v| v.end <= piece.start);
@@ -287,16 +340,7 @@ fn index_task(
             }
         }
     }
-    Ok((
-        flagged,
-        LazyPages {
-            files,
-            extents: extents.into_iter().map(|(_, e)| e).collect(),
-            eager,
-        },
-        top,
-        changed,
-    ))
+    extents.into_iter().map(|(_, e)| e).collect()
 }
 
 #[cfg(test)]
