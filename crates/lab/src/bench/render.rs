@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{LatencyFile, Method, RunRecord};
+use super::record::{LatencyFile, Method, RunRecord};
 
 /// The phases of an update's blackout in the order they happen, as the agent names them (with
 /// a directory store the kernel is loaded and memory pre-copied before the freeze:
