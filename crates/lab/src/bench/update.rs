@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::record::{latency_file_name, LatencyFile, LatencySample, Method};
 use super::run::{Measured, RunContext, BULK};
 use super::sizing::{guest_memory_mib, pmem_mib};
-use crate::incr::{IncrConfig, IncrLoop};
+use crate::guest::Guest;
+use crate::incr::{IncrConfig, IncrLoop, IncrSummary, Sample};
 use crate::service::{self, ServiceError, CMD};
 
 /// Prints, for the last update's CRIU logs, each line that came 20 ms or more after the line
@@ -73,24 +74,7 @@ impl RunContext<'_> {
             },
         )?;
         incr.wait_answered(50, Duration::from_secs(60));
-        let mut extra = match method {
-            // Both kernels need the reservation: the new one gets the running command line.
-            Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
-            Method::Disk => {
-                rg.guest.run_ok("rm -rf /lab/ssm", CMD)?;
-                "--handover dir:/lab/ssm".to_string()
-            }
-            _ => String::new(),
-        };
-        if let Some(rounds) = self.pre_copy_rounds {
-            extra.push_str(&format!(" --pre-copy-rounds {rounds}"));
-        }
-        if self.lazy_restore {
-            extra.push_str(" --lazy-restore");
-        }
-        if let Some(level) = self.criu_log_level {
-            extra.push_str(&format!(" --criu-log-level {level}"));
-        }
+        let extra = self.update_arguments(method, &mut rg.guest)?;
         let update = service::run_update(
             &mut rg.guest,
             self.to,
@@ -106,23 +90,66 @@ impl RunContext<'_> {
         let check = dataset.check(rg.redis, BULK)?;
         self.save_boot_trace(&mut rg.guest, method);
         let report = service::agent_report(&mut rg.guest)?;
-        // The page servers' summaries (a lazy restore), kept in the guest's console log once
-        // each server finished (its status file written): when every page was back.
-        let servers = rg.guest.run(
-            "end=$(( $(cut -d. -f1 /proc/uptime) + 150 )); \
-             for f in /run/overboot/*/*/lazy-pages.log; do [ -e \"$f\" ] || continue; \
-             s=${f%.log}.status; while [ ! -e \"$s\" ] && \
-             [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do sleep 0.5; done; cat \"$f\"; done; true",
-            Duration::from_secs(240),
-        );
-        let (memory_back_ms, slowest_fault_ms) = servers
-            .map(|out| page_servers_done(&out.lines))
-            .unwrap_or_default();
+        let (memory_back_ms, slowest_fault_ms) = page_servers_summary(&mut rg.guest);
         if self.criu_log_level.is_some_and(|l| l >= 3) {
             // Where CRIU's time went: the lines after each pause of 20 ms or more in its
             // timestamped logs (the whole logs stay on the guest's disk).
             let _ = rg.guest.run(CRIU_LOG_GAPS, Duration::from_secs(120));
         }
+        self.keep_latency(method, &summary, &samples);
+        let agent = AgentReport::read(&report);
+        Ok(Measured {
+            ok: update.resume_rc == 0
+                && agent.resumed
+                && summary.connection_survived
+                && summary.lost == 0
+                && summary.duplicated == 0
+                && check.ok(dataset),
+            blackout_ms: summary.blackout_ms,
+            recovery_ms: summary.recovery_ms,
+            phases: agent.phases,
+            handover_bytes: agent.handover_bytes,
+            peak_mem_bytes: agent.peak_mem_bytes,
+            connection_survived: Some(summary.connection_survived),
+            lost: summary.lost,
+            duplicated: summary.duplicated,
+            dataset: Some(check),
+            from: rg.from.clone(),
+            to: agent.to,
+            pre_copy_bytes: agent.pre_copy_bytes,
+            frozen_dump_bytes: agent.frozen_dump_bytes,
+            memory_back_ms,
+            slowest_fault_ms,
+        })
+    }
+
+    /// What the method adds to `overboot update`: its store (the `disk` method's emptied
+    /// first), then the benchmark's pre-copy, lazy restore and CRIU log options.
+    fn update_arguments(&self, method: Method, guest: &mut Guest) -> Result<String, ServiceError> {
+        let mut extra = match method {
+            // Both kernels need the reservation: the new one gets the running command line.
+            Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
+            Method::Disk => {
+                guest.run_ok("rm -rf /lab/ssm", CMD)?;
+                "--handover dir:/lab/ssm".to_string()
+            }
+            _ => String::new(),
+        };
+        if let Some(rounds) = self.pre_copy_rounds {
+            extra.push_str(&format!(" --pre-copy-rounds {rounds}"));
+        }
+        if self.lazy_restore {
+            extra.push_str(" --lazy-restore");
+        }
+        if let Some(level) = self.criu_log_level {
+            extra.push_str(&format!(" --criu-log-level {level}"));
+        }
+        Ok(extra)
+    }
+
+    /// Writes every INCR command of the run and where its blackout began to
+    /// `latency-<method>-<MiB>-<run>.json` in the output directory (best effort).
+    fn keep_latency(&self, method: Method, summary: &IncrSummary, samples: &[Sample]) {
         let latency = LatencyFile {
             blackout_start_ms: summary.blackout_start_ms,
             samples: samples.iter().map(LatencySample::from).collect(),
@@ -131,6 +158,43 @@ impl RunContext<'_> {
             .out
             .join(latency_file_name(method, self.dataset_mib, self.run));
         let _ = fs::write(&path, serde_json::to_vec(&latency).unwrap_or_default());
+    }
+}
+
+/// The page servers' summaries (a lazy restore), kept in the guest's console log once each
+/// server finished (its status file written): when every page was back, and the slowest fault
+/// (see [`page_servers_done`]). Waits up to 150 s for the servers; `None`s without any.
+fn page_servers_summary(guest: &mut Guest) -> (Option<u64>, Option<f64>) {
+    let servers = guest.run(
+        "end=$(( $(cut -d. -f1 /proc/uptime) + 150 )); \
+         for f in /run/overboot/*/*/lazy-pages.log; do [ -e \"$f\" ] || continue; \
+         s=${f%.log}.status; while [ ! -e \"$s\" ] && \
+         [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do sleep 0.5; done; cat \"$f\"; done; true",
+        Duration::from_secs(240),
+    );
+    servers
+        .map(|out| page_servers_done(&out.lines))
+        .unwrap_or_default()
+}
+
+/// What the agent's report (`overboot status --json` in the new kernel) says of the update.
+struct AgentReport {
+    /// Its outcome is `resumed`.
+    resumed: bool,
+    /// The agent's phase durations (ms).
+    phases: BTreeMap<String, u64>,
+    handover_bytes: u64,
+    peak_mem_bytes: u64,
+    frozen_dump_bytes: u64,
+    /// Bytes of each pre-copy round, in order.
+    pre_copy_bytes: Vec<u64>,
+    /// The release it resumed on.
+    to: String,
+}
+
+impl AgentReport {
+    /// Reads the fields of `report`; a missing one is 0 or empty.
+    fn read(report: &serde_json::Value) -> Self {
         let phases: BTreeMap<String, u64> = report
             .get("phases")
             .and_then(|p| serde_json::from_value(p.clone()).ok())
@@ -146,34 +210,19 @@ impl RunContext<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let outcome_resumed = report.get("outcome").and_then(|o| o.as_str()) == Some("resumed");
-        Ok(Measured {
-            ok: update.resume_rc == 0
-                && outcome_resumed
-                && summary.connection_survived
-                && summary.lost == 0
-                && summary.duplicated == 0
-                && check.ok(dataset),
-            blackout_ms: summary.blackout_ms,
-            recovery_ms: summary.recovery_ms,
+        AgentReport {
+            resumed: report.get("outcome").and_then(|o| o.as_str()) == Some("resumed"),
             phases,
             handover_bytes: number("handover_bytes"),
             peak_mem_bytes: number("peak_mem_bytes"),
-            connection_survived: Some(summary.connection_survived),
-            lost: summary.lost,
-            duplicated: summary.duplicated,
-            dataset: Some(check),
-            from: rg.from.clone(),
+            frozen_dump_bytes: number("frozen_dump_bytes"),
+            pre_copy_bytes,
             to: report
                 .get("to")
                 .and_then(|t| t.as_str())
                 .unwrap_or_default()
                 .to_string(),
-            pre_copy_bytes,
-            frozen_dump_bytes: number("frozen_dump_bytes"),
-            memory_back_ms,
-            slowest_fault_ms,
-        })
+        }
     }
 }
 
