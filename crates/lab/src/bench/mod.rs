@@ -229,7 +229,10 @@ fn latency_source(out: &Path, records: &[RunRecord]) -> Option<(RunRecord, Laten
     })
 }
 
+// The methods' measurements are in update.rs and baseline.rs; one run's record is put
+// together here.
 impl RunContext<'_> {
+    /// Runs `method` once and records what it measured, or the whole error chain.
     fn run(&self, method: Method) -> RunRecord {
         let memory = match method {
             Method::Overboot => {
