@@ -5,10 +5,10 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::cmdline::StoreError;
 use crate::cpio::CpioError;
 use crate::header::HeaderError;
 use crate::manifest::{FormatVersion, ManifestError};
-use crate::store::StoreError;
 
 /// Errors of the Save State Map.
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,12 @@
 //! [`SaveStateMap::open`] checks header and manifest, and [`SaveStateMap::verify_files`] checks
 //! every image before anything is restored.
 
+mod cmdline;
 pub mod cpio;
 mod digest;
 mod error;
 pub mod header;
+mod layout;
 pub mod manifest;
 pub mod map;
 mod mapped;

@@ -34,47 +34,15 @@ use std::path::{Component, Path, PathBuf};
 use crate::cpio::{pad4, CpioWriter};
 use crate::digest::HashingReader;
 use crate::error::HandoverError;
-use crate::manifest::FileEntry;
-use crate::map::{
-    create_file, make_dir_all, sync_dir, write_file_synced, SaveStateMap, DIR_MODE, FILE_MODE,
-    HEADER_FILE, MANIFEST_FILE,
+use crate::layout::{
+    create_file, make_dir_all, sync_dir, write_file_synced, DIR_MODE, FILE_MODE, HEADER_FILE,
+    MANIFEST_FILE,
 };
+use crate::manifest::FileEntry;
+use crate::map::SaveStateMap;
 
-/// Errors of store configuration and of the command-line parameter.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The parameter names a store this build does not know.
-    #[error("unknown handover scheme {scheme:?} (known: initrd, dir)")]
-    UnknownScheme {
-        /// The scheme found.
-        scheme: String,
-    },
-    /// The parameter is not `<scheme>:<absolute path>`.
-    #[error("malformed {CMDLINE_KEY} value {value:?}: {reason}")]
-    MalformedParam {
-        /// The value found.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The path cannot be passed on a kernel command line (relative, spaces, quotes, non-UTF-8).
-    #[error("{path:?} cannot be passed on the kernel command line: {reason}")]
-    NotCmdlineSafe {
-        /// The path.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The directory store's destination already exists.
-    #[error("{path} already exists; remove it or choose another directory")]
-    DestinationExists {
-        /// The destination.
-        path: PathBuf,
-    },
-}
+pub use crate::cmdline::{StoreError, StoreKind, CMDLINE_KEY};
 
-/// Name of the kernel command-line parameter.
-pub const CMDLINE_KEY: &str = "overboot.handover";
 /// Where the initrd store puts the map in the new kernel's rootfs.
 pub const DEFAULT_INITRD_MOUNT_POINT: &str = "/overboot/ssm";
 
@@ -319,15 +287,6 @@ fn finish_directory(
         bytes: bytes + (map.manifest_bytes().len() + map.header_bytes().len()) as u64,
         initrd: None,
     })
-}
-
-/// Which store a map came through, as its command-line parameter names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
-    /// `initrd:` — unpacked from the new kernel's initrd (RAM).
-    Initrd,
-    /// `dir:` — a directory on a file system both kernels mount.
-    Dir,
 }
 
 /// Finds the map's location in a kernel command line (`/proc/cmdline`): the value of the last

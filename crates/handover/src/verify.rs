@@ -14,8 +14,9 @@ use std::path::PathBuf;
 
 use crate::digest::{hash_file, parallel_map};
 use crate::error::HandoverError;
+use crate::layout::{is_under, walk, Found};
 use crate::manifest::{FileEntry, RESERVED_NAMES};
-use crate::map::{is_under, walk, Found, SaveStateMap};
+use crate::map::SaveStateMap;
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

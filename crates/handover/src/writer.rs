@@ -11,12 +11,32 @@ use std::path::{Path, PathBuf};
 use crate::digest::{hash_file, parallel_map, sha256_bytes};
 use crate::error::HandoverError;
 use crate::header::MapHeader;
-use crate::manifest::CURRENT_DIGEST;
-use crate::manifest::{check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT};
-use crate::map::{
-    check_references, create_file, make_dir_all, sync_dir, walk, write_file_synced, Found,
-    SaveStateMap, FILE_MODE, HEADER_FILE, MANIFEST_FILE,
+use crate::layout::{
+    check_references, create_file, is_under, make_dir_all, sync_dir, walk, write_file_synced,
+    Found, FILE_MODE, HEADER_FILE, MANIFEST_FILE,
 };
+use crate::manifest::CURRENT_DIGEST;
+use crate::manifest::{
+    check_map_path, CarriedFile, FileEntry, Manifest, CURRENT_FORMAT, RESERVED_NAMES,
+};
+use crate::map::SaveStateMap;
+
+// `SaveStateMap::create` lives beside the writer it returns, so that the map module, whose
+// finished map the writer builds, needs nothing of the writer.
+impl SaveStateMap {
+    /// Starts a new map in `dir`, created with mode 0700 (parents too, if missing). An existing
+    /// directory is accepted (and set to 0700) unless it already holds a map.
+    pub fn create(dir: impl AsRef<Path>) -> Result<MapWriter, HandoverError> {
+        let dir = dir.as_ref().to_path_buf();
+        make_dir_all(&dir)?;
+        for name in RESERVED_NAMES {
+            if dir.join(name).symlink_metadata().is_ok() {
+                return Err(HandoverError::AlreadyFinished { path: dir });
+            }
+        }
+        Ok(MapWriter::new(dir))
+    }
+}
 
 /// A map being written; obtained from [`SaveStateMap::create`].
 #[derive(Debug)]
@@ -29,7 +49,7 @@ pub struct MapWriter {
 }
 
 impl MapWriter {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    fn new(dir: PathBuf) -> Self {
         Self {
             dir,
             listed: BTreeSet::new(),
@@ -129,7 +149,7 @@ impl MapWriter {
         let files: Vec<String> = self
             .listed
             .iter()
-            .filter(|rel| crate::map::is_under(rel, rel_dir) && !self.sealed.contains_key(*rel))
+            .filter(|rel| is_under(rel, rel_dir) && !self.sealed.contains_key(*rel))
             .cloned()
             .collect();
         let digests = parallel_map(&files, |rel| {
@@ -155,10 +175,8 @@ impl MapWriter {
     /// failed half-way).
     pub fn discard_dir(&mut self, rel_dir: &str) -> Result<(), HandoverError> {
         check_map_path(rel_dir)?;
-        self.listed
-            .retain(|rel| !crate::map::is_under(rel, rel_dir));
-        self.sealed
-            .retain(|rel, _| !crate::map::is_under(rel, rel_dir));
+        self.listed.retain(|rel| !is_under(rel, rel_dir));
+        self.sealed.retain(|rel, _| !is_under(rel, rel_dir));
         let path = self.dir.join(rel_dir);
         match fs::remove_dir_all(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -261,5 +279,21 @@ impl MapWriter {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::DIR_MODE;
+
+    #[test]
+    fn create_makes_a_root_only_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/ssm");
+        let writer = SaveStateMap::create(&dir).unwrap();
+        assert_eq!(writer.dir(), dir);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, DIR_MODE);
     }
 }

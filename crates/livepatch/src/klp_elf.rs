@@ -71,6 +71,33 @@ fn pad_to(data: &mut Vec<u8>, align: usize) {
 /// Converts `ko` in place; returns what changed (nothing when the module needs no livepatch
 /// relocation).
 pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
+    let mut table = read_sections(ko)?;
+    let symtab = SymbolTable::find(&table.sections)?;
+    let mut conversion = Conversion::default();
+    let klp = mark_livepatch_symbols(ko, &symtab, &mut conversion.symbols)?;
+    if conversion.symbols.is_empty() {
+        return Ok(conversion);
+    }
+    let appended = split_relocations(ko, &mut table, &klp, symtab.index, &mut conversion)?;
+    append_tables(ko, table, appended)?;
+    Ok(conversion)
+}
+
+/// The module's ELF header and section header table, as read, and a working copy of its
+/// section names (the new sections' names are appended to it).
+struct SectionTable {
+    header: FileHeader64<LE>,
+    /// Where the section header table is in the file.
+    shoff: usize,
+    /// Index of the section-name table.
+    shstrndx: usize,
+    sections: Vec<SectionHeader64<LE>>,
+    names: Vec<u8>,
+}
+
+/// Reads the ELF header (refusing anything but a 64-bit little-endian ELF), the section header
+/// table and the section names.
+fn read_sections(ko: &[u8]) -> Result<SectionTable, KlpElfError> {
     let header: FileHeader64<LE> = read(ko, 0)?;
     if ko.get(..4) != Some(b"\x7fELF") || ko.get(4) != Some(&2) || ko.get(5) != Some(&1) {
         return Err(KlpElfError::Malformed("not ELF64 little-endian"));
@@ -78,7 +105,7 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
     let shoff = usize_of(header.e_shoff.get(LE))?;
     let shnum = usize::from(header.e_shnum.get(LE));
     let shstrndx = usize::from(header.e_shstrndx.get(LE));
-    let mut sections: Vec<SectionHeader64<LE>> = (0..shnum)
+    let sections: Vec<SectionHeader64<LE>> = (0..shnum)
         .map(|i| read(ko, shoff + i * 64))
         .collect::<Result<_, _>>()?;
     let shstr = sections
@@ -86,82 +113,118 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         .ok_or(KlpElfError::Malformed("no section names"))?;
     let names_at = usize_of(shstr.sh_offset.get(LE))?;
     let names_len = usize_of(shstr.sh_size.get(LE))?;
-    let mut names = ko
+    let names = ko
         .get(names_at..names_at + names_len)
         .ok_or(KlpElfError::Malformed("section names out of file"))?
         .to_vec();
-    let section_name = |s: &SectionHeader64<LE>, names: &[u8]| {
-        c_str(
-            names,
-            usize::try_from(s.sh_name.get(LE)).unwrap_or(usize::MAX),
-        )
-    };
+    Ok(SectionTable {
+        header,
+        shoff,
+        shstrndx,
+        sections,
+        names,
+    })
+}
 
-    let symtab_index = sections
-        .iter()
-        .position(|s| s.sh_type.get(LE) == SHT_SYMTAB)
-        .ok_or(KlpElfError::Malformed("no symbol table"))?;
-    let symtab = sections[symtab_index];
-    let strtab = sections
-        .get(usize_of(u64::from(symtab.sh_link.get(LE)))?)
-        .ok_or(KlpElfError::Malformed("no string table"))?;
-    let str_at = usize_of(strtab.sh_offset.get(LE))?;
-    let sym_at = usize_of(symtab.sh_offset.get(LE))?;
-    let sym_count = usize_of(symtab.sh_size.get(LE))? / 24;
+/// The name of section `s` in the section-name table `names`.
+fn section_name(s: &SectionHeader64<LE>, names: &[u8]) -> String {
+    c_str(
+        names,
+        usize::try_from(s.sh_name.get(LE)).unwrap_or(usize::MAX),
+    )
+}
 
-    // Mark livepatch symbols.
-    let mut conversion = Conversion::default();
-    let mut klp = vec![false; sym_count];
+/// Where the symbol table and its names are.
+struct SymbolTable {
+    /// Its section index.
+    index: usize,
+    /// Offset of its string table in the file.
+    str_at: usize,
+    /// Offset of its first entry in the file.
+    sym_at: usize,
+    /// Its number of entries.
+    count: usize,
+}
+
+impl SymbolTable {
+    /// The module's symbol table (its first `SHT_SYMTAB` section).
+    fn find(sections: &[SectionHeader64<LE>]) -> Result<Self, KlpElfError> {
+        let index = sections
+            .iter()
+            .position(|s| s.sh_type.get(LE) == SHT_SYMTAB)
+            .ok_or(KlpElfError::Malformed("no symbol table"))?;
+        let symtab = sections[index];
+        let strtab = sections
+            .get(usize_of(u64::from(symtab.sh_link.get(LE)))?)
+            .ok_or(KlpElfError::Malformed("no string table"))?;
+        let str_at = usize_of(strtab.sh_offset.get(LE))?;
+        let sym_at = usize_of(symtab.sh_offset.get(LE))?;
+        let count = usize_of(symtab.sh_size.get(LE))? / 24;
+        Ok(Self {
+            index,
+            str_at,
+            sym_at,
+            count,
+        })
+    }
+}
+
+/// Marks every symbol named `.klp.sym.*` as a livepatch symbol (`SHN_LIVEPATCH`) in place and
+/// pushes its name to `marked`; returns, by symbol index, whether it is one.
+fn mark_livepatch_symbols(
+    ko: &mut [u8],
+    symtab: &SymbolTable,
+    marked: &mut Vec<String>,
+) -> Result<Vec<bool>, KlpElfError> {
+    let mut klp = vec![false; symtab.count];
     for (i, is_klp) in klp.iter_mut().enumerate() {
-        let at = sym_at + i * 24;
+        let at = symtab.sym_at + i * 24;
         let mut sym: Sym64<LE> = read(ko, at)?;
-        let name = c_str(ko, str_at + usize_of(u64::from(sym.st_name.get(LE)))?);
+        let name = c_str(
+            ko,
+            symtab.str_at + usize_of(u64::from(sym.st_name.get(LE)))?,
+        );
         if name.starts_with(KLP_SYM_PREFIX) {
             *is_klp = true;
             sym.st_shndx = U16::new(LE, SHN_LIVEPATCH);
             ko[at..at + 24].copy_from_slice(pod::bytes_of(&sym));
-            conversion.symbols.push(name);
+            marked.push(name);
         }
     }
-    if conversion.symbols.is_empty() {
-        return Ok(conversion);
-    }
+    Ok(klp)
+}
 
-    // Split relocation sections.
-    let mut appended: Vec<(SectionHeader64<LE>, Vec<u8>)> = Vec::new();
-    for section in sections.iter_mut() {
+/// A new section: its header (offset not yet set) and its data.
+type NewSection = (SectionHeader64<LE>, Vec<u8>);
+
+/// Moves the relocations against livepatch symbols out of each relocation section into a new
+/// `.klp.rela.vmlinux.<target>` section, whose name is appended to the section names; returns
+/// the new sections, not yet placed in the file.
+fn split_relocations(
+    ko: &mut [u8],
+    table: &mut SectionTable,
+    klp: &[bool],
+    symtab_index: usize,
+    conversion: &mut Conversion,
+) -> Result<Vec<NewSection>, KlpElfError> {
+    let mut appended: Vec<NewSection> = Vec::new();
+    for section in table.sections.iter_mut() {
         if section.sh_type.get(LE) != SHT_RELA {
             continue;
         }
-        let at = usize_of(section.sh_offset.get(LE))?;
-        let count = usize_of(section.sh_size.get(LE))? / 24;
-        let relas: Vec<Rela64<LE>> = (0..count)
-            .map(|i| read(ko, at + i * 24))
-            .collect::<Result<_, _>>()?;
-        let (moved, kept): (Vec<_>, Vec<_>) = relas.into_iter().partition(|r| {
-            let sym = usize::try_from(r.r_info.get(LE) >> 32).unwrap_or(usize::MAX);
-            klp.get(sym).copied().unwrap_or(false)
-        });
+        let moved = take_livepatch_relas(ko, section, klp)?;
         if moved.is_empty() {
             continue;
         }
-        let mut bytes: Vec<u8> = kept
-            .iter()
-            .flat_map(|r| pod::bytes_of(r).to_vec())
-            .collect();
-        bytes.resize(count * 24, 0);
-        ko[at..at + count * 24].copy_from_slice(&bytes);
-        section.sh_size = U64::new(LE, (kept.len() * 24) as u64);
-
         let target = usize_of(u64::from(section.sh_info.get(LE)))?;
         let target_name = section_name(
-            sections_target_copy(&header, ko, shoff, target)?.as_ref(),
-            &names,
+            sections_target_copy(&table.header, ko, table.shoff, target)?.as_ref(),
+            &table.names,
         );
         let name = format!(".klp.rela.vmlinux.{target_name}");
-        let name_offset = names.len();
-        names.extend_from_slice(name.as_bytes());
-        names.push(0);
+        let name_offset = table.names.len();
+        table.names.extend_from_slice(name.as_bytes());
+        table.names.push(0);
         let header = SectionHeader64::<LE> {
             sh_name: U32::new(LE, u32::try_from(name_offset).unwrap_or(0)),
             sh_type: U32::new(LE, SHT_RELA),
@@ -183,8 +246,53 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         ));
         conversion.sections.push(name);
     }
+    Ok(appended)
+}
 
-    // Append the new sections' data, the names and the header table.
+/// Takes the entries against livepatch symbols out of relocation section `section`: the others
+/// move to its front and it shrinks to them. Returns the entries taken; a section with none
+/// is left as it was.
+fn take_livepatch_relas(
+    ko: &mut [u8],
+    section: &mut SectionHeader64<LE>,
+    klp: &[bool],
+) -> Result<Vec<Rela64<LE>>, KlpElfError> {
+    let at = usize_of(section.sh_offset.get(LE))?;
+    let count = usize_of(section.sh_size.get(LE))? / 24;
+    let relas: Vec<Rela64<LE>> = (0..count)
+        .map(|i| read(ko, at + i * 24))
+        .collect::<Result<_, _>>()?;
+    let (moved, kept): (Vec<_>, Vec<_>) = relas.into_iter().partition(|r| {
+        let sym = usize::try_from(r.r_info.get(LE) >> 32).unwrap_or(usize::MAX);
+        klp.get(sym).copied().unwrap_or(false)
+    });
+    if moved.is_empty() {
+        return Ok(moved);
+    }
+    let mut bytes: Vec<u8> = kept
+        .iter()
+        .flat_map(|r| pod::bytes_of(r).to_vec())
+        .collect();
+    bytes.resize(count * 24, 0);
+    ko[at..at + count * 24].copy_from_slice(&bytes);
+    section.sh_size = U64::new(LE, (kept.len() * 24) as u64);
+    Ok(moved)
+}
+
+/// Appends the new sections' data, the names and the new section header table, and points the
+/// ELF header at the table.
+fn append_tables(
+    ko: &mut Vec<u8>,
+    table: SectionTable,
+    mut appended: Vec<NewSection>,
+) -> Result<(), KlpElfError> {
+    let SectionTable {
+        header,
+        shstrndx,
+        mut sections,
+        names,
+        ..
+    } = table;
     for (section, data) in &mut appended {
         pad_to(ko, 8);
         section.sh_offset = U64::new(LE, ko.len() as u64);
@@ -205,7 +313,7 @@ pub fn convert(ko: &mut Vec<u8>) -> Result<Conversion, KlpElfError> {
         .map_err(|_| KlpElfError::Malformed("too many sections"))?;
     header.e_shnum = U16::new(LE, total);
     ko[..64].copy_from_slice(pod::bytes_of(&header));
-    Ok(conversion)
+    Ok(())
 }
 
 /// Re-reads section header `index` from the original table (the working copy is borrowed

@@ -36,11 +36,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::{
-    format_error, prepare, read_pagemap, read_vmas, LazyPages, Pagemap, PagemapHead, VmaEntry,
-    IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_LAZY, PE_PRESENT,
+use super::image::{
+    encode_entry, format_error, read_pagemap, rewrite_pagemap, Pagemap, PagemapHead, PAGEMAP_MAGIC,
+    PAGE_SIZE, PE_LAZY, PE_PRESENT,
 };
-use crate::images::ImageError;
+use super::lazy::{prepare, LazyPages};
+use super::vma::{read_vmas, VmaEntry};
+use crate::images::{ImageError, IMG_COMMON_MAGIC};
 
 /// One task's new pagemap and page file, written beside the images but not yet in place.
 struct Flat {
@@ -90,7 +92,7 @@ pub fn prepare_lazy_flat(images: &Path) -> Result<(Vec<(u32, LazyPages)>, bool),
         // As `prepare_lazy` leaves them: the lazy flags changed, the chain in place.
         for (((pid, _), (top, _)), changed) in tasks.iter().zip(&tops).zip(changed) {
             if changed {
-                super::rewrite_pagemap(images, &pid.to_string(), top)?;
+                rewrite_pagemap(images, &pid.to_string(), top)?;
             }
         }
     }
@@ -194,7 +196,7 @@ fn pagemap_bytes(pages_id: u32, entries: &[(u64, u32, u32)]) -> Vec<u8> {
     let mut encoded = Vec::with_capacity(32);
     for &(vaddr, nr_pages, flags) in entries {
         encoded.clear();
-        super::encode_entry(vaddr, nr_pages, flags, &mut encoded);
+        encode_entry(vaddr, nr_pages, flags, &mut encoded);
         put(&encoded);
     }
     out
@@ -285,8 +287,9 @@ fn flatten_task(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{chain, mm, p, pagemap, pe, vma, ANON, HEAP};
-    use super::super::{prepare_lazy, PE_PARENT};
+    use super::super::fixtures::{chain, mm, p, pagemap, pe, vma, ANON, HEAP};
+    use super::super::image::PE_PARENT;
+    use super::super::prepare_lazy;
     use super::*;
 
     const PAGE: usize = 4096;

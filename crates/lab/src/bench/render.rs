@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{LatencyFile, Method, RunRecord};
+use super::record::{LatencyFile, Method, RunRecord};
 
 /// The phases of an update's blackout in the order they happen, as the agent names them (with
 /// a directory store the kernel is loaded and memory pre-copied before the freeze:
@@ -167,36 +167,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
             else {
                 continue;
             };
-            let mut phases: Vec<String> = Vec::new();
-            let order: Vec<&str> = match method {
-                Method::Overboot | Method::Initrd | Method::Disk => {
-                    ["kexec_load_early", "pre_copy"]
-                        .into_iter()
-                        .chain(UPDATE_PHASES)
-                        .collect()
-                }
-                _ => c.phases.keys().map(String::as_str).collect(),
-            };
-            for name in order {
-                if let Some(v) = c.phases.get(name) {
-                    phases.push(format!("{name} {}", secs(*v)));
-                }
-            }
-            let _ = writeln!(
-                out,
-                "| {} | {} | {}/{} | {} ({}–{}) | {} | {} | {} | {} |",
-                method.name(),
-                size,
-                c.ok,
-                c.runs,
-                secs(c.blackout_ms.0),
-                secs(c.blackout_ms.1),
-                secs(c.blackout_ms.2),
-                c.recovery_ms.map_or_else(|| "–".into(), secs),
-                mib(c.handover_bytes),
-                mib(c.peak_mem_bytes),
-                phases.join(", ")
-            );
+            table_row(&mut out, c);
         }
     }
     out.push_str(RECOVERY_NOTE);
@@ -208,6 +179,56 @@ pub fn markdown(records: &[RunRecord]) -> String {
         );
         out.push_str(&lazy_lines(records));
     }
+    let ratios = ratios(&cells, &sizes);
+    if !ratios.is_empty() {
+        out.push_str("\nRatios of medians (same run):\n\n");
+        out.push_str(&ratios.join("\n"));
+        out.push('\n');
+    }
+    let failed = failed_runs(records);
+    if !failed.is_empty() {
+        out.push_str("\nFailed runs (left out of the statistics):\n\n");
+        out.push_str(&failed.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Appends the table's row of cell `c`, its phases in the order they happen.
+fn table_row(out: &mut String, c: &Cell) {
+    let mut phases: Vec<String> = Vec::new();
+    let order: Vec<&str> = match c.method {
+        Method::Overboot | Method::Initrd | Method::Disk => ["kexec_load_early", "pre_copy"]
+            .into_iter()
+            .chain(UPDATE_PHASES)
+            .collect(),
+        _ => c.phases.keys().map(String::as_str).collect(),
+    };
+    for name in order {
+        if let Some(v) = c.phases.get(name) {
+            phases.push(format!("{name} {}", secs(*v)));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| {} | {} | {}/{} | {} ({}–{}) | {} | {} | {} | {} |",
+        c.method.name(),
+        c.dataset_mib,
+        c.ok,
+        c.runs,
+        secs(c.blackout_ms.0),
+        secs(c.blackout_ms.1),
+        secs(c.blackout_ms.2),
+        c.recovery_ms.map_or_else(|| "–".into(), secs),
+        mib(c.handover_bytes),
+        mib(c.peak_mem_bytes),
+        phases.join(", ")
+    );
+}
+
+/// The ratios of median blackouts: overboot against each other method at each size, and
+/// overboot at the largest size against overboot at the smallest.
+fn ratios(cells: &[Cell], sizes: &[u32]) -> Vec<String> {
     let find = |m: Method, s: u32| {
         cells
             .iter()
@@ -215,7 +236,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
             .map(|c| c.blackout_ms.0 as f64)
     };
     let mut ratios = Vec::new();
-    for size in &sizes {
+    for size in sizes {
         let ob = find(Method::Overboot, *size);
         for (other, label) in [
             (Method::Initrd, "initrd"),
@@ -245,12 +266,12 @@ pub fn markdown(records: &[RunRecord]) -> String {
             }
         }
     }
-    if !ratios.is_empty() {
-        out.push_str("\nRatios of medians (same run):\n\n");
-        out.push_str(&ratios.join("\n"));
-        out.push('\n');
-    }
-    let failed: Vec<String> = records
+    ratios
+}
+
+/// One line per failed run: which, and why.
+fn failed_runs(records: &[RunRecord]) -> Vec<String> {
+    records
         .iter()
         .filter(|r| !r.ok)
         .map(|r| {
@@ -264,13 +285,7 @@ pub fn markdown(records: &[RunRecord]) -> String {
                     .unwrap_or("checks failed (connection, increments or keys)")
             )
         })
-        .collect();
-    if !failed.is_empty() {
-        out.push_str("\nFailed runs (left out of the statistics):\n\n");
-        out.push_str(&failed.join("\n"));
-        out.push('\n');
-    }
-    out
+        .collect()
 }
 
 fn escape(text: &str) -> String {

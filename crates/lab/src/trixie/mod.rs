@@ -34,8 +34,7 @@ use crate::lab;
 use self::apt::{AptError, LabApt};
 use self::rootfs::{KernelInstall, RootfsError};
 
-/// The Debian suite of the tree.
-pub const SUITE: &str = "trixie";
+pub use self::rootfs::SUITE;
 
 /// Host packages this profile needs on top of the lab's own: debootstrap builds the tree,
 /// qemu-img makes the per-test overlays.

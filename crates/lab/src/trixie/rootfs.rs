@@ -27,6 +27,9 @@ use crate::host::{self, HostError};
 use super::apt::LabApt;
 use super::files::{PROFILE_FILES, PROFILE_LINKS, UNLINKS};
 
+/// The Debian suite of the tree.
+pub const SUITE: &str = "trixie";
+
 /// Bumped whenever the way the tree is built changes in a way the key does not see.
 const PROFILE_VERSION: &str = "1";
 
@@ -102,7 +105,7 @@ fn short_hash(hasher: Sha256) -> String {
 pub fn rootfs_key(kernels: &[KernelInstall]) -> String {
     let mut h = Sha256::new();
     h.update(PROFILE_VERSION);
-    h.update(super::SUITE);
+    h.update(SUITE);
     for p in PACKAGES {
         h.update(p);
         h.update([0]);
@@ -150,18 +153,14 @@ pub fn rootfs(
     }
     let debs = cache.join("debootstrap-debs");
     fs::create_dir_all(&debs).map_err(io(&debs))?;
-    eprintln!(
-        "lab: trixie: debootstrap {} into {}",
-        super::SUITE,
-        tmp.display()
-    );
+    eprintln!("lab: trixie: debootstrap {} into {}", SUITE, tmp.display());
     step(
         "debootstrap",
         Command::new("debootstrap")
             .args(["--variant=minbase", "--merged-usr"])
             .arg(format!("--include={}", PACKAGES.join(",")))
             .arg(format!("--cache-dir={}", debs.display()))
-            .arg(super::SUITE)
+            .arg(SUITE)
             .arg(&tmp)
             .arg(apt.mirror()),
     )?;
