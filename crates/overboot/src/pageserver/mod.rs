@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use overboot_checkpoint::images::ImageError;
 use overboot_checkpoint::pagemap::{self, Extent, LazyPages, PAGE_SIZE};
-use overboot_kexec::sys;
+use overboot_sys as sys;
 
 mod missing;
 pub use missing::Missing;
