@@ -12,7 +12,6 @@ pub mod forked;
 pub mod lazy;
 pub mod network;
 pub mod nudge;
-pub mod pageserver;
 pub mod phases;
 pub mod plan;
 pub mod precopy;
