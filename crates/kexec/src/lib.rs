@@ -12,12 +12,11 @@
 //! ```
 //!
 //! Every failure is a [`KexecError`] whose [`KexecError::class`] the CLI maps to an exit code.
-//! The raw syscalls live in [`sys`] and nowhere else.
+//! The raw syscalls live in [`overboot_sys`], the project's one place for them.
 
 pub mod bzimage;
 mod error;
 mod host;
-pub mod sys;
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -26,6 +25,8 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use overboot_sys as sys;
 
 pub use error::{KexecError, KexecErrorClass};
 pub use host::{lockdown_mode, HostKexecState, KEXEC_LOADED, KEXEC_LOAD_DISABLED, LOCKDOWN};

@@ -27,6 +27,5 @@ pub mod host;
 pub mod model;
 pub mod new;
 pub mod old;
-pub mod pageserver;
 
 pub use model::exit::ExitClass;

@@ -85,8 +85,8 @@ pub enum CommandError {
     #[error("systemd")]
     Systemd(#[source] overboot::host::systemd::SystemdError),
     /// The lazy restore's page server stopped before every page was back.
-    #[error("{}", overboot::pageserver::FAILED)]
-    Pages(#[from] overboot::pageserver::PageServerError),
+    #[error("{}", overboot_pageserver::FAILED)]
+    Pages(#[from] overboot_pageserver::PageServerError),
     /// Writing the output failed.
     #[error("writing output")]
     Output(#[source] std::io::Error),

@@ -1,5 +1,5 @@
 //! `overboot serve-pages DIR` (hidden): the lazy restore's page server, started by the agent
-//! for each tree it restores lazily (see [`overboot::pageserver`]). Its summary goes to stderr,
+//! for each tree it restores lazily (see [`overboot_pageserver`]). Its summary goes to stderr,
 //! which the agent sends to `lazy-pages.log` beside the images.
 
 use std::path::PathBuf;
@@ -17,5 +17,5 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CommandError> {
-    Ok(overboot::pageserver::serve_and_log(&args.dir, &args.map)?)
+    Ok(overboot_pageserver::serve_and_log(&args.dir, &args.map)?)
 }

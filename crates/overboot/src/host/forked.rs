@@ -8,7 +8,7 @@
 //! agent's code already translated and mapped.
 //!
 //! Only a process with one thread may fork and go on running arbitrary code in the child
-//! ([`overboot_kexec::sys::fork_alone`]); when the agent has another, both return `Ok(None)`
+//! ([`overboot_sys::fork_alone`]); when the agent has another, both return `Ok(None)`
 //! and the callers start the program as they always could.
 
 use std::io::Read;
@@ -20,7 +20,7 @@ use std::process::{ExitStatus, Output};
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use overboot_kexec::sys::{fork_alone, Forked};
+use overboot_sys::{fork_alone, Forked};
 
 /// The exit code of a child whose body panicked (Rust's own for a panicking `main`).
 const PANICKED: u8 = 101;
@@ -108,7 +108,7 @@ fn waiter(
         drop(null);
         // Nothing the agent had open stays open for the daemon's life (a pipe its supervisor
         // reads to the end, above all).
-        Ok(overboot_kexec::sys::close_inherited_fds()?)
+        Ok(overboot_sys::close_inherited_fds()?)
     };
     if setup().is_err() {
         return 1;

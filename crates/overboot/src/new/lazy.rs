@@ -1,6 +1,6 @@
 //! Lazy restore (`overboot update --lazy-restore`): the new kernel's agent restores the trees
 //! without their private anonymous memory, which a page server per tree — overboot's own,
-//! [`crate::pageserver`], run as `overboot serve-pages` — then puts back from the map over
+//! [`overboot_pageserver`], run as `overboot serve-pages` — then puts back from the map over
 //! userfaultfd: a page on demand when a task touches it, the rest copied in the background
 //! until every page is back, when the server exits. The tasks answer before those pages are
 //! copied. That holds for the pages a pre-copy round holds too: the agent flags them lazy in
@@ -29,13 +29,15 @@
 //! The server is a fork of the agent, not a new program (see [`crate::host::forked`]); its parent
 //! stays and writes its exit code beside its log ([`STATUS`]): 0 once every page came back.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::host::served::{COMM, VERB};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use overboot_pageserver::served_pieces;
+use overboot_pageserver::PIECES;
 
 /// The server's log (its stderr), in the directory it serves.
 pub const LOG: &str = "lazy-pages.log";
@@ -48,7 +50,7 @@ pub const STATUS: &str = "lazy-pages.status";
 const PID: &str = "lazy-pages.pid";
 
 /// The socket CRIU's restore connects to, relative to the work dir both share.
-const SOCKET: &str = crate::pageserver::SOCKET;
+const SOCKET: &str = overboot_pageserver::SOCKET;
 
 /// How long a server may take to listen (it indexes its pagemaps first: a tree per server,
 /// all starting at once, under TCG).
@@ -189,10 +191,10 @@ fn fork(dir: &Path, map: &Path) -> std::io::Result<Option<i32>> {
         if let Ok(name) = std::ffi::CString::new(COMM) {
             let _ = nix::sys::prctl::set_name(&name);
         }
-        match crate::pageserver::serve_and_log(dir, map) {
+        match overboot_pageserver::serve_and_log(dir, map) {
             Ok(()) => 0,
             Err(e) => {
-                crate::model::exit::print_failure(&crate::pageserver::FAILED, Some(&e));
+                crate::model::exit::print_failure(&overboot_pageserver::FAILED, Some(&e));
                 crate::ExitClass::Restore as u8
             }
         }
@@ -268,54 +270,6 @@ pub fn page_bytes(images: &Path) -> u64 {
     total
 }
 
-/// File the page server writes in the directory it serves once it indexed its pages: the
-/// pieces ([`overboot_handover::CHUNK_BYTES`] each) of the map's page files, by map-relative
-/// path, that the restore itself reads nothing from. The restore's gate leaves those: the
-/// server checks each piece it reads from before its first use, and nothing reads the rest
-/// (pages a later pre-copy round or the dump wrote again).
-pub const PIECES: &str = "lazy-pieces.json";
-
-/// The pieces the page servers of the restores in `dirs` check themselves (see [`PIECES`]);
-/// a server that wrote none leaves every piece to the gate.
-pub fn served_pieces(dirs: &[PathBuf]) -> BTreeMap<String, BTreeSet<usize>> {
-    let mut served: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    for dir in dirs {
-        let Ok(bytes) = std::fs::read(dir.join(PIECES)) else {
-            continue;
-        };
-        let Ok(pieces) = serde_json::from_slice::<BTreeMap<String, BTreeSet<usize>>>(&bytes) else {
-            continue;
-        };
-        for (rel, set) in pieces {
-            served.entry(rel).or_default().extend(set);
-        }
-    }
-    served
-}
-
-/// The pieces of `piece` bytes of a file of `size` bytes that no span of `reads` (byte
-/// ranges) touches.
-pub(crate) fn untouched_pieces(reads: &[(u64, u64)], size: u64, piece: u64) -> BTreeSet<usize> {
-    let count = size.div_ceil(piece);
-    let mut touched = vec![false; usize::try_from(count).unwrap_or(0)];
-    for &(start, end) in reads {
-        if end <= start {
-            continue;
-        }
-        for index in start / piece..=((end - 1) / piece).min(count.saturating_sub(1)) {
-            if let Some(t) = usize::try_from(index).ok().and_then(|i| touched.get_mut(i)) {
-                *t = true;
-            }
-        }
-    }
-    touched
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| !**t)
-        .map(|(i, _)| i)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,18 +288,6 @@ mod tests {
         assert_eq!(page_bytes(&top), 4 * 4096);
         assert_eq!(page_bytes(&round), 3 * 4096);
         assert_eq!(page_bytes(&dir.path().join("absent")), 0);
-    }
-
-    #[test]
-    fn only_pieces_the_restore_reads_nothing_from_are_left_to_the_server() {
-        // Pieces of 10 bytes, a file of 45: [0,10) [10,20) [20,30) [30,40) [40,45).
-        let left = |reads: &[(u64, u64)]| untouched_pieces(reads, 45, 10);
-        assert_eq!(left(&[]), BTreeSet::from([0, 1, 2, 3, 4]));
-        // One byte is enough to keep a piece for the gate; an empty span touches nothing.
-        assert_eq!(left(&[(19, 21), (44, 45), (5, 5)]), BTreeSet::from([0, 3]));
-        assert_eq!(left(&[(0, 45)]), BTreeSet::new());
-        // Spans past the end (they cannot be read) change nothing beyond it.
-        assert_eq!(left(&[(30, 400)]), BTreeSet::from([0, 1, 2]));
     }
 
     #[test]

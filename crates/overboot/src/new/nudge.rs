@@ -43,7 +43,7 @@ use nix::sys::ptrace;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use overboot_kexec::sys;
+use overboot_sys as sys;
 
 use crate::host::network::{self, TcpState};
 

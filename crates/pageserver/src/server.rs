@@ -1,52 +1,26 @@
-//! The lazy restore's page server (`overboot serve-pages DIR`, started by [`crate::lazy`]): it
-//! puts the memory CRIU's restore left out back into the restored tasks over userfaultfd,
-//! straight from the map's page files, and exits once every page is back.
-//!
-//! It speaks the protocol of CRIU's own `criu lazy-pages` daemon to `criu restore
-//! --lazy-pages`, over `lazy-pages.socket` in the images dir: per restored task its pid (a
-//! native `i32`; negative for a zombie, with nothing else) followed by its userfaultfd (one
-//! byte with `SCM_RIGHTS`); once every task is restored, [`RESTORE_FINISHED`]. Unlike CRIU
-//! 3.17's daemon it serves the pages a pre-copy round holds as well (see
-//! [`overboot_checkpoint::pagemap`]), finds a page by a lookup rather than a walk of the
-//! pagemaps, and copies from a mapping of the page file rather than through a buffer.
-//!
-//! What it does per task (`userfaultfd` events, the task stopped until answered):
-//! - a fault on a page it still holds: copies the 64 KiB around it (within the extent);
-//!   on a page it does not hold (never dumped, or dropped since): a zero page;
-//! - `FORK`: the child gets its own copy of what the parent still misses;
-//! - `REMAP` (mremap): the pages move with the mapping; `UNMAP`/`REMOVE` (munmap, madvise
-//!   `DONTNEED`): they are dropped, a later fault there reads zeros as it would have;
-//! - once the restore finished and no fault waits: copies the rest, 1 MiB at a time, at nice
-//!   19 (the service, just resumed, and the agent finishing the update get the CPU first; a
-//!   fault waits at most for one such copy, then is handled at the server's own priority).
-//!
-//! Every 5 s after the restore finished, its log says what came in since and what is left; its
-//! last line sums it all up, with the longest a fault waited.
-//!
-//! Should it fail, it kills the tasks it serves: a task whose missing pages can no longer
-//! come would otherwise read zeros where its memory was (exit code non-zero, cause on stderr).
+//! The server proper: it listens for the restore, takes each task's userfaultfd, answers its
+//! faults and events, and copies the rest in the background until every page is back (see the
+//! crate's doc).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use overboot_checkpoint::images::ImageError;
-use overboot_checkpoint::pagemap::{self, Extent, LazyPages, PAGE_SIZE};
-use overboot_kexec::sys;
+use overboot_checkpoint::pagemap::{Extent, PAGE_SIZE};
+use overboot_sys as sys;
 
-mod missing;
-pub use missing::Missing;
-
-/// CRIU's `LAZY_PAGES_RESTORE_FINISHED` ("ReSTore Finished"): above any pid.
-pub const RESTORE_FINISHED: u32 = 0x5253_5446;
-
-/// The socket `criu restore --lazy-pages` connects to, relative to its work dir.
-pub const SOCKET: &str = "lazy-pages.socket";
+use crate::error::PageServerError;
+use crate::event::{Event, MSG_SIZE};
+use crate::index::{index, TaskPages};
+use crate::missing::Missing;
+use crate::pieces::{write_served_pieces, Pieces};
+use crate::protocol::{RESTORE_FINISHED, SOCKET};
+use crate::summary::{progress_line, Summary};
 
 /// What a fault brings in at once, around the faulting page.
 const FAULT_WINDOW: u64 = 64 * 1024;
@@ -64,184 +38,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often one copy may be told to come back after the task's address space changed.
 const RETRIES: usize = 1000;
 
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-const UFFD_EVENT_FORK: u8 = 0x13;
-const UFFD_EVENT_REMAP: u8 = 0x14;
-const UFFD_EVENT_REMOVE: u8 = 0x15;
-const UFFD_EVENT_UNMAP: u8 = 0x16;
-/// `sizeof(struct uffd_msg)`.
-const MSG_SIZE: usize = 32;
-
-/// Why the page server stopped before every page was back.
-#[derive(Debug, thiserror::Error)]
-pub enum PageServerError {
-    /// The images could not be read.
-    #[error("cannot index the pages left to the lazy restore in {dir}")]
-    Index {
-        dir: PathBuf,
-        #[source]
-        source: ImageError,
-    },
-    /// A page file could not be mapped, or is shorter than its pagemap says.
-    #[error("cannot map page file {path}")]
-    Map {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The socket could not be made or the restore did not connect.
-    #[error("cannot listen on {path}")]
-    Listen {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Reading the restore's connection failed.
-    #[error("reading from criu restore")]
-    Restore(#[source] std::io::Error),
-    /// The restore went away before it finished.
-    #[error("criu restore closed its connection before it finished")]
-    HungUp,
-    /// The restore named a task the images do not hold.
-    #[error("criu restore sent task {0}, which the images hold no pagemap for")]
-    UnknownTask(i32),
-    /// A userfaultfd operation failed for a reason other than the task's address space
-    /// changing or the task exiting.
-    #[error("{op} at {addr:#x} in task {pid}")]
-    Uffd {
-        op: &'static str,
-        pid: i32,
-        addr: u64,
-        #[source]
-        source: Errno,
-    },
-    /// The task's address space kept changing under one copy.
-    #[error("task {pid} kept changing its memory map under the copy at {addr:#x}")]
-    Unsettled { pid: i32, addr: u64 },
-    /// An event the server does not know.
-    #[error("task {pid} sent userfaultfd event {event:#x}, which is not handled")]
-    UnknownEvent { pid: i32, event: u8 },
-    /// The map cannot be opened for its piece digests.
-    #[error("cannot open the map at {path} for the digests of its memory pages")]
-    OpenMap {
-        path: PathBuf,
-        #[source]
-        source: overboot_handover::HandoverError,
-    },
-    /// A piece of a page file does not match its digest: its pages are not put in.
-    #[error(
-        "{path}: bytes {start}..{end} do not match their digest (expected {expected}, got \
-         {actual}); the tasks are killed rather than given damaged memory"
-    )]
-    Corrupt {
-        path: PathBuf,
-        start: u64,
-        end: u64,
-        expected: String,
-        actual: String,
-    },
-    /// poll(2) or reading events failed.
-    #[error("waiting for page faults")]
-    Poll(#[source] std::io::Error),
-}
-
-/// What the server did, for its log.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
-    /// Tasks served (forked children included).
-    pub tasks: usize,
-    /// Pages the images left to the server.
-    pub pages: u64,
-    /// Pages put in at a fault (its window included).
-    pub fault_pages: u64,
-    /// Faults answered.
-    pub faults: u64,
-    /// Faults answered with a zero page.
-    pub zero_faults: u64,
-    /// The longest a fault waited, from its reading to its answer, in microseconds.
-    pub slowest_fault_us: u64,
-    /// Pages put in by the background copy.
-    pub background_pages: u64,
-    /// Pages dropped (unmapped or discarded by the task before they were put in).
-    pub dropped_pages: u64,
-    /// Bytes of the page files checked against their piece digests.
-    pub checked_bytes: u64,
-    /// Milliseconds from the restore's finish to the last page.
-    pub after_restore_ms: u64,
-    /// Milliseconds from the server's start to listening (reading and indexing the images).
-    pub index_ms: u64,
-    /// The restore reads no pre-copy round: each task's pagemap was written anew, with the
-    /// pages CRIU puts back in a file of the restore's own ([`pagemap::prepare_lazy_flat`]).
-    pub flat: bool,
-}
-
-impl Summary {
-    /// The server's closing line (its log's last), `elapsed` since it started.
-    pub fn line(&self, elapsed: std::time::Duration) -> String {
-        format!(
-            "every page is back: {} tasks, {} pages ({} in at {} faults, {} zero-page faults, the \
-             slowest answered in {:.1} ms, {} in the background, {} dropped by the tasks; {} MiB \
-             checked), images indexed in {} ms{}, {} ms after the restore finished, {} ms in all",
-            self.tasks,
-            self.pages,
-            self.fault_pages,
-            self.faults,
-            self.zero_faults,
-            self.slowest_fault_us as f64 / 1000.0,
-            self.background_pages,
-            self.dropped_pages,
-            self.checked_bytes >> 20,
-            self.index_ms,
-            if self.flat {
-                " (the restore read no pre-copy round)"
-            } else {
-                ""
-            },
-            self.after_restore_ms,
-            elapsed.as_millis()
-        )
-    }
-}
-
 /// One task served: its userfaultfd and the pages it still misses.
 #[derive(Debug)]
 struct Task {
     pid: i32,
     uffd: File,
     missing: Missing,
-}
-
-/// A userfaultfd event, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
-    Fault(u64),
-    Fork(i32),
-    Remap { from: u64, to: u64, len: u64 },
-    Drop { start: u64, end: u64 },
-    Other(u8),
-}
-
-impl Event {
-    /// Decodes one `struct uffd_msg`.
-    fn decode(msg: &[u8; MSG_SIZE]) -> Event {
-        let word = |at: usize| u64::from_ne_bytes(msg[at..at + 8].try_into().unwrap_or([0; 8]));
-        match msg[0] {
-            UFFD_EVENT_PAGEFAULT => Event::Fault(word(16) & !(PAGE_SIZE - 1)),
-            UFFD_EVENT_FORK => Event::Fork(i32::from_ne_bytes(
-                msg[8..12].try_into().unwrap_or([0xff; 4]),
-            )),
-            UFFD_EVENT_REMAP => Event::Remap {
-                from: word(8),
-                to: word(16),
-                len: word(24),
-            },
-            UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => Event::Drop {
-                start: word(8),
-                end: word(16),
-            },
-            other => Event::Other(other),
-        }
-    }
 }
 
 /// How a copy ended.
@@ -273,21 +75,6 @@ struct Server {
     background_nice: bool,
 }
 
-/// A line of the server's progress (see [`Server::log_progress`]): `now` is `since` the restore
-/// finished, `before` the summary at the last line, `left` the pages still missing.
-fn progress_line(since: Duration, before: &Summary, now: &Summary, left: u64) -> String {
-    let mib = |pages: u64| (pages * PAGE_SIZE) >> 20;
-    format!(
-        "{} s after the restore: {} faults ({} pages) and {} MiB in the background since the \
-         last line, {} MiB left",
-        since.as_secs(),
-        now.faults - before.faults,
-        now.fault_pages - before.fault_pages,
-        mib(now.background_pages - before.background_pages),
-        mib(left)
-    )
-}
-
 /// The calling thread's nice value (field 19 of `/proc/thread-self/stat`; 0 if unreadable).
 fn current_nice() -> i32 {
     std::fs::read_to_string("/proc/thread-self/stat")
@@ -299,154 +86,6 @@ fn current_nice() -> i32 {
         })
         .unwrap_or(0)
 }
-
-/// A page file's piece digests (map format 3.1) and which pieces passed.
-#[derive(Debug)]
-struct Pieces {
-    path: PathBuf,
-    /// The file's length.
-    size: usize,
-    digests: Vec<String>,
-    checked: Vec<bool>,
-}
-
-/// Every task's lazy pages, by pid, with `file` an index into the server's mappings.
-type TaskPages = HashMap<u32, Vec<Extent>>;
-
-/// Per mapping: the byte ranges the restore itself reads from it.
-type EagerSpans = Vec<Vec<(u64, u64)>>;
-
-/// Indexes every task's lazy pages in `dir` and maps their page files, with the piece
-/// digests the map at `map` lists for them.
-/// The server's view of the images: the page files mapped with their digests, every task's lazy
-/// pages, what the restore itself reads, and whether the restore reads no round.
-type Indexed = (Vec<memmap2::Mmap>, Vec<Pieces>, TaskPages, EagerSpans, bool);
-
-fn index(dir: &Path, map: &Path) -> Result<Indexed, PageServerError> {
-    let ssm =
-        overboot_handover::SaveStateMap::open(map).map_err(|source| PageServerError::OpenMap {
-            path: map.to_path_buf(),
-            source,
-        })?;
-    let root = std::fs::canonicalize(map).unwrap_or_else(|_| map.to_path_buf());
-    let index_error = |source| PageServerError::Index {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut index = HashMap::new();
-    let mut eager: Vec<(usize, u64, u64)> = Vec::new();
-    // One reading of the images: flag the pre-copied holes lazy (the restore reads the
-    // rewritten pagemaps) and index what the server will put in; then spare the restore the
-    // reading of every round (the page files keep their real paths).
-    let (tasks, flat) = pagemap::prepare_lazy_flat(dir).map_err(index_error)?;
-    for (pid, lazy) in tasks {
-        let LazyPages {
-            files: own,
-            extents,
-            eager: reads,
-        } = lazy;
-        let mut renumber = Vec::with_capacity(own.len());
-        for path in own {
-            let canonical = std::fs::canonicalize(&path).unwrap_or(path);
-            let at = files
-                .iter()
-                .position(|f| *f == canonical)
-                .unwrap_or_else(|| {
-                    files.push(canonical);
-                    files.len() - 1
-                });
-            renumber.push(at);
-        }
-        let extents = extents
-            .into_iter()
-            .map(|e| Extent {
-                file: renumber[e.file],
-                ..e
-            })
-            .collect::<Vec<_>>();
-        index.insert(pid, extents);
-        eager.extend(
-            reads
-                .iter()
-                .map(|e| (renumber[e.file], e.offset, e.offset + e.len())),
-        );
-    }
-    let mut maps = Vec::with_capacity(files.len());
-    let mut pieces = Vec::with_capacity(files.len());
-    for (n, path) in files.iter().enumerate() {
-        let used = index.values().flatten().filter(|e| e.file == n);
-        let needed = used.map(|e| e.offset + e.len()).max().unwrap_or(0);
-        let map_error = |source| PageServerError::Map {
-            path: path.clone(),
-            source,
-        };
-        let file = File::open(path).map_err(map_error)?;
-        let mapping = overboot_handover::map_read_only(&file).map_err(map_error)?;
-        if (mapping.len() as u64) < needed {
-            return Err(map_error(std::io::Error::other(format!(
-                "{} bytes, its pagemap needs {needed}",
-                mapping.len()
-            ))));
-        }
-        let map = mapping;
-        let digests = path
-            .strip_prefix(&root)
-            .ok()
-            .and_then(|rel| ssm.manifest().files.get(rel.to_str()?))
-            .filter(|entry| {
-                entry.chunks.len() as u64 == entry.size.div_ceil(overboot_handover::CHUNK_BYTES)
-                    && entry.size == map.len() as u64
-            })
-            .map(|entry| entry.chunks.clone())
-            .unwrap_or_default();
-        pieces.push(Pieces {
-            path: path.clone(),
-            size: map.len(),
-            checked: vec![false; digests.len()],
-            digests,
-        });
-        maps.push(map);
-    }
-    let mut spans: EagerSpans = vec![Vec::new(); files.len()];
-    for (file, start, end) in eager {
-        spans[file].push((start, end));
-    }
-    Ok((maps, pieces, index, spans, flat))
-}
-
-/// Writes [`crate::new::lazy::PIECES`] in `dir`: the pieces of each page file (by map-relative
-/// path) that the restore itself reads nothing from, for its gate to leave: this server
-/// checks each piece it reads from before its first page goes in, and nothing reads the others
-/// (pages a later round or the dump wrote again). Best effort: without the file the gate
-/// checks everything.
-fn write_served_pieces(dir: &Path, map: &Path, pieces: &[Pieces], eager: &EagerSpans) {
-    let root = std::fs::canonicalize(map).unwrap_or_else(|_| map.to_path_buf());
-    let mut served = std::collections::BTreeMap::new();
-    for (file, reads) in pieces.iter().zip(eager) {
-        let Some(rel) = file.path.strip_prefix(&root).ok().and_then(Path::to_str) else {
-            continue;
-        };
-        if file.digests.is_empty() {
-            continue; // no piece digests: the gate checks the file whole
-        }
-        let size = u64::try_from(file.size).unwrap_or(u64::MAX);
-        let left = crate::new::lazy::untouched_pieces(reads, size, overboot_handover::CHUNK_BYTES);
-        if !left.is_empty() {
-            served.insert(rel.to_string(), left);
-        }
-    }
-    if let Ok(json) = serde_json::to_vec(&served) {
-        let tmp = dir.join(format!("{}.tmp", crate::new::lazy::PIECES));
-        if std::fs::write(&tmp, json).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join(crate::new::lazy::PIECES));
-        }
-    }
-}
-
-/// What the CLI says failed when a page server stops before every page is back (the head of
-/// the error chain it prints, whether the server runs as the verb or as a fork of the agent).
-pub const FAILED: &str = "serving the lazy restore's pages";
 
 /// [`serve`], then its summary ([`Summary::line`]) on stderr: the log's last line.
 pub fn serve_and_log(dir: &Path, map: &Path) -> Result<(), PageServerError> {
@@ -985,59 +624,5 @@ mod tests {
             checked: Vec::new(),
         };
         server.check(0, mib, 4096).unwrap();
-    }
-
-    #[test]
-    fn the_progress_line_counts_since_the_last_one_and_what_is_left() {
-        let before = Summary {
-            faults: 10,
-            fault_pages: 100,
-            background_pages: 256,
-            ..Summary::default()
-        };
-        let now = Summary {
-            faults: 15,
-            fault_pages: 180,
-            background_pages: 256 + 2 * 256,
-            ..before.clone()
-        };
-        assert_eq!(
-            progress_line(Duration::from_millis(10_400), &before, &now, 1024),
-            "10 s after the restore: 5 faults (80 pages) and 2 MiB in the background since the \
-             last line, 4 MiB left"
-        );
-        let line = Summary {
-            slowest_fault_us: 2_350,
-            ..now
-        }
-        .line(Duration::from_secs(1));
-        assert!(line.contains("the slowest answered in 2.4 ms"), "{line}");
-    }
-
-    #[test]
-    fn events_decode_from_the_kernel_layout() {
-        let mut msg = [0u8; MSG_SIZE];
-        msg[0] = UFFD_EVENT_PAGEFAULT;
-        msg[16..24].copy_from_slice(&0x7f00_1234u64.to_ne_bytes());
-        assert_eq!(Event::decode(&msg), Event::Fault(0x7f00_1000));
-        msg[0] = UFFD_EVENT_FORK;
-        msg[8..12].copy_from_slice(&9i32.to_ne_bytes());
-        assert_eq!(Event::decode(&msg), Event::Fork(9));
-        msg[0] = UFFD_EVENT_REMAP;
-        msg[8..16].copy_from_slice(&1u64.to_ne_bytes());
-        msg[16..24].copy_from_slice(&2u64.to_ne_bytes());
-        msg[24..32].copy_from_slice(&3u64.to_ne_bytes());
-        assert_eq!(
-            Event::decode(&msg),
-            Event::Remap {
-                from: 1,
-                to: 2,
-                len: 3
-            }
-        );
-        msg[0] = UFFD_EVENT_UNMAP;
-        assert_eq!(Event::decode(&msg), Event::Drop { start: 1, end: 2 });
-        msg[0] = 0x99;
-        assert_eq!(Event::decode(&msg), Event::Other(0x99));
     }
 }
