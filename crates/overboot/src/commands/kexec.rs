@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use overboot_kexec::{KernelImage, LoadRequest};
 
-use super::{print, CommandError};
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot kexec`.
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::CommandError;
+use super::error::CommandError;
 
 /// Arguments of `serve-pages`.
 #[derive(Debug, clap::Args)]

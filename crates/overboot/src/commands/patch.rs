@@ -8,7 +8,7 @@ use std::time::Duration;
 use overboot_livepatch::runtime::{self, SYSFS};
 use overboot_livepatch::{BuildRequest, LivePatch};
 
-use super::CommandError;
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot patch`.
 #[derive(Debug, clap::Args)]
@@ -120,7 +120,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
                 .iter()
                 .map(|f| f.old_name.as_str())
                 .collect();
-            super::print(
+            print(
                 json,
                 &format!(
                     "built {} for {} ({}): patches {}; livepatch relocations to {}",
@@ -139,7 +139,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         }
         Action::Apply { module, timeout } => {
             let info = runtime::apply(&module, &root, Duration::from_secs(timeout))?;
-            super::print(
+            print(
                 json,
                 &format!("applied {} ({})", info.name, info.release()),
                 &serde_json::json!({ "applied": info.name, "release": info.release() }),
@@ -156,11 +156,11 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
                     .collect::<Vec<_>>()
                     .join("\n")
             };
-            super::print(json, &human, &patches)
+            print(json, &human, &patches)
         }
         Action::Revert { name, timeout } => {
             runtime::revert(&name, &root, Duration::from_secs(timeout))?;
-            super::print(
+            print(
                 json,
                 &format!("reverted {name}"),
                 &serde_json::json!({ "reverted": name }),
@@ -168,7 +168,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         }
         Action::Replace { module, timeout } => {
             let (info, replaced) = runtime::replace(&module, &root, Duration::from_secs(timeout))?;
-            super::print(
+            print(
                 json,
                 &format!(
                     "applied {} replacing {}",
@@ -187,26 +187,4 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
 
 fn human_line(p: &LivePatch) -> String {
     format!("{} {} {}", p.name, p.state(), p.functions.join(" "))
-}
-
-/// Exit class of a failed build: refusals of the patch are bad input.
-pub fn build_class(e: &overboot_livepatch::BuildError) -> overboot::ExitClass {
-    if e.is_refusal() {
-        overboot::ExitClass::BadInput
-    } else {
-        overboot::ExitClass::Internal
-    }
-}
-
-/// Exit class of a failed apply, list, revert or replace.
-pub fn runtime_class(e: &overboot_livepatch::RuntimeError) -> overboot::ExitClass {
-    use overboot::ExitClass as X;
-    use overboot_livepatch::runtime::RuntimeErrorClass as R;
-    match e.class() {
-        R::Permission => X::Permission,
-        R::BadInput => X::BadInput,
-        R::Nothing => X::Nothing,
-        R::Busy => X::Resources,
-        R::Other => X::Internal,
-    }
 }

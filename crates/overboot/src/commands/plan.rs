@@ -3,7 +3,7 @@
 use overboot::old::effects::HostEffects;
 
 use super::args::UpdateArgs;
-use super::{print, CommandError};
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot plan`: those of `update`.
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,7 @@ use overboot::new::agent::HostAgent;
 use overboot::new::resume::{self, ResumeOptions};
 use overboot::new::supervise::{self as rollback, Supervised};
 
-use super::{print, CommandError};
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot resume`.
 #[derive(Debug, clap::Args)]
@@ -47,26 +47,27 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let mut worker = || {
         // A fork of this agent when it can (see `overboot::forked`): no second start of the
         // program inside the blackout.
-        let output =
-            match overboot::host::forked::output_of(|| super::exit_code(work(&options, json)))? {
-                Some(output) => output,
-                None => {
-                    let mut cmd = Command::new(rollback::worker_program());
-                    if json {
-                        cmd.arg("--json");
-                    }
-                    cmd.args(["resume", "--worker", "--cmdline-file"])
-                        .arg(&args.cmdline_file)
-                        .arg("--state-dir")
-                        .arg(&state)
-                        .arg("--work-dir")
-                        .arg(&args.work_dir)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::inherit())
-                        .stderr(Stdio::piped());
-                    cmd.output()?
+        let output = match overboot::host::forked::output_of(|| {
+            super::error::exit_code(work(&options, json))
+        })? {
+            Some(output) => output,
+            None => {
+                let mut cmd = Command::new(rollback::worker_program());
+                if json {
+                    cmd.arg("--json");
                 }
-            };
+                cmd.args(["resume", "--worker", "--cmdline-file"])
+                    .arg(&args.cmdline_file)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .arg("--work-dir")
+                    .arg(&args.work_dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::piped());
+                cmd.output()?
+            }
+        };
         // Show the worker's errors as they are; the supervisor acts on its record.
         let _ = std::io::stderr().write_all(&output.stderr);
         Ok(output.status)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use overboot::model::report::{state_dir, Report};
 
-use super::{print, CommandError};
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot status`.
 #[derive(Debug, clap::Args)]

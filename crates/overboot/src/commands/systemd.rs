@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use overboot::host::systemd::{self, SystemdError};
 
-use super::{print, CommandError};
+use super::error::{print, CommandError};
 
 /// Arguments of `overboot systemd`.
 #[derive(Debug, clap::Args)]

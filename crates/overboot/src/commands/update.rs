@@ -6,7 +6,7 @@ use overboot::old::effects::HostEffects;
 use overboot::old::update;
 
 use super::args::UpdateArgs;
-use super::CommandError;
+use super::error::CommandError;
 
 /// Arguments of `overboot update`.
 #[derive(Debug, clap::Args)]

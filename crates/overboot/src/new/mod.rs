@@ -5,8 +5,10 @@
 //! the peers, and the report.
 
 pub mod agent;
+pub mod error;
 pub mod lazy;
 pub mod nudge;
+pub mod options;
 pub mod prepare;
 pub mod restore;
 pub mod resume;

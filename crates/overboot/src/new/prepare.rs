@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use overboot_checkpoint::NetworkLockMode;
 use overboot_handover::{DeferredFiles, HandoverError, Manifest, PreservedTree, SaveStateMap};
 
+use super::error::ResumeError;
+use super::options::ResumeOptions;
 use super::restore::TreeJob;
-use super::resume::{ResumeError, ResumeOptions};
 use super::timens;
 use crate::model::fault::{self, Fault};
 use crate::model::images::{is_memory_pages, restore_dir};

@@ -14,103 +14,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use overboot_handover::{DeferredFiles, HandoverError, Manifest, SaveStateMap};
+use overboot_handover::{DeferredFiles, Manifest, SaveStateMap};
 
 use super::agent::Agent;
+pub use super::error::ResumeError;
+pub use super::options::ResumeOptions;
 use super::prepare;
 use super::restore::{TreeFailure, TreeJob};
 use crate::model::fault::Fault;
 use crate::model::files;
 use crate::model::phases::{Phase, Phases};
 use crate::model::records::RollbackRecord;
-use crate::model::report::{self, LazyPages, Outcome, Pending, Report, ReportError, TreeReport};
-
-/// Why the agent could not bring the trees back.
-#[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
-    /// The map could not be located from the command line.
-    #[error("cannot locate the Save State Map from the kernel command line")]
-    Locate(#[source] HandoverError),
-    /// The map is corrupt, incomplete or of an unknown version: no restored task ran (a bad
-    /// memory page file is found while the trees are restored, and aborts them all).
-    #[error("the Save State Map at {path} failed verification; no restored task ran")]
-    Verify {
-        path: PathBuf,
-        #[source]
-        source: HandoverError,
-    },
-    /// A preserved pid is in use in this kernel.
-    #[error("pid {pid} of {tree} is taken in this kernel by {comm:?}; nothing was restored")]
-    PidTaken {
-        tree: String,
-        pid: i32,
-        comm: String,
-    },
-    /// A carried file could not be put back.
-    #[error("cannot put back carried file {path}")]
-    CarriedFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Restoring a tree failed (every tree was then aborted before running).
-    #[error("restore of {tree} failed; no restored task ran")]
-    Restore {
-        tree: String,
-        #[source]
-        source: Box<TreeFailure>,
-    },
-    /// The restore directory could not be prepared.
-    #[error("preparing {path} for the restore")]
-    Scratch {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// An image of a tree could not be prepared (clock record, TCP stream record).
-    #[error("preparing the images of {tree}")]
-    Images {
-        tree: String,
-        #[source]
-        source: overboot_checkpoint::images::ImageError,
-    },
-    /// The network configuration could not be re-applied.
-    #[error("re-applying the network configuration under the lock")]
-    Network(#[from] crate::host::network::NetworkError),
-    /// A restored process is not alive.
-    #[error("{tree}: restored pid {pid} is not alive")]
-    NotAlive { tree: String, pid: i32 },
-    /// Writing the report failed.
-    #[error("report")]
-    Report(#[from] ReportError),
-}
-
-impl ResumeError {
-    /// The exit class.
-    pub fn class(&self) -> crate::ExitClass {
-        use crate::ExitClass as E;
-        match self {
-            ResumeError::Locate(_) | ResumeError::Verify { .. } => E::Handover,
-            ResumeError::Report(_) => E::Internal,
-            _ => E::Restore,
-        }
-    }
-}
-
-/// Options of the agent.
-#[derive(Debug, Clone)]
-pub struct ResumeOptions {
-    /// The kernel command line to read the map location from (`/proc/cmdline`).
-    pub cmdline: String,
-    /// Persistent state directory.
-    pub state_dir: PathBuf,
-    /// Scratch space in RAM for the restore (`/run/overboot`).
-    pub work_dir: PathBuf,
-    /// A fault to inject (tests only; from the kernel command line).
-    pub fault: Option<Fault>,
-    /// This boot is a rollback onto the old kernel.
-    pub rollback: bool,
-}
+use crate::model::report::{self, LazyPages, Outcome, Pending, Report, TreeReport};
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use overboot_handover::{DirectoryStore, InitrdStore, SaveStateMap, Store};
 use overboot_kexec::LoadRequest;
 
-use super::resume::ResumeOptions;
+use super::options::ResumeOptions;
 use crate::model::files::{self, RESTORED_LIST};
 pub use crate::model::records::RollbackRecord;
 use crate::model::records::WorkerFailure;
