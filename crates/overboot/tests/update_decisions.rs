@@ -699,10 +699,6 @@ fn the_initrd_handover_memory_counts_every_copy() {
 /// them (adopting what was restored here).
 #[test]
 fn systemd_hosts_need_a_directory_store_and_the_generator() {
-    let systemd = |generator: bool| overboot::host::systemd::Host {
-        booted: true,
-        generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
-    };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = options(dir.path());
     let mut mock = Mock {
@@ -961,15 +957,19 @@ fn run_dir(mock: &mut Mock) -> (Result<update::Staged, UpdateError>, tempfile::T
     (result, dir)
 }
 
+/// A systemd host, with or without overboot's generator.
+fn systemd(generator: bool) -> overboot::host::systemd::Host {
+    overboot::host::systemd::Host {
+        booted: true,
+        generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
+    }
+}
+
 /// `plan` runs the very checks `update` makes: for every check's failing case, `update` refuses
 /// before anything is frozen and `plan` says no with the same reason (among the others it
 /// finds); with every check passing, both say yes.
 #[test]
 fn plan_and_update_refuse_the_same_inputs() {
-    let systemd = |generator: bool| overboot::host::systemd::Host {
-        booted: true,
-        generator: generator.then(|| PathBuf::from("/etc/systemd/system-generators/x")),
-    };
     type Adjust = fn(&mut UpdateOptions, &Path);
     let cases: Vec<(&str, Mock, Adjust)> = vec![
         ("nothing to preserve", Mock::default(), |o, _| {

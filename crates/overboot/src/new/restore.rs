@@ -236,15 +236,20 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// `n` threads arriving at `barrier`.
+    fn arriving(barrier: &Arc<AllOrNothing>, n: usize) -> Vec<std::thread::JoinHandle<bool>> {
+        (0..n)
+            .map(|_| {
+                let b = Arc::clone(barrier);
+                std::thread::spawn(move || b.arrive())
+            })
+            .collect()
+    }
+
     #[test]
     fn everybody_passes_when_all_arrive() {
         let barrier = Arc::new(AllOrNothing::new(3));
-        let results: Vec<bool> = (0..3)
-            .map(|_| {
-                let b = Arc::clone(&barrier);
-                std::thread::spawn(move || b.arrive())
-            })
-            .collect::<Vec<_>>()
+        let results: Vec<bool> = arriving(&barrier, 3)
             .into_iter()
             .map(|h| h.join().unwrap())
             .collect();
@@ -254,12 +259,7 @@ mod tests {
     #[test]
     fn one_failure_aborts_everybody() {
         let barrier = Arc::new(AllOrNothing::new(3));
-        let waiting: Vec<_> = (0..2)
-            .map(|_| {
-                let b = Arc::clone(&barrier);
-                std::thread::spawn(move || b.arrive())
-            })
-            .collect();
+        let waiting = arriving(&barrier, 2);
         std::thread::sleep(std::time::Duration::from_millis(50));
         barrier.fail();
         for h in waiting {

@@ -138,6 +138,17 @@ impl HostEffects {
         }
     }
 
+    /// A feature CRIU reports (`false`, logged, when it cannot be asked).
+    fn feature(&mut self, pick: fn(&overboot_checkpoint::Features) -> bool, what: &str) -> bool {
+        match self.criu.features() {
+            Ok(features) => pick(&features),
+            Err(e) => {
+                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for {what}");
+                false
+            }
+        }
+    }
+
     fn held_units(&self) -> Vec<String> {
         crate::host::systemd::unit_names(self.held.iter().filter_map(|t| t.unit.as_ref()))
     }
@@ -217,23 +228,11 @@ impl Effects for HostEffects {
     }
 
     fn memory_tracking(&mut self) -> bool {
-        match self.criu.features() {
-            Ok(features) => features.mem_track,
-            Err(e) => {
-                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for memory tracking: no pre-copy");
-                false
-            }
-        }
+        self.feature(|f| f.mem_track, "memory tracking: no pre-copy")
     }
 
     fn lazy_pages(&mut self) -> bool {
-        match self.criu.features() {
-            Ok(features) => features.lazy_pages,
-            Err(e) => {
-                tracing::warn!(error = %overboot_checkpoint::error_chain(&e), "cannot ask CRIU for lazy pages");
-                false
-            }
-        }
+        self.feature(|f| f.lazy_pages, "lazy pages")
     }
 
     fn pre_dump(
