@@ -6,19 +6,11 @@ use super::args::UpdateArgs;
 use super::error::{print, CommandError};
 
 /// Arguments of `overboot plan`: those of `update`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    update: UpdateArgs,
-}
+pub type Args = UpdateArgs;
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let options = args.update.options();
-    let mut effects = HostEffects::new(
-        options.network_lock,
-        &options.work_dir,
-        options.criu_log_level,
-    );
+    let options = args.options();
+    let mut effects = HostEffects::for_update(&options);
     let plan = overboot::old::plan::make(&mut effects, &options);
     print(json, plan.human().trim_end(), &plan)?;
     if plan.ok {

@@ -9,14 +9,10 @@ use super::args::UpdateArgs;
 use super::error::CommandError;
 
 /// Arguments of `overboot update`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    update: UpdateArgs,
-}
+pub type Args = UpdateArgs;
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let options = args.update.options();
+    let options = args.options();
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
@@ -28,11 +24,7 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
             tracing::info!(step, "progress");
         }
     };
-    let mut effects = HostEffects::new(
-        options.network_lock,
-        &options.work_dir,
-        options.criu_log_level,
-    );
+    let mut effects = HostEffects::for_update(&options);
     update::run(&mut effects, &options, &mut progress)?;
     Ok(())
 }

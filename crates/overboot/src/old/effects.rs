@@ -138,6 +138,15 @@ impl HostEffects {
         }
     }
 
+    /// The real system for the update `options` ask for.
+    pub fn for_update(options: &super::options::UpdateOptions) -> HostEffects {
+        HostEffects::new(
+            options.network_lock,
+            &options.work_dir,
+            options.criu_log_level,
+        )
+    }
+
     /// A feature CRIU reports (`false`, logged, when it cannot be asked).
     fn feature(&mut self, pick: fn(&overboot_checkpoint::Features) -> bool, what: &str) -> bool {
         match self.criu.features() {
