@@ -278,6 +278,10 @@ pub struct Manifest {
     /// absent means no.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lazy_restore: bool,
+    /// What the old kernel's checks could not vouch for (e.g. a kernel newer than any the
+    /// checkpoint engine was checked against), for the report; absent means none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Just enough of a manifest to decide whether the rest can be read.
@@ -455,6 +459,7 @@ mod tests {
             phases: BTreeMap::from([("freeze".into(), 12), ("dump".into(), 340)]),
             criu_log_level: Some(2),
             lazy_restore: true,
+            warnings: vec!["the target kernel 7.4.1 is newer than any kernel checked".into()],
         }
     }
 

@@ -510,4 +510,42 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     }
     fail_with_journal(&mut guest, &new, &failures);
     redis_round_trip(addr, "after the restart on 7.3");
+    engine_too_old_to_leave(&mut guest, &old, &new);
+}
+
+/// Leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen: it cannot dump
+/// a TCP socket on Linux 6.16 and later (SO_PASSCRED); `plan` and `update` both name the CRIU
+/// release that copes, exit 5, and Redis runs on untouched.
+fn engine_too_old_to_leave(guest: &mut Guest, old: &str, new: &str) {
+    let version = guest
+        .run("criu --version | head -1", CMD)
+        .expect("criu --version")
+        .text();
+    eprintln!("trixie: {} on {new}", version.trim());
+    if !version.contains("4.1") {
+        eprintln!("trixie: the guest's CRIU is not 4.1: the refusal is not checked");
+        return;
+    }
+    let main = main_pid(guest, "redis-server");
+    let back = format!("--kernel /boot/vmlinuz-{old} --initrd /boot/initrd.img-{old}");
+    for verb in ["plan", "update"] {
+        let out = guest
+            .run(
+                &format!("overboot {verb} {back} --preserve unit:redis-server"),
+                CMD,
+            )
+            .expect("overboot");
+        let text = out.text();
+        assert_eq!(out.status, 5, "{verb} from {new} with CRIU 4.1: {text}");
+        assert!(
+            text.contains("4.2 or newer") && text.contains("1:16"),
+            "{verb} does not name the CRIU needed and the failure: {text}"
+        );
+    }
+    assert_eq!(
+        main_pid(guest, "redis-server"),
+        main,
+        "a refused update touched Redis"
+    );
+    assert_active(guest, "redis-server");
 }

@@ -44,6 +44,10 @@ struct Mock {
     fail_end_stopped: bool,
     /// The network lock cannot be set up.
     fail_network: bool,
+    /// The running kernel's release (default 6.1.0-47).
+    running: Option<String>,
+    /// The engine's version (default 3.17.1).
+    engine: Option<String>,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -67,6 +71,12 @@ fn tree(pid: i32) -> TreeInfo {
 }
 
 impl Effects for Mock {
+    fn running_release(&mut self) -> String {
+        self.running
+            .clone()
+            .unwrap_or_else(|| "6.1.0-47-cloud-amd64".into())
+    }
+
     fn kexec_preflight(&mut self) -> Result<(), KexecError> {
         self.log.push("preflight".into());
         if self.fail_preflight {
@@ -111,7 +121,7 @@ impl Effects for Mock {
                 stderr: "no criu".into(),
             });
         }
-        Ok("3.17.1".into())
+        Ok(self.engine.clone().unwrap_or_else(|| "3.17.1".into()))
     }
 
     fn check_network(&mut self, _trees: &[TreeInfo]) -> Result<(), NetworkError> {
@@ -1039,6 +1049,15 @@ fn plan_and_update_refuse_the_same_inputs() {
             |_, _| {},
         ),
         ("lazy pages", Mock::default(), |o, _| o.lazy_restore = true),
+        // CRIU 3.17 cannot run on 6.13 and later: leaving such a kernel is refused.
+        (
+            "engine too old",
+            Mock {
+                running: Some("6.13.2".into()),
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
     ];
     for (case, mock, adjust) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1105,6 +1124,8 @@ fn clone_mock(m: &Mock) -> Mock {
         fail_target: m.fail_target,
         fail_engine: m.fail_engine,
         fail_network: m.fail_network,
+        running: m.running.clone(),
+        engine: m.engine.clone(),
         memory: m.memory,
         systemd: m.systemd.clone(),
         lazy: m.lazy,

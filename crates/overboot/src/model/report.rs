@@ -159,6 +159,9 @@ pub struct Report {
     /// Bytes the dump wrote after the freeze (see [`Pending::frozen_dump_bytes`]).
     #[serde(default)]
     pub frozen_dump_bytes: u64,
+    /// What the old kernel's checks could not vouch for (see `old::compat`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -235,6 +238,9 @@ impl Report {
             "update {}: {} → {}: {outcome}\n",
             self.id, self.from, self.to
         ));
+        for warning in &self.warnings {
+            out.push_str(&format!("  WARNING: {warning}\n"));
+        }
         if let Some(detail) = &self.detail {
             out.push_str(&format!("  {detail}\n"));
         }

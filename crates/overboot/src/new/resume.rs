@@ -125,6 +125,7 @@ pub fn run(agent: &mut dyn Agent, options: &ResumeOptions) -> Result<Option<Repo
             .map(|p| p.pre_copy.clone())
             .unwrap_or_default(),
         frozen_dump_bytes: pending.as_ref().map_or(0, |p| p.frozen_dump_bytes),
+        warnings: manifest.warnings.clone(),
     };
     report.save(&options.state_dir)?;
     let _ = std::fs::remove_file(files::pending(&options.state_dir));

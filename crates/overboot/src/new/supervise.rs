@@ -136,6 +136,7 @@ fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
         logs: Vec::new(),
         pre_copy: Vec::new(),
         frozen_dump_bytes: 0,
+        warnings: Vec::new(),
     };
     if let Err(e) = report.save(&options.state_dir) {
         tracing::error!(error = %e, "cannot write the failure report");

@@ -6,7 +6,8 @@
 //! ```text
 //!  targets given ─► no lazy server still serving ─► kexec allowed ─► kernel image ─► initrd
 //!    ─► targets (each tree) ─► systemd host: directory store, generator ─► store: room
-//!       (directory) or memory (initrd) ─► network lock ─► checkpoint engine ─► lazy pages
+//!       (directory) or memory (initrd) ─► network lock ─► checkpoint engine, and its version
+//!       against both kernels ([`super::compat`]) ─► lazy pages
 //! ```
 
 use overboot_kexec::KernelImage;
@@ -42,6 +43,8 @@ pub struct Findings {
     pub handover_bytes: u64,
     /// With the initrd store: memory needed beyond what is in use now, and what is available.
     pub memory: Option<(u64, u64)>,
+    /// What is not known to work (kernels newer than the engine's table): said, not refused.
+    pub warnings: Vec<String>,
 }
 
 /// The list's outcome.
@@ -63,12 +66,24 @@ impl Checked {
     }
 }
 
-/// `update`'s checks: the kernel image, the trees and the engine's version when all pass,
-/// the first refusal otherwise.
+/// What `update` goes on with once every check passed.
+#[derive(Debug)]
+pub struct Passed {
+    /// The new kernel.
+    pub image: KernelImage,
+    /// The trees to carry.
+    pub trees: Vec<TreeInfo>,
+    /// The checkpoint engine's version.
+    pub engine: String,
+    /// What is not known to work, for the report.
+    pub warnings: Vec<String>,
+}
+
+/// `update`'s checks: what it goes on with when all pass, the first refusal otherwise.
 pub fn first_refusal(
     effects: &mut dyn Effects,
     options: &UpdateOptions,
-) -> Result<(KernelImage, Vec<TreeInfo>, String), UpdateError> {
+) -> Result<Passed, UpdateError> {
     let mut checked = run(effects, options, Mode::FirstRefusal);
     if let Some(error) = checked.refusals.pop() {
         return Err(error);
@@ -77,10 +92,16 @@ pub fn first_refusal(
         image,
         trees,
         engine,
+        warnings,
         ..
     } = checked.findings;
     match (image, engine) {
-        (Some(image), Some(engine)) => Ok((image, trees, engine)),
+        (Some(image), Some(engine)) => Ok(Passed {
+            image,
+            trees,
+            engine,
+            warnings,
+        }),
         // Every check that leaves these empty refuses.
         _ => Err(UpdateError::NoTargets),
     }
@@ -121,7 +142,10 @@ fn run_into(
         }
     }
     match effects.probe_engine() {
-        Ok(version) => checked.findings.engine = Some(version),
+        Ok(version) => {
+            engine_against_kernels(effects, &version, mode, checked)?;
+            checked.findings.engine = Some(version);
+        }
         Err(e) => checked.refuse(mode, UpdateError::Engine(Box::new(e)))?,
     }
     if options.lazy_restore && !effects.lazy_pages() {
@@ -244,6 +268,30 @@ fn store(
                 checked.refuse(mode, UpdateError::Memory { needed, available })?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The engine's version against the running kernel (the dump) and the new one (the restore).
+fn engine_against_kernels(
+    effects: &mut dyn Effects,
+    version: &str,
+    mode: Mode,
+    checked: &mut Checked,
+) -> Result<(), ()> {
+    let Some(target) = checked.findings.image.as_ref().map(|i| i.release.clone()) else {
+        return Ok(());
+    };
+    let running = effects.running_release();
+    let tcp = checked
+        .findings
+        .trees
+        .iter()
+        .any(|t| t.fds.keys().any(|k| k.starts_with("socket:tcp")));
+    let verdict = super::compat::judge(version, &running, &target, tcp);
+    checked.findings.warnings.extend(verdict.warnings);
+    for refusal in verdict.refusals {
+        checked.refuse(mode, UpdateError::EngineTooOld(Box::new(refusal)))?;
     }
     Ok(())
 }

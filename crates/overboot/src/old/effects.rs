@@ -29,6 +29,8 @@ pub trait Effects {
     fn lazy_still_serving(&mut self, work_dir: &Path) -> Option<(String, i32)> {
         crate::host::served::still_serving(work_dir)
     }
+    /// The running kernel's release.
+    fn running_release(&mut self) -> String;
     /// Checks the host allows kexec (root, sysctl).
     fn kexec_preflight(&mut self) -> Result<(), KexecError>;
     /// Inspects the new kernel image.
@@ -168,6 +170,10 @@ impl HostEffects {
 const END_STOPPED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Effects for HostEffects {
+    fn running_release(&mut self) -> String {
+        crate::host::proc::release()
+    }
+
     fn kexec_preflight(&mut self) -> Result<(), KexecError> {
         overboot_kexec::preflight()
     }

@@ -38,6 +38,9 @@ pub enum UpdateError {
     /// CRIU is missing or does not work on this kernel (nothing was frozen).
     #[error("the checkpoint engine cannot run here (nothing was frozen)")]
     Engine(#[source] Box<CheckpointError>),
+    /// The engine is known to fail on one of the two kernels (nothing was frozen).
+    #[error("the checkpoint engine is too old for this update (nothing was frozen): {0}")]
+    EngineTooOld(Box<super::compat::Refusal>),
     /// Dumping a tree failed; CRIU resumed it, and every tree dumped before was restored.
     #[error("checkpoint of {tree} failed; {recovery}")]
     Dump {
@@ -140,7 +143,8 @@ impl UpdateError {
             | UpdateError::Memory { .. }
             | UpdateError::SystemdInitrd { .. }
             | UpdateError::NoGenerator
-            | UpdateError::LazyStillServing { .. } => E::BadInput,
+            | UpdateError::LazyStillServing { .. }
+            | UpdateError::EngineTooOld(_) => E::BadInput,
             UpdateError::LazyUnsupported => E::Checkpoint,
             UpdateError::Hold(_) => E::Internal,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {

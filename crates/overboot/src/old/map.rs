@@ -13,13 +13,23 @@ use super::options::UpdateOptions;
 use crate::host::target::TreeInfo;
 use crate::model::phases::{Phase, Phases};
 
+/// What the map says besides the dumped trees.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    /// The new kernel.
+    pub image: &'a KernelImage,
+    /// The trees carried (their tmpfs files go into the map).
+    pub trees: &'a [TreeInfo],
+    /// What the checks could not vouch for, for the report.
+    pub warnings: &'a [String],
+}
+
 /// Captures the network state and writes the map. A failure restores the dumped trees here.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     effects: &mut dyn Effects,
     options: &UpdateOptions,
-    image: &KernelImage,
-    trees: &[TreeInfo],
+    content: Content<'_>,
     mut writer: MapWriter,
     frozen: Frozen,
     dumped: &[Dumped],
@@ -41,7 +51,12 @@ pub fn write(
         Phase::WriteMap,
         || -> Result<SaveStateMap, HandoverError> {
             let mut carried = Vec::new();
-            for (i, path) in trees.iter().flat_map(|t| t.tmpfs_files.iter()).enumerate() {
+            for (i, path) in content
+                .trees
+                .iter()
+                .flat_map(|t| t.tmpfs_files.iter())
+                .enumerate()
+            {
                 carried.push(writer.carry_file(path, &format!("files/{i}"))?);
             }
             for Dumped { images, .. } in dumped {
@@ -58,7 +73,7 @@ pub fn write(
                     boot_id: crate::host::proc::boot_id(),
                 },
                 to: TargetKernel {
-                    release: image.release.clone(),
+                    release: content.image.release.clone(),
                     boot_id: None,
                 },
                 clocks: frozen.clocks,

@@ -34,6 +34,9 @@ pub struct Plan {
     pub ok: bool,
     /// Every reason it would not.
     pub problems: Vec<String>,
+    /// What the checks cannot vouch for (e.g. a kernel newer than the checkpoint engine's
+    /// table of known breakages): `update` goes ahead and says so in its report.
+    pub warnings: Vec<String>,
     /// The running kernel's release.
     pub from: String,
     /// The new kernel, when it passed inspection.
@@ -111,6 +114,7 @@ pub fn make(effects: &mut dyn Effects, options: &UpdateOptions) -> Plan {
     Plan {
         ok: problems.is_empty(),
         problems,
+        warnings: findings.warnings.clone(),
         from: crate::host::proc::release(),
         to: findings.image.as_ref().map(|i| i.release.clone()),
         kexec: kexec_state(),
@@ -217,6 +221,9 @@ impl Plan {
                 "  live patches of the running kernel (not carried): {}\n",
                 self.livepatches.join(", ")
             ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("  WARNING: {w}\n"));
         }
         if self.ok {
             out.push_str("  verdict: update can proceed\n");

@@ -50,10 +50,20 @@ pub fn run(
 ) -> Result<Staged, UpdateError> {
     let mut phases = Phases::default();
     progress("checking the new kernel, the targets and CRIU");
-    let (image, trees, engine) = phases.run(Phase::Check, || {
+    let passed = phases.run(Phase::Check, || {
         super::check::first_refusal(effects, options)
     })?;
+    let super::check::Passed {
+        image,
+        trees,
+        engine,
+        warnings,
+    } = passed;
     tracing::info!(release = %image.release, engine = %engine, trees = trees.len(), "checks passed");
+    for warning in &warnings {
+        tracing::warn!(%warning, "not known to work");
+        progress(&format!("warning: {warning}"));
+    }
 
     let id = new_id();
     let map_dir = match &options.handover {
@@ -84,8 +94,11 @@ pub fn run(
         let map = super::map::write(
             effects,
             options,
-            &image,
-            &trees,
+            super::map::Content {
+                image: &image,
+                trees: &trees,
+                warnings: &warnings,
+            },
             writer,
             frozen,
             &dumped,
