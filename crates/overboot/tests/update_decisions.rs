@@ -1132,3 +1132,46 @@ fn clone_mock(m: &Mock) -> Mock {
         ..Mock::default()
     }
 }
+
+/// Every attempt leaves a report `overboot status` shows: a refusal by the checks says so and
+/// why; a failure after the freeze says what became of the trees; `status --all` lists both.
+#[test]
+fn every_failed_attempt_leaves_a_report() {
+    use overboot::model::report::{Outcome, Report};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path());
+    let mut refused = Mock {
+        fail_engine: true,
+        ..Mock::default()
+    };
+    update::run(&mut refused, &opts, &mut |_| {}).expect_err("refused");
+    let last = Report::last(&opts.state_dir).expect("a report of the refusal");
+    assert_eq!(last.outcome, Outcome::Refused);
+    let detail = last.detail.unwrap_or_default();
+    assert!(
+        detail.contains("checkpoint engine cannot run") && detail.contains("no criu"),
+        "{detail}"
+    );
+    assert_eq!(last.from, "6.1.0-47-cloud-amd64");
+
+    // Two seconds apart at least: report ids sort by UTC seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut failed = Mock {
+        fail_dump_of: Some(200),
+        ..Mock::default()
+    };
+    update::run(&mut failed, &opts, &mut |_| {}).expect_err("second dump fails");
+    let last = Report::last(&opts.state_dir).expect("a report of the failure");
+    assert_eq!(last.outcome, Outcome::Failed);
+    let detail = last.detail.unwrap_or_default();
+    assert!(
+        detail.contains("restored on this kernel: pid-100"),
+        "{detail}"
+    );
+    assert!(last.phases.contains_key("check") && last.phases.contains_key("freeze_dump"));
+
+    let all = Report::all(&opts.state_dir).expect("history");
+    let outcomes: Vec<_> = all.iter().map(|r| r.outcome.clone()).collect();
+    assert_eq!(outcomes, [Outcome::Refused, Outcome::Failed]);
+    assert!(all[1].line().contains("failed"), "{}", all[1].line());
+}

@@ -1,4 +1,5 @@
-//! `overboot status`: the last update's report.
+//! `overboot status`: the last update's report (every attempt leaves one: resumed, rolled
+//! back, failed, refused); `--all` the history.
 
 use std::path::PathBuf;
 
@@ -12,9 +13,18 @@ pub struct Args {
     /// Persistent state directory; default $OVERBOOT_STATE_DIR or /var/lib/overboot.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Every report kept, oldest first, one line each (`--json`: the whole reports).
+    #[arg(long)]
+    all: bool,
 }
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let report = Report::last(&args.state_dir.unwrap_or_else(state_dir))?;
+    let state = args.state_dir.unwrap_or_else(state_dir);
+    if args.all {
+        let reports = Report::all(&state)?;
+        let lines: Vec<String> = reports.iter().map(Report::line).collect();
+        return print(json, &lines.join("\n"), &reports);
+    }
+    let report = Report::last(&state)?;
     print(json, report.human().trim_end(), &report)
 }

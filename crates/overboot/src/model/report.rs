@@ -56,6 +56,8 @@ pub enum Outcome {
     RolledBack,
     /// The update failed; `detail` says where and what became of the processes.
     Failed,
+    /// The checks refused the update before anything was frozen; `detail` says why.
+    Refused,
 }
 
 /// One preserved tree in the report.
@@ -164,6 +166,12 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// An id's sort key: its leading number (UTC seconds), then the rest.
+fn sortable(id: &str) -> (u64, &str) {
+    let (secs, rest) = id.split_once('-').unwrap_or((id, ""));
+    (secs.parse().unwrap_or(0), rest)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     move |source| ReportError::Io {
         path: path.to_path_buf(),
@@ -217,6 +225,37 @@ impl Report {
         Ok(path)
     }
 
+    /// Every report in `state`, oldest first (by id: UTC seconds, then the pid).
+    pub fn all(state: &Path) -> Result<Vec<Report>, ReportError> {
+        let dir = state.join(super::files::REPORTS);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut reports = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path().join("report.json");
+            if path.is_file() {
+                reports.push(read_json::<Report>(&path)?);
+            }
+        }
+        reports.sort_by(|a, b| sortable(&a.id).cmp(&sortable(&b.id)));
+        Ok(reports)
+    }
+
+    /// One line for a history.
+    pub fn line(&self) -> String {
+        let outcome = serde_json::to_value(&self.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!(
+            "{:<24} {:<12} {} → {}  blackout {} ms",
+            self.id, outcome, self.from, self.to, self.blackout_ms
+        )
+    }
+
     /// The newest report.
     pub fn last(state: &Path) -> Result<Report, ReportError> {
         let path = state.join(super::files::LAST_REPORT);
@@ -233,6 +272,7 @@ impl Report {
             Outcome::Resumed => "resumed on the new kernel",
             Outcome::RolledBack => "ROLLED BACK: every tree runs again on the old kernel",
             Outcome::Failed => "FAILED",
+            Outcome::Refused => "refused before anything was frozen",
         };
         out.push_str(&format!(
             "update {}: {} → {}: {outcome}\n",

@@ -132,6 +132,19 @@ pub enum UpdateError {
 }
 
 impl UpdateError {
+    /// Whether the update got as far as the freeze (the trees were held or dumped, and the
+    /// error says what became of them); otherwise nothing was frozen.
+    pub fn froze(&self) -> bool {
+        matches!(
+            self,
+            UpdateError::Dump { .. }
+                | UpdateError::Handover { .. }
+                | UpdateError::Switch { .. }
+                | UpdateError::Network { .. }
+                | UpdateError::EarlyLoadMismatch { .. }
+        )
+    }
+
     /// The exit class.
     pub fn class(&self) -> crate::ExitClass {
         use crate::ExitClass as E;

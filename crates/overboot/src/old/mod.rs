@@ -4,6 +4,7 @@
 //! [`freeze::restore_here`]), [`map`] (the Save State Map), [`switch`] (publish, load, jump);
 //! [`update`] strings them together over [`effects::Effects`].
 
+pub mod attempt;
 pub mod check;
 pub mod compat;
 pub mod effects;

@@ -42,13 +42,31 @@ pub fn new_id() -> String {
     format!("{secs}-{}", std::process::id())
 }
 
-/// Runs an update. Returns only if it failed, or when a mock jump returns.
+/// Runs an update. Returns only if it failed, or when a mock jump returns. A failed attempt
+/// leaves its report in the state directory (`overboot status`): refused by the checks, or
+/// failed after the freeze with what became of the trees.
 pub fn run(
     effects: &mut dyn Effects,
     options: &UpdateOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Staged, UpdateError> {
     let mut phases = Phases::default();
+    let result = attempt(effects, options, &mut phases, progress);
+    if let Err(error) = &result {
+        let report = super::attempt::failed(effects, options, error, &phases);
+        if let Err(e) = report.save(&options.state_dir) {
+            tracing::error!(error = %e, "cannot write the report of the failed update");
+        }
+    }
+    result
+}
+
+fn attempt(
+    effects: &mut dyn Effects,
+    options: &UpdateOptions,
+    phases: &mut Phases,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Staged, UpdateError> {
     progress("checking the new kernel, the targets and CRIU");
     let passed = phases.run(Phase::Check, || {
         super::check::first_refusal(effects, options)
@@ -74,10 +92,8 @@ pub fn run(
         recovery: "no tree had been stopped".into(),
         source,
     })?;
-    let early =
-        super::switch::load_early(effects, options, &map_dir, &image, &mut phases, progress)?;
-    let pre_copy =
-        super::precopy::run(effects, options, &mut writer, &trees, &mut phases, progress);
+    let early = super::switch::load_early(effects, options, &map_dir, &image, phases, progress)?;
+    let pre_copy = super::precopy::run(effects, options, &mut writer, &trees, phases, progress);
     // What is out of the running kernel from here on: every failure restores it here.
     let mut dumped: Vec<Dumped> = Vec::new();
     let result = super::freeze::freeze_all(
@@ -86,7 +102,7 @@ pub fn run(
         &trees,
         &mut writer,
         &pre_copy,
-        &mut phases,
+        phases,
         &mut dumped,
         progress,
     )
@@ -102,7 +118,7 @@ pub fn run(
             writer,
             frozen,
             &dumped,
-            &mut phases,
+            phases,
             progress,
         )?;
         super::switch::publish_load_jump(
@@ -118,7 +134,7 @@ pub fn run(
                 pre_copy,
             },
             &dumped,
-            &mut phases,
+            phases,
             progress,
         )
     });
