@@ -3,6 +3,7 @@
 
 mod args;
 mod error;
+mod guard;
 mod kexec;
 mod pages;
 mod patch;
@@ -48,6 +49,9 @@ enum Verb {
     /// The lazy restore's page server (started by the agent).
     #[command(hide = true)]
     ServePages(pages::Args),
+    /// The guardian of an update (started by `update` before its freeze).
+    #[command(hide = true)]
+    Guard(guard::Args),
 }
 
 /// Runs the parsed command line.
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Verb::Status(args) => status::run(args, cli.json),
         Verb::Systemd(args) => systemd::run(args, cli.json),
         Verb::ServePages(args) => pages::run(args),
+        Verb::Guard(args) => guard::run(args),
     }
 }

@@ -20,6 +20,11 @@ pub struct Args {
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
     let state = args.state_dir.unwrap_or_else(state_dir);
+    // An update that died before its jump left its trees frozen: bring them back first; the
+    // report below says so.
+    let work_dir = PathBuf::from("/run/overboot");
+    let mut effects = overboot::old::effects::HostEffects::new(true, &work_dir, 2);
+    let _ = overboot::old::inflight::recover_stale(&mut effects, &state);
     if args.all {
         let reports = Report::all(&state)?;
         let lines: Vec<String> = reports.iter().map(Report::line).collect();

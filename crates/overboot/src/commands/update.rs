@@ -25,6 +25,13 @@ pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
         }
     };
     let mut effects = HostEffects::for_update(&options);
+    // An update that died before its jump left its trees frozen: bring them back first.
+    if let Some(report) = overboot::old::inflight::recover_stale(&mut effects, &options.state_dir) {
+        progress(&format!(
+            "recovered an earlier update: {}",
+            report.detail.unwrap_or_default()
+        ));
+    }
     update::run(&mut effects, &options, &mut progress)?;
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! | 8 | handover failed: the Save State Map is missing, corrupt or of an unknown version |
 //! | 9 | restore failed (rolled back, or the map was kept for the operator) |
 //! | 10 | nothing to do: no kernel loaded, no report yet |
+//! | 11 | interrupted: `update` stopped at a signal (SIGINT, SIGTERM, SIGHUP); every preserved tree runs on this kernel |
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ pub enum ExitClass {
     Restore = 9,
     /// Nothing to act on.
     Nothing = 10,
+    /// Stopped by a signal; every tree runs on this kernel.
+    Interrupted = 11,
 }
 
 /// Prints a failure as the CLI does, on stderr: `overboot: error: <head>`, then each cause of

@@ -9,6 +9,7 @@
 //! ├── last-report.json   the newest report                │                     why it failed
 //! ├── reports/<id>/      one directory per update         └── <id>/...          maps, restore dirs
 //! ├── kept-maps/<secs>/  a map kept when nothing could restore it
+//! ├── inflight.json      update → its guardian: the frozen trees, until the jump
 //! └── ssm/               the default directory store on systemd hosts
 //! ```
 
@@ -26,6 +27,9 @@ pub const REPORTS: &str = "reports";
 pub const KEPT_MAPS: &str = "kept-maps";
 /// The directory store's default place on systemd hosts.
 pub const DEFAULT_STORE: &str = "ssm";
+/// An update between its freeze and its jump: what to bring back if it dies
+/// (`old::inflight`).
+pub const INFLIGHT: &str = "inflight.json";
 /// In the work dir: the trees restored so far (`name pid pid ...` per line), so that a
 /// rollback stops exactly what this update restored.
 pub const RESTORED_LIST: &str = "restored";

@@ -24,6 +24,8 @@ pub enum Phase {
     Publish,
     /// `kexec_file_load` after the freeze (initrd store).
     KexecLoad,
+    /// The jump itself (`reboot(LINUX_REBOOT_CMD_KEXEC)`; named, never timed).
+    Jump,
     /// From the jump to the agent's start (realtime clock).
     JumpToAgent,
     /// The new kernel's uptime when the agent started.
@@ -57,6 +59,7 @@ impl Phase {
             Phase::WriteMap => "write_map",
             Phase::Publish => "publish",
             Phase::KexecLoad => "kexec_load",
+            Phase::Jump => "jump",
             Phase::JumpToAgent => "jump_to_agent",
             Phase::NewKernelBoot => "new_kernel_boot",
             Phase::VerifyMap => "verify_map",

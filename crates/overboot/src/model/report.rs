@@ -58,6 +58,9 @@ pub enum Outcome {
     Failed,
     /// The checks refused the update before anything was frozen; `detail` says why.
     Refused,
+    /// `update` was stopped by a signal, or died, before the jump; `detail` says when and
+    /// what became of the trees (restored on this kernel).
+    Interrupted,
 }
 
 /// One preserved tree in the report.
@@ -273,6 +276,7 @@ impl Report {
             Outcome::RolledBack => "ROLLED BACK: every tree runs again on the old kernel",
             Outcome::Failed => "FAILED",
             Outcome::Refused => "refused before anything was frozen",
+            Outcome::Interrupted => "INTERRUPTED before the jump",
         };
         out.push_str(&format!(
             "update {}: {} → {}: {outcome}\n",

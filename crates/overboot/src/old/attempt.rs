@@ -15,7 +15,9 @@ pub fn failed(
     error: &UpdateError,
     phases: &Phases,
 ) -> Report {
-    let outcome = if error.froze() {
+    let outcome = if matches!(error, UpdateError::Interrupted { .. }) {
+        Outcome::Interrupted
+    } else if error.froze() {
         Outcome::Failed
     } else {
         Outcome::Refused
@@ -42,6 +44,7 @@ pub fn failed(
 fn outcome_word(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Refused => "refused",
+        Outcome::Interrupted => "interrupted",
         _ => "failed",
     }
 }

@@ -3,7 +3,9 @@
 //! [`HostEffects`] is the real system — `overboot-kexec`, CRIU, `/proc`, `nft`, systemd.
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
 use overboot_handover::{ClockReadings, PreservedTree};
@@ -12,6 +14,7 @@ use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 use crate::host::network::{NetworkError, NetworkState};
 use crate::host::systemd::{Host, SystemdError};
 use crate::host::target::{Target, TargetError, TreeInfo};
+use crate::model::phases::Phase;
 
 /// What becomes of a tree's tasks once their dump succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,14 @@ pub trait Effects {
     /// Lifts [`Effects::hold_units`] after a failed update; the services of the trees named in
     /// `restored` (restored on this kernel) adopt their processes again.
     fn release_units(&mut self, _restored: &[String]) {}
+    /// The signal (SIGINT, SIGTERM, SIGHUP) that asked the update to stop, if one did; asked
+    /// at `at`'s boundary, where the update can stop cleanly.
+    fn interrupted(&mut self, _at: Phase) -> Option<i32> {
+        None
+    }
+    /// Starts the guardian that brings the frozen trees back should this process die before
+    /// the jump (see [`super::inflight`]).
+    fn guard(&mut self, _state_dir: &Path) {}
 }
 
 /// The real system: `overboot-kexec`, CRIU, `/proc`, `nft`.
@@ -125,6 +136,12 @@ pub struct HostEffects {
     work_dir: PathBuf,
     /// CRIU's log level for every request.
     criu_log_level: i32,
+    /// The last of SIGINT, SIGTERM, SIGHUP received (0: none), once [`HostEffects::for_update`]
+    /// registered them.
+    signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// `OVERBOOT_TEST_SIGNAL=<SIGNAL>@<phase>` (tests only): this process signals itself when
+    /// the update reaches that phase's boundary.
+    test_signal: Option<(nix::sys::signal::Signal, String)>,
 }
 
 impl HostEffects {
@@ -137,16 +154,37 @@ impl HostEffects {
             held: Vec::new(),
             work_dir: work_dir.to_path_buf(),
             criu_log_level: i32::from(criu_log_level),
+            signal: std::sync::Arc::default(),
+            test_signal: None,
         }
     }
 
-    /// The real system for the update `options` ask for.
+    /// The real system for the update `options` ask for, stopping at the next phase boundary
+    /// on SIGINT, SIGTERM or SIGHUP (see [`Effects::interrupted`]).
     pub fn for_update(options: &super::options::UpdateOptions) -> HostEffects {
-        HostEffects::new(
+        let mut effects = HostEffects::new(
             options.network_lock,
             &options.work_dir,
             options.criu_log_level,
-        )
+        );
+        for signal in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            let registered = signal_hook::flag::register_usize(
+                signal,
+                std::sync::Arc::clone(&effects.signal),
+                usize::try_from(signal).unwrap_or(0),
+            );
+            if let Err(e) = registered {
+                tracing::warn!(signal, error = %e, "cannot catch the signal: it ends the update at once");
+            }
+        }
+        effects.test_signal = std::env::var("OVERBOOT_TEST_SIGNAL")
+            .ok()
+            .and_then(|v| parse_test_signal(&v));
+        effects
     }
 
     /// A feature CRIU reports (`false`, logged, when it cannot be asked).
@@ -169,7 +207,50 @@ impl HostEffects {
 /// memory is freed first; its parent, outside the tree, reaps it).
 const END_STOPPED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// `SIGKILL@write_map` → (SIGKILL, `write_map`).
+fn parse_test_signal(value: &str) -> Option<(nix::sys::signal::Signal, String)> {
+    let (signal, phase) = value.split_once('@')?;
+    Some((signal.parse().ok()?, phase.to_string()))
+}
+
 impl Effects for HostEffects {
+    fn interrupted(&mut self, at: Phase) -> Option<i32> {
+        if let Some((signal, _)) = self.test_signal.take_if(|(_, p)| p == at.name()) {
+            tracing::warn!(%signal, phase = at.name(), "test hook: signalling this update");
+            let _ = nix::sys::signal::raise(signal);
+        }
+        match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            signal => i32::try_from(signal).ok(),
+        }
+    }
+
+    fn guard(&mut self, state_dir: &Path) {
+        let pid = std::process::id().to_string();
+        let log = self.work_dir.join("guardian.log");
+        let _ = std::fs::create_dir_all(&self.work_dir);
+        let stderr = std::fs::File::create(&log).map_or_else(|_| Stdio::null(), Stdio::from);
+        // Its own process group: the terminal's Ctrl-C and a kill of this group spare it.
+        let spawned = std::env::current_exe().and_then(|exe| {
+            Command::new(exe)
+                .args(["guard", "--pid", &pid, "--state-dir"])
+                .arg(state_dir)
+                .arg("--work-dir")
+                .arg(&self.work_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .process_group(0)
+                .spawn()
+        });
+        match spawned {
+            Ok(child) => tracing::info!(pid = child.id(), "guardian started"),
+            Err(e) => {
+                tracing::warn!(error = %e, "no guardian: should this update die, the next `overboot status` brings its trees back")
+            }
+        }
+    }
+
     fn running_release(&mut self) -> String {
         crate::host::proc::release()
     }

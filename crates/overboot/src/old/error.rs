@@ -119,6 +119,13 @@ pub enum UpdateError {
         needed: String,
         recovery: String,
     },
+    /// A signal stopped the update at a phase boundary; what was frozen was restored here.
+    #[error("interrupted by {signal} at {phase}; {recovery}")]
+    Interrupted {
+        signal: String,
+        phase: &'static str,
+        recovery: String,
+    },
     /// State directory or work directory error.
     #[error("state")]
     State(#[from] ReportError),
@@ -168,6 +175,7 @@ impl UpdateError {
             UpdateError::Network { .. } => E::Checkpoint,
             UpdateError::Handover { .. } | UpdateError::EarlyLoadMismatch { .. } => E::Handover,
             UpdateError::State(_) | UpdateError::Io { .. } => E::Internal,
+            UpdateError::Interrupted { .. } => E::Interrupted,
         }
     }
 }

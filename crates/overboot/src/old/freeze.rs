@@ -10,6 +10,7 @@ use overboot_handover::{ClockReadings, HandoverError, MapWriter, PreservedTree};
 
 use super::effects::{AfterDump, Effects};
 use super::error::UpdateError;
+use super::inflight::InFlight;
 use super::options::UpdateOptions;
 use super::precopy::PreCopy;
 use crate::host::store::Handover;
@@ -17,7 +18,7 @@ use crate::host::target::TreeInfo;
 use crate::model::phases::{Phase, Phases};
 
 /// A tree dumped after the freeze.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dumped {
     /// The tree's name in the map.
     pub name: String,
@@ -120,6 +121,20 @@ pub fn freeze_all(
             .block_new_connections(&ports)
             .map_err(UpdateError::NetworkCheck)?;
     }
+    // From here until the jump the update is on record, watched by its guardian: should it
+    // die, the guardian brings back what it froze (see `inflight`).
+    let mut record = InFlight {
+        pid: i32::try_from(std::process::id()).unwrap_or(0),
+        boot_id: crate::host::proc::boot_id(),
+        phase: Phase::FreezeDump.name().into(),
+        held: trees.to_vec(),
+        dumped: Vec::new(),
+        dumping: None,
+        // With a directory store the new kernel was loaded before the freeze.
+        loaded: matches!(options.handover, Handover::Dir(_)),
+    };
+    record.save(&options.state_dir);
+    effects.guard(&options.state_dir);
     // A service manager must not answer the dump's kill with a fresh copy of the service.
     if let Err(e) = effects.hold_units(trees) {
         effects.unblock_new_connections();
@@ -140,9 +155,19 @@ pub fn freeze_all(
             tree.processes.len(),
             tree.rss_bytes() >> 20
         ));
+        record.dumping = Some(Dumped {
+            name: tree.name.clone(),
+            images: writer.dir().join("trees").join(&tree.name),
+            stopped: Some(tree.pids()),
+        });
+        record.save(&options.state_dir);
         preserved.push(dump_one(
             effects, tree, writer, pre_copy, after, phases, dumped,
         )?);
+        record.dumping = None;
+        record.dumped.clone_from(dumped);
+        record.save(&options.state_dir);
+        honour_interrupt(effects, Phase::FreezeDump, dumped)?;
     }
     Ok(Frozen { clocks, preserved })
 }
@@ -205,4 +230,39 @@ fn dump_one(
         clocks_realtime_ns,
         unit: tree.unit.clone(),
     })
+}
+
+/// Stops the update when a signal asked it to (SIGINT, SIGTERM, SIGHUP: see
+/// `Effects::interrupted`): every tree dumped so far is restored on this kernel first.
+pub fn honour_interrupt(
+    effects: &mut dyn Effects,
+    at: Phase,
+    dumped: &[Dumped],
+) -> Result<(), UpdateError> {
+    let Some(signal) = effects.interrupted(at) else {
+        return Ok(());
+    };
+    Err(UpdateError::Interrupted {
+        signal: signal_name(signal),
+        phase: at.name(),
+        recovery: restore_here(effects, dumped),
+    })
+}
+
+/// Stops the update before anything was frozen when a signal asked it to.
+pub fn honour_interrupt_unfrozen(effects: &mut dyn Effects, at: Phase) -> Result<(), UpdateError> {
+    match effects.interrupted(at) {
+        None => Ok(()),
+        Some(signal) => Err(UpdateError::Interrupted {
+            signal: signal_name(signal),
+            phase: at.name(),
+            recovery: "nothing was frozen".into(),
+        }),
+    }
+}
+
+/// `SIGINT`, `SIGTERM`, ... for a signal number.
+pub fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string())
 }

@@ -36,6 +36,8 @@ pub fn write(
     phases: &mut Phases,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SaveStateMap, UpdateError> {
+    super::inflight::InFlight::enter(&options.state_dir, Phase::WriteMap, false);
+    super::freeze::honour_interrupt(effects, Phase::WriteMap, dumped)?;
     let network = match effects.capture_network() {
         Ok(n) => n,
         Err(source) => {

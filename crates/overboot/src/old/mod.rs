@@ -11,6 +11,7 @@ pub mod effects;
 pub mod error;
 pub mod estimate;
 pub mod freeze;
+pub mod inflight;
 pub mod map;
 pub mod options;
 pub mod plan;

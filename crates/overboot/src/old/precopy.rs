@@ -157,6 +157,10 @@ fn rounds(
         let mut bytes: Vec<u64> = Vec::new();
         let mut k = 0;
         while policy.go_on(&bytes) {
+            // A signal asked the update to stop: no further round (the update stops next).
+            if k > 0 && effects.interrupted(Phase::PreCopy).is_some() {
+                break;
+            }
             if let Some(last) = out.rounds.last_mut().filter(|_| k > 0) {
                 let start = std::time::Instant::now();
                 let dirty = effects.dirty_bytes(tree);

@@ -9,7 +9,8 @@ use overboot_kexec::{KernelImage, LoadRequest};
 
 use super::effects::Effects;
 use super::error::UpdateError;
-use super::freeze::{restore_here, Dumped};
+use super::freeze::{honour_interrupt, restore_here, Dumped};
+use super::inflight::InFlight;
 use super::options::{Staged, UpdateOptions};
 use super::precopy::PreCopy;
 use crate::host::store::Handover;
@@ -110,6 +111,8 @@ pub fn publish_load_jump(
             })
         }
     };
+    InFlight::enter(&options.state_dir, Phase::Publish, false);
+    honour_interrupt(effects, Phase::Publish, dumped)?;
     let published = phases
         .run(Phase::Publish, || store.publish(&map))
         .map_err(|source| UpdateError::Handover {
@@ -165,6 +168,11 @@ pub fn publish_load_jump(
     };
     let pending_file = crate::model::files::pending(&options.state_dir);
     report::write_json(&pending_file, &pending)?;
+    InFlight::enter(&options.state_dir, Phase::Jump, true);
+    if let Err(e) = honour_interrupt(effects, Phase::Jump, dumped) {
+        let _ = std::fs::remove_file(&pending_file);
+        return Err(e);
+    }
     progress(&format!("jumping into {}", image.release));
     match effects.jump() {
         Ok(()) => Ok(staged),
@@ -200,6 +208,8 @@ fn load(
             recovery: restore_here(effects, dumped),
         }),
         None => {
+            InFlight::enter(&options.state_dir, Phase::KexecLoad, false);
+            honour_interrupt(effects, Phase::KexecLoad, dumped)?;
             progress(&format!("loading {} with kexec_file_load", image.release));
             let request = LoadRequest {
                 kernel: options.kernel.clone(),

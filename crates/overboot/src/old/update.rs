@@ -52,6 +52,8 @@ pub fn run(
 ) -> Result<Staged, UpdateError> {
     let mut phases = Phases::default();
     let result = attempt(effects, options, &mut phases, progress);
+    // Returned: nothing is left for a guardian to bring back (a real jump never returns).
+    super::inflight::InFlight::clear(&options.state_dir);
     if let Err(error) = &result {
         let report = super::attempt::failed(effects, options, error, &phases);
         if let Err(e) = report.save(&options.state_dir) {
@@ -83,6 +85,7 @@ fn attempt(
         progress(&format!("warning: {warning}"));
     }
 
+    super::freeze::honour_interrupt_unfrozen(effects, Phase::Check)?;
     let id = new_id();
     let map_dir = match &options.handover {
         Handover::Initrd => options.work_dir.join(&id).join("map"),
@@ -92,8 +95,27 @@ fn attempt(
         recovery: "no tree had been stopped".into(),
         source,
     })?;
-    let early = super::switch::load_early(effects, options, &map_dir, &image, phases, progress)?;
-    let pre_copy = super::precopy::run(effects, options, &mut writer, &trees, phases, progress);
+    let staged = super::switch::load_early(effects, options, &map_dir, &image, phases, progress)
+        .and_then(|early| {
+            let pre_copy =
+                super::precopy::run(effects, options, &mut writer, &trees, phases, progress);
+            // A signal during the checks or the pre-copy stops the update here: nothing
+            // frozen; the kernel loaded early is unloaded.
+            let stop = super::freeze::honour_interrupt_unfrozen(effects, Phase::PreCopy);
+            if stop.is_err() && early.is_some() {
+                effects.unload();
+            }
+            stop.map(|()| (early, pre_copy))
+        });
+    let (early, pre_copy) = match staged {
+        Ok(both) => both,
+        Err(error) => {
+            if let Err(e) = std::fs::remove_dir_all(&map_dir) {
+                tracing::warn!(dir = %map_dir.display(), error = %e, "cannot remove the unused map");
+            }
+            return Err(error);
+        }
+    };
     // What is out of the running kernel from here on: every failure restores it here.
     let mut dumped: Vec<Dumped> = Vec::new();
     let result = super::freeze::freeze_all(
