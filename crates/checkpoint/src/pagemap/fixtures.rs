@@ -59,6 +59,12 @@ pub(super) fn mm(dir: &Path, pid: u32, vmas: Vec<VmaEntry>) {
     );
 }
 
+/// The dump of task 5 in `top`: its pagemap (its own pages in `pages-13.img`) and mappings.
+pub(super) fn dump(top: &Path, entries: &[Vec<u8>], vmas: Vec<VmaEntry>) {
+    pagemap(&top.join("pagemap-5.img"), 13, entries);
+    mm(top, 5, vmas);
+}
+
 pub(super) fn vma(start: u64, end: u64, flags: u32, status: u32) -> VmaEntry {
     VmaEntry {
         start,
