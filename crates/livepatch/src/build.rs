@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::compare::{self, CompareError, Unit};
 use crate::compile::{self, CompileError};
 use crate::emit::{self, EmitError, KernelSymbols, KlpFunc};
+use crate::io_error::{io, IoError};
 use crate::module::{self, ModuleError, ModuleSpec};
 use crate::sourcepatch::{SourcePatch, SourcePatchError};
 use crate::tree::{KernelTree, TreeError};
@@ -42,12 +43,8 @@ pub enum BuildError {
     #[error(transparent)]
     Module(#[from] ModuleError),
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl BuildError {
@@ -60,13 +57,6 @@ impl BuildError {
                 | BuildError::Emit { .. }
                 | BuildError::Compile(_)
         )
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
