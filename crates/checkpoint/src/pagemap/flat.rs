@@ -42,7 +42,7 @@ use super::image::{
 };
 use super::lazy::{prepare, LazyPages};
 use super::vma::{read_vmas, VmaEntry};
-use crate::images::{ImageError, IMG_COMMON_MAGIC};
+use crate::images::{image_start, put_entry, ImageError};
 
 /// One task's new pagemap and page file, written beside the images but not yet in place.
 struct Flat {
@@ -184,13 +184,10 @@ fn free_pages_id(images: &Path) -> Result<u32, ImageError> {
 
 /// A pagemap image: magic, `pagemap_head { pages_id }`, then the encoded entries.
 fn pagemap_bytes(pages_id: u32, entries: &[(u64, u32, u32)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + entries.len() * 24);
-    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
+    let mut out = image_start(PAGEMAP_MAGIC, 16 + entries.len() * 24);
     let mut put = |payload: &[u8]| {
-        // An entry is a few varints; a head one more.
-        out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(payload);
+        // An entry is a few varints, a head one more: never too large for its length.
+        let _ = put_entry(&mut out, payload);
     };
     put(&PagemapHead { pages_id }.encode_to_vec());
     let mut encoded = Vec::with_capacity(32);
