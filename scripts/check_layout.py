@@ -602,21 +602,33 @@ def build_tree(label, root, infos, test_files):
     return tree
 
 
+def _anchor(cur, segs):
+    """Where a path used in module `cur` starts, when it starts with `crate`, `self` or `super`:
+    (that module, the rest of the path); the module is None when `super` climbs above the root.
+    None for a path that starts otherwise."""
+    first = segs[0]
+    if first == "crate":
+        return (), segs[1:]
+    if first == "self":
+        return cur, segs[1:]
+    if first == "super":
+        base, rest = cur, segs
+        while rest and rest[0] == "super":
+            if not base:
+                return None, rest
+            base, rest = base[:-1], rest[1:]
+        return base, rest
+    return None
+
+
 def _resolve(tree, cur, segs, depth=0):
     """The file a path used in module `cur` names an item of, or None (another crate)."""
     if depth > 12 or not segs:
         return None
     first = segs[0]
-    if first == "crate":
-        base, rest = (), segs[1:]
-    elif first == "self":
-        base, rest = cur, segs[1:]
-    elif first == "super":
-        base, rest = cur, segs
-        while rest and rest[0] == "super":
-            if not base:
-                return None
-            base, rest = base[:-1], rest[1:]
+    anchored = _anchor(cur, segs)
+    if anchored is not None:
+        base, rest = anchored
     elif first == "::":
         return None
     elif cur + (first,) in tree.modules:
@@ -649,20 +661,16 @@ def _resolve(tree, cur, segs, depth=0):
 
 def _resolve_module(tree, cur, segs):
     """The module path `segs` (used in `cur`) names exactly, or None."""
-    first = segs[0] if segs else None
-    if first == "crate":
-        mod, rest = (), segs[1:]
-    elif first == "self":
-        mod, rest = cur, segs[1:]
-    elif first == "super":
-        mod, rest = cur, segs
-        while rest and rest[0] == "super":
-            if not mod:
-                return None
-            mod, rest = mod[:-1], rest[1:]
-    elif first is not None and cur + (first,) in tree.modules:
+    if not segs:
+        return None
+    anchored = _anchor(cur, segs)
+    if anchored is not None:
+        mod, rest = anchored
+    elif cur + (segs[0],) in tree.modules:
         mod, rest = cur, segs
     else:
+        return None
+    if mod is None:
         return None
     mod = mod + tuple(rest)
     return mod if mod in tree.modules else None

@@ -52,6 +52,10 @@ class Base(unittest.TestCase):
             self.ws.write(f"crates/{name}/src/{rel}", text)
         return self.ws.check(name)
 
+    def circles(self, files):
+        """The files of each circle in a crate of `files`."""
+        return [c.files for c in self.crate(files).circles]
+
     def graph(self, name="demo", root="lib.rs"):
         src = self.ws.root / "crates" / name / "src"
         infos = {}
@@ -85,12 +89,11 @@ class Circles(Base):
         )
 
     def test_no_circle_when_arrows_go_one_way(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod a;\npub mod b;\n",
             "a.rs": "use crate::b::X;\n",
             "b.rs": "pub struct X;\n",
-        })
-        self.assertEqual(res.circles, [])
+        }), [])
 
     def test_parent_mod_rs_and_child_through_super(self):
         res = self.crate({
@@ -103,42 +106,38 @@ class Circles(Base):
         self.assertIn("(line 3: self::c::g)", res.circles[0].describe())
 
     def test_parent_file_and_child_through_super_in_code(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod p;\n",
             "p.rs": "mod c;\npub use c::G;\npub struct P;\n",
             "p/c.rs": "pub struct G;\nfn g() { let _ = super::P; }\n",
-        })
-        self.assertEqual([c.files for c in res.circles], [["p/c.rs", "p.rs"]])
+        }), [["p/c.rs", "p.rs"]])
 
     def test_a_mod_declaration_alone_is_no_edge(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod p;\npub struct Root;\n",
             "p/mod.rs": "pub mod c;\nuse crate::Root;\n",
             "p/c.rs": "use super::super::Root;\nuse crate::p;\n",
-        })
-        self.assertEqual(res.circles, [])
+        }), [])
         g = self.graph()
         self.assertEqual(set(g["p/c.rs"]), {"lib.rs", "p/mod.rs"})
         self.assertEqual(set(g["lib.rs"]), set())
 
     def test_root_reexport_is_no_false_circle(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod a;\npub mod exit;\npub use exit::ExitClass;\npub use a::run;\n",
             "exit.rs": "pub enum ExitClass { Ok }\n",
             "a.rs": "pub fn run() -> crate::ExitClass {\n    use crate::ExitClass as E;\n"
                     "    E::Ok\n}\n",
-        })
-        self.assertEqual(res.circles, [])
+        }), [])
         g = self.graph()
         self.assertEqual(set(g["a.rs"]), {"exit.rs"})
         self.assertEqual(set(g["lib.rs"]), {"a.rs", "exit.rs"})
 
     def test_an_item_defined_in_the_root_is_an_edge_to_it(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod a;\npub use a::run;\npub struct Root;\n",
             "a.rs": "pub fn run() { let _ = crate::Root; }\n",
-        })
-        self.assertEqual([c.files for c in res.circles], [["a.rs", "lib.rs"]])
+        }), [["a.rs", "lib.rs"]])
 
     def test_reexport_from_a_module_goes_to_where_it_comes_from(self):
         self.crate({
@@ -194,7 +193,7 @@ class Circles(Base):
         )
 
     def test_paths_in_test_code_and_comments_are_no_edges(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod a;\npub mod b;\n",
             "a.rs": "use crate::b::X;\n",
             "b.rs": textwrap.dedent("""\
@@ -206,8 +205,7 @@ class Circles(Base):
                     use crate::a::Y;
                 }
                 """),
-        })
-        self.assertEqual(res.circles, [])
+        }), [])
 
     def test_code_after_a_cfg_test_item_still_counts(self):
         self.crate({
@@ -220,12 +218,11 @@ class Circles(Base):
         self.assertEqual(set(g["lib.rs"]), {"b.rs"})
 
     def test_visibility_paths_are_no_edges(self):
-        res = self.crate({
+        self.assertEqual(self.circles({
             "lib.rs": "pub mod a;\n",
             "a/mod.rs": "pub mod b;\nuse self::b::X;\n",
             "a/b.rs": "pub(in crate::a) struct X;\npub(super) fn f() {}\n",
-        })
-        self.assertEqual(res.circles, [])
+        }), [])
 
     def test_inline_modules_and_deepest_existing_file(self):
         self.crate({

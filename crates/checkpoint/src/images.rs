@@ -160,12 +160,8 @@ pub fn advance_clocks(images: &Path, elapsed_ns: u64) -> Result<Option<TimensEnt
         boottime: entry.boottime.add_ns(elapsed_ns),
     };
     let payload = advanced.encode_to_vec();
-    let mut out = Vec::with_capacity(12 + payload.len());
-    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    out.extend_from_slice(&TIMENS_MAGIC.to_le_bytes());
-    let payload_len = u32::try_from(payload.len()).map_err(|_| format("entry too large"))?;
-    out.extend_from_slice(&payload_len.to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = image_start(TIMENS_MAGIC, 12 + payload.len());
+    put_entry(&mut out, &payload).ok_or_else(|| format("entry too large"))?;
     std::fs::write(&path, out).map_err(io)?;
     Ok(Some(advanced))
 }
@@ -194,6 +190,23 @@ fn split_entry(
         return Err(format("truncated entry"));
     }
     Ok((12..12 + len, 12 + len))
+}
+
+/// The start of an image's bytes: the common magic, then the image's own `magic`.
+pub(crate) fn image_start(magic: u32, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+    out.extend_from_slice(&magic.to_le_bytes());
+    out
+}
+
+/// Appends one entry to an image's bytes: its length, then `payload`. `None` (nothing
+/// appended) when it is too large for its length word.
+pub(crate) fn put_entry(out: &mut Vec<u8>, payload: &[u8]) -> Option<()> {
+    let len = u32::try_from(payload.len()).ok()?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+    Some(())
 }
 
 /// Marks every connection in `images` whose peer did not negotiate window scaling as scaled
@@ -226,15 +239,11 @@ pub fn pin_unscaled_windows(images: &Path) -> Result<Vec<PathBuf>, ImageError> {
         tse.opt_mask |= TCPI_OPT_WSCALE;
         tse.snd_wscale = 0;
         tse.rcv_wscale = Some(0);
-        let payload = tse.encode_to_vec();
-        let payload_len = u32::try_from(payload.len()).map_err(|_| ImageError::Format {
+        let mut out = image_start(TCP_STREAM_MAGIC, bytes.len() + 8);
+        put_entry(&mut out, &tse.encode_to_vec()).ok_or_else(|| ImageError::Format {
             path: path.clone(),
             reason: "entry too large".into(),
         })?;
-        let mut out = Vec::with_capacity(bytes.len() + 8);
-        out.extend_from_slice(&bytes[..8]);
-        out.extend_from_slice(&payload_len.to_le_bytes());
-        out.extend_from_slice(&payload);
         out.extend_from_slice(&bytes[rest..]);
         std::fs::write(&path, out).map_err(io)?;
         changed.push(path);
@@ -246,14 +255,12 @@ pub fn pin_unscaled_windows(images: &Path) -> Result<Vec<PathBuf>, ImageError> {
 mod tests {
     use super::*;
 
-    fn write_image(dir: &Path, entry: &TimensEntry) {
-        let payload = entry.encode_to_vec();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&TIMENS_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        std::fs::write(dir.join("timens-0.img"), bytes).unwrap();
+    /// An image of one entry, then `tail`.
+    fn write_image(path: &Path, magic: u32, entry: &impl Message, tail: &[u8]) {
+        let mut bytes = image_start(magic, 0);
+        put_entry(&mut bytes, &entry.encode_to_vec()).unwrap();
+        bytes.extend_from_slice(tail);
+        std::fs::write(path, bytes).unwrap();
     }
 
     #[test]
@@ -269,7 +276,7 @@ mod tests {
                 tv_nsec: 0,
             },
         };
-        write_image(dir.path(), &entry);
+        write_image(&dir.path().join("timens-0.img"), TIMENS_MAGIC, &entry, &[]);
         let advanced = advance_clocks(dir.path(), 7_200_000_000).unwrap().unwrap();
         assert_eq!(
             advanced.monotonic,
@@ -288,17 +295,6 @@ mod tests {
         // Written back in CRIU's layout: reading it again gives the same values.
         let again = advance_clocks(dir.path(), 0).unwrap().unwrap();
         assert_eq!(again, advanced);
-    }
-
-    fn stream(dir: &Path, name: &str, tse: &TcpStreamEntry, queues: &[u8]) {
-        let payload = tse.encode_to_vec();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&TCP_STREAM_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        bytes.extend_from_slice(queues);
-        std::fs::write(dir.join(name), bytes).unwrap();
     }
 
     fn read_stream(path: &Path) -> (TcpStreamEntry, Vec<u8>) {
@@ -328,8 +324,12 @@ mod tests {
             rcv_wscale: Some(7),
             ..unscaled.clone()
         };
-        stream(dir.path(), "tcp-stream-a.img", &unscaled, b"abcxy");
-        stream(dir.path(), "tcp-stream-b.img", &scaled, b"abcxy");
+        for (name, tse) in [
+            ("tcp-stream-a.img", &unscaled),
+            ("tcp-stream-b.img", &scaled),
+        ] {
+            write_image(&dir.path().join(name), TCP_STREAM_MAGIC, tse, b"abcxy");
+        }
         let changed = pin_unscaled_windows(dir.path()).unwrap();
         assert_eq!(changed, [dir.path().join("tcp-stream-a.img")]);
         let (a, queues) = read_stream(&dir.path().join("tcp-stream-a.img"));

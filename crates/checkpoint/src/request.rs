@@ -116,12 +116,7 @@ impl DumpRequest {
     /// `criu_opts` for this request, given the fds (in our process) of its directories.
     pub(crate) fn to_opts(&self, images_dir_fd: i32, work_dir_fd: Option<i32>) -> CriuOpts {
         CriuOpts {
-            images_dir_fd,
-            work_dir_fd,
             pid: Some(self.pid),
-            log_file: Some(self.log_file.clone()),
-            log_level: Some(self.log_level),
-            notify_scripts: Some(true),
             leave_running: Some(self.leave_running),
             tcp_established: Some(self.tcp_established),
             ext_unix_sk: Some(self.ext_unix_sk),
@@ -136,7 +131,7 @@ impl DumpRequest {
             tcp_skip_in_flight: self.tcp_skip_in_flight.then_some(true),
             external: self.external.clone(),
             timeout: self.freeze_timeout,
-            ..CriuOpts::default()
+            ..base_opts(images_dir_fd, work_dir_fd, &self.log_file, self.log_level)
         }
     }
 }
@@ -205,11 +200,6 @@ impl RestoreRequest {
 
     pub(crate) fn to_opts(&self, images_dir_fd: i32, work_dir_fd: Option<i32>) -> CriuOpts {
         CriuOpts {
-            images_dir_fd,
-            work_dir_fd,
-            log_file: Some(self.log_file.clone()),
-            log_level: Some(self.log_level),
-            notify_scripts: Some(true),
             tcp_established: Some(self.tcp_established),
             ext_unix_sk: Some(self.ext_unix_sk),
             file_locks: Some(self.file_locks),
@@ -219,8 +209,26 @@ impl RestoreRequest {
             tcp_close: self.tcp_close.then_some(true),
             external: self.external.clone(),
             lazy_pages: self.lazy_pages.then_some(true),
-            ..CriuOpts::default()
+            ..base_opts(images_dir_fd, work_dir_fd, &self.log_file, self.log_level)
         }
+    }
+}
+
+/// What every request tells CRIU the same way: its directories (as fds in our process), its
+/// log, and that it is to send us notifications.
+fn base_opts(
+    images_dir_fd: i32,
+    work_dir_fd: Option<i32>,
+    log_file: &str,
+    log_level: i32,
+) -> CriuOpts {
+    CriuOpts {
+        images_dir_fd,
+        work_dir_fd,
+        log_file: Some(log_file.to_owned()),
+        log_level: Some(log_level),
+        notify_scripts: Some(true),
+        ..CriuOpts::default()
     }
 }
 

@@ -26,7 +26,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::{
     CriuVersion, DumpOutcome, Features, Notification, NotifyHandler, RestoreOutcome,
@@ -47,12 +47,14 @@ struct Answer {
 }
 
 impl Answer {
-    /// The failure to report for a request whose answer has `success = false`.
+    /// The failure to report for a request whose answer has `success = false` and whose CRIU
+    /// log is at `log`.
     fn failure(
         self,
-        log: CriuLog,
+        log: PathBuf,
         make: impl FnOnce(Option<i32>, Option<String>, CriuLog) -> CheckpointError,
     ) -> CheckpointError {
+        let log = CriuLog::read(log);
         let errno = self.resp.cr_errno.filter(|e| *e != 0);
         match self.hook_failure {
             Some((script, reason)) => CheckpointError::HookFailed {
@@ -62,6 +64,15 @@ impl Answer {
                 log,
             },
             None => make(errno, self.resp.cr_errmsg, log),
+        }
+    }
+
+    /// The failure of a `request` that writes no log: CRIU's errno and message, as they came.
+    fn request_failed(self, request: CriuReqType) -> CheckpointError {
+        CheckpointError::RequestFailed {
+            request,
+            errno: self.resp.cr_errno,
+            message: self.resp.cr_errmsg,
         }
     }
 }
@@ -82,14 +93,11 @@ impl Session {
     pub fn version(&self, keep_open: bool) -> Result<CriuVersion, CheckpointError> {
         let mut req = CriuReq::new(CriuReqType::Version);
         req.keep_open = keep_open.then_some(true);
-        let answer = self.exchange(&req, CriuReqType::Version, &mut crate::engine::accept_all)?;
-        match (answer.resp.success, answer.resp.version) {
+        let mut answer =
+            self.exchange(&req, CriuReqType::Version, &mut crate::engine::accept_all)?;
+        match (answer.resp.success, answer.resp.version.take()) {
             (true, Some(v)) => Ok(v.into()),
-            (_, _) => Err(CheckpointError::RequestFailed {
-                request: CriuReqType::Version,
-                errno: answer.resp.cr_errno,
-                message: answer.resp.cr_errmsg,
-            }),
+            (_, _) => Err(answer.request_failed(CriuReqType::Version)),
         }
     }
 
@@ -103,18 +111,14 @@ impl Session {
             lazy_pages: Some(true),
             pidfd_store: Some(true),
         });
-        let answer = self.exchange(
+        let mut answer = self.exchange(
             &req,
             CriuReqType::FeatureCheck,
             &mut crate::engine::accept_all,
         )?;
-        match (answer.resp.success, answer.resp.features) {
+        match (answer.resp.success, answer.resp.features.take()) {
             (true, Some(f)) => Ok(f.into()),
-            (_, _) => Err(CheckpointError::RequestFailed {
-                request: CriuReqType::FeatureCheck,
-                errno: answer.resp.cr_errno,
-                message: answer.resp.cr_errmsg,
-            }),
+            (_, _) => Err(answer.request_failed(CriuReqType::FeatureCheck)),
         }
     }
 
@@ -135,12 +139,13 @@ impl Session {
         if answer.resp.success {
             return Ok(());
         }
-        let log = CriuLog::read(scratch_dir.join(log_file));
         Err(
-            answer.failure(log, |errno, message, log| CheckpointError::CheckFailed {
-                errno,
-                message,
-                log,
+            answer.failure(scratch_dir.join(log_file), |errno, message, log| {
+                CheckpointError::CheckFailed {
+                    errno,
+                    message,
+                    log,
+                }
             }),
         )
     }
@@ -151,23 +156,7 @@ impl Session {
         req: &DumpRequest,
         notify: &mut NotifyHandler<'_>,
     ) -> Result<DumpOutcome, CheckpointError> {
-        let pid = req.pid;
-        let answer = self.dump_like(req, CriuReqType::Dump, req.track_mem, notify)?;
-        if answer.resp.success {
-            return Ok(DumpOutcome {
-                restored: answer.resp.dump.and_then(|d| d.restored).unwrap_or(false),
-                notifications: answer.notifications,
-            });
-        }
-        let log = CriuLog::read(req.log_path());
-        Err(
-            answer.failure(log, |errno, message, log| CheckpointError::DumpFailed {
-                pid,
-                errno,
-                message,
-                log,
-            }),
-        )
+        self.dump_like(req, CriuReqType::Dump, req.track_mem, notify)
     }
 
     /// SINGLE_PRE_DUMP (one pre-dump, then criu is done), always with memory tracking.
@@ -176,23 +165,7 @@ impl Session {
         req: &DumpRequest,
         notify: &mut NotifyHandler<'_>,
     ) -> Result<DumpOutcome, CheckpointError> {
-        let pid = req.pid;
-        let answer = self.dump_like(req, CriuReqType::SinglePreDump, true, notify)?;
-        if answer.resp.success {
-            return Ok(DumpOutcome {
-                restored: false,
-                notifications: answer.notifications,
-            });
-        }
-        let log = CriuLog::read(req.log_path());
-        Err(
-            answer.failure(log, |errno, message, log| CheckpointError::PreDumpFailed {
-                pid,
-                errno,
-                message,
-                log,
-            }),
-        )
+        self.dump_like(req, CriuReqType::SinglePreDump, true, notify)
     }
 
     /// RESTORE.
@@ -213,26 +186,24 @@ impl Session {
                 notifications: answer.notifications,
             }),
             (true, None) => Err(ProtocolError::MissingField("restore").into()),
-            (false, _) => {
-                let log = CriuLog::read(req.log_path());
-                Err(
-                    answer.failure(log, |errno, message, log| CheckpointError::RestoreFailed {
-                        errno,
-                        message,
-                        log,
-                    }),
-                )
-            }
+            (false, _) => Err(answer.failure(req.log_path(), |errno, message, log| {
+                CheckpointError::RestoreFailed {
+                    errno,
+                    message,
+                    log,
+                }
+            })),
         }
     }
 
+    /// A dump of `req`'s tree of `kind` (DUMP or SINGLE_PRE_DUMP).
     fn dump_like(
         &self,
         req: &DumpRequest,
         kind: CriuReqType,
         track_mem: bool,
         notify: &mut NotifyHandler<'_>,
-    ) -> Result<Answer, CheckpointError> {
+    ) -> Result<DumpOutcome, CheckpointError> {
         let images = open_dir(&req.images_dir)?;
         let work = req.work_dir.as_deref().map(open_dir).transpose()?;
         let mut opts = req.to_opts(images.as_raw_fd(), work.as_ref().map(AsRawFd::as_raw_fd));
@@ -252,7 +223,33 @@ impl Session {
         // The fds must stay open until CRIU has opened them: that is, until the answer.
         let answer = self.exchange(&msg, kind, notify);
         drop((images, work, config));
-        answer
+        let answer = answer?;
+        if answer.resp.success {
+            return Ok(DumpOutcome {
+                // A pre-dump's answer has nothing restored to tell.
+                restored: kind == CriuReqType::Dump
+                    && answer.resp.dump.and_then(|d| d.restored).unwrap_or(false),
+                notifications: answer.notifications,
+            });
+        }
+        let pid = req.pid;
+        Err(answer.failure(req.log_path(), |errno, message, log| {
+            if kind == CriuReqType::Dump {
+                CheckpointError::DumpFailed {
+                    pid,
+                    errno,
+                    message,
+                    log,
+                }
+            } else {
+                CheckpointError::PreDumpFailed {
+                    pid,
+                    errno,
+                    message,
+                    log,
+                }
+            }
+        }))
     }
 
     /// Sends `req`, serves notifications, returns the answer of type `expect` (or CRIU's

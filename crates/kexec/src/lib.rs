@@ -236,6 +236,17 @@ mod tests {
     const REAL_KERNEL: &str =
         "/tmp/kdl/x/linux-image-6.1.0-56-cloud-amd64-unsigned/boot/vmlinuz-6.1.0-56-cloud-amd64";
 
+    /// The Debian kernel at [`REAL_KERNEL`], or `None` (saying the test is skipped) when the
+    /// lab has not fetched it.
+    fn real_kernel() -> Option<&'static Path> {
+        let path = Path::new(REAL_KERNEL);
+        if !path.exists() {
+            println!("skipped: {REAL_KERNEL} not downloaded (the lab fetches it)");
+            return None;
+        }
+        Some(path)
+    }
+
     fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(bytes).unwrap();
@@ -342,11 +353,9 @@ mod tests {
 
     #[test]
     fn real_debian_kernel_inspects() {
-        let path = Path::new(REAL_KERNEL);
-        if !path.exists() {
-            println!("skipped: {REAL_KERNEL} not downloaded (the lab fetches it)");
+        let Some(path) = real_kernel() else {
             return;
-        }
+        };
         let img = inspect(path).unwrap();
         assert_eq!(img.release, "6.1.0-56-cloud-amd64");
         assert!(img
@@ -380,11 +389,9 @@ mod tests {
 
     #[test]
     fn truncated_real_kernel_is_truncated() {
-        let path = Path::new(REAL_KERNEL);
-        if !path.exists() {
-            println!("skipped: {REAL_KERNEL} not downloaded (the lab fetches it)");
+        let Some(path) = real_kernel() else {
             return;
-        }
+        };
         let bytes = std::fs::read(path).unwrap();
         let cut = bytes.len() / 2;
         let (_f, r) = inspect_bytes(&bytes[..cut]);

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::host::{self, HostError};
 
@@ -63,14 +63,12 @@ pub fn build_labelled(
 /// lab guest is): until then the newest metadata lives only in the journal, which debugfs
 /// does not read.
 pub fn replay_journal(image: &Path) -> Result<(), DiskError> {
-    let status = Command::new("e2fsck")
-        .args(["-p", "-E", "journal_only"])
-        .arg(image)
-        .output()
-        .map_err(|source| DiskError::Io {
-            path: image.display().to_string(),
-            source,
-        })?;
+    let status = output(
+        Command::new("e2fsck")
+            .args(["-p", "-E", "journal_only"])
+            .arg(image),
+        image,
+    )?;
     // 0: clean, 1: errors corrected (the journal was replayed).
     match status.status.code() {
         Some(0 | 1) => Ok(()),
@@ -94,15 +92,13 @@ pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
 /// Reads a file from an ext4 image whose journal [`replay_journal`] already replayed (to read
 /// many files with one replay).
 pub fn read_replayed(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(image)
-        .output()
-        .map_err(|source| DiskError::Io {
-            path: image.display().to_string(),
-            source,
-        })?;
+    let out = output(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {path}"))
+            .arg(image),
+        image,
+    )?;
     if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("File not found") {
         return Err(DiskError::Io {
             path: format!("{}:{path}", image.display()),
@@ -113,4 +109,12 @@ pub fn read_replayed(image: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
         });
     }
     Ok(out.stdout)
+}
+
+/// Runs `cmd`, a tool that reads `image`, to its end: its output, whatever its status.
+fn output(cmd: &mut Command, image: &Path) -> Result<Output, DiskError> {
+    cmd.output().map_err(|source| DiskError::Io {
+        path: image.display().to_string(),
+        source,
+    })
 }

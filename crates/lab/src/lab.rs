@@ -230,14 +230,7 @@ impl Lab {
         guest_ports: &[u16],
     ) -> Result<(GuestConfig, Vec<u16>), LabError> {
         let mut config = self.guest_config(scenario, label)?;
-        let host_ports = crate::net::free_ports(guest_ports.len())?;
-        config.net = Some(
-            host_ports
-                .iter()
-                .copied()
-                .zip(guest_ports.iter().copied())
-                .collect(),
-        );
+        let host_ports = forward_ports(&mut config, guest_ports)?;
         Ok((config, host_ports))
     }
 
@@ -264,6 +257,23 @@ impl Lab {
         let (guest, _line) = Guest::boot(config, BOOT_TIMEOUT)?;
         Ok(guest)
     }
+}
+
+/// Gives the guest of `config` a NIC on QEMU's user network with a free port of 127.0.0.1
+/// forwarded to each of `guest_ports`. Returns the host ports, in the same order.
+pub fn forward_ports(
+    config: &mut GuestConfig,
+    guest_ports: &[u16],
+) -> Result<Vec<u16>, crate::net::NetError> {
+    let host_ports = crate::net::free_ports(guest_ports.len())?;
+    config.net = Some(
+        host_ports
+            .iter()
+            .copied()
+            .zip(guest_ports.iter().copied())
+            .collect(),
+    );
+    Ok(host_ports)
 }
 
 /// Where `pmem_mib` of reserved RAM goes in a q35 guest that keeps `memory_mib` of usable RAM:

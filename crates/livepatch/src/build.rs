@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::compare::{self, CompareError, Unit};
 use crate::compile::{self, CompileError};
 use crate::emit::{self, EmitError, KernelSymbols, KlpFunc};
+use crate::io_error::{io, IoError};
 use crate::module::{self, ModuleError, ModuleSpec};
 use crate::sourcepatch::{SourcePatch, SourcePatchError};
 use crate::tree::{KernelTree, TreeError};
@@ -42,12 +43,8 @@ pub enum BuildError {
     #[error(transparent)]
     Module(#[from] ModuleError),
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl BuildError {
@@ -60,13 +57,6 @@ impl BuildError {
                 | BuildError::Emit { .. }
                 | BuildError::Compile(_)
         )
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -177,22 +167,14 @@ pub fn build(request: &BuildRequest) -> Result<BuildReport, BuildError> {
     let mut klp_symbols = Vec::new();
     for (i, unit) in units.iter().enumerate() {
         let _span = tracing::info_span!("unit", unit = %unit.display()).entered();
-        let before = compile::compile_unit(
-            &tree,
-            unit,
-            &before_src.join(unit),
-            &work.join(format!("before{i}")),
-            "before",
-        )?;
-        let after = compile::compile_unit(
-            &tree,
-            unit,
-            &after_src.join(unit),
-            &work.join(format!("after{i}")),
-            "after",
-        )?;
-        let before_bytes = fs::read(&before).map_err(io(&before))?;
-        let after_bytes = fs::read(&after).map_err(io(&after))?;
+        // The unit's object, compiled from the source tree of one side of the patch.
+        let object_of = |src: &Path, side: &'static str| -> Result<Vec<u8>, BuildError> {
+            let out_dir = work.join(format!("{side}{i}"));
+            let object = compile::compile_unit(&tree, unit, &src.join(unit), &out_dir, side)?;
+            Ok(fs::read(&object).map_err(io(&object))?)
+        };
+        let before_bytes = object_of(&before_src, "before")?;
+        let after_bytes = object_of(&after_src, "after")?;
         let compare_err = |source| BuildError::Compare {
             unit: unit.clone(),
             source,

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::io_error::{io, IoError};
 use crate::tree::KernelTree;
 
 /// Errors compiling a unit.
@@ -26,19 +27,8 @@ pub enum CompileError {
     #[error("cannot run make")]
     Spawn(#[source] std::io::Error),
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CompileError + '_ {
-    move |source| CompileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Compiles `c_file` (a copy of the unit at `unit` in the source tree) in `out_dir`, returning

@@ -22,6 +22,7 @@ pub mod build;
 pub mod compare;
 pub mod compile;
 pub mod emit;
+pub mod io_error;
 pub mod klp_elf;
 pub mod modinfo;
 pub mod module;

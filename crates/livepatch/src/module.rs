@@ -5,11 +5,12 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::compile::tail;
 use crate::emit::KlpFunc;
+use crate::io_error::{io, IoError};
 use crate::klp_elf::{self, Conversion, KlpElfError};
 use crate::tree::KernelTree;
 
@@ -26,19 +27,8 @@ pub enum ModuleError {
     #[error("converting the module to livepatch relocations")]
     Convert(#[from] KlpElfError),
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModuleError + '_ {
-    move |source| ModuleError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// What goes into a module.

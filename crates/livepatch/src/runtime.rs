@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::kmod::{delete_module, finit_module, DeleteModuleFlags, ModuleInitFlags};
 
+use crate::io_error::{io, IoError};
 use crate::modinfo::{self, Modinfo, ModinfoError};
 
 /// Where the kernel lists live patches.
@@ -79,12 +80,8 @@ pub enum RuntimeError {
         source: Errno,
     },
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Failure classes of [`RuntimeError`], for exit codes.
@@ -115,17 +112,10 @@ impl RuntimeError {
             | RuntimeError::Load { .. } => RuntimeErrorClass::BadInput,
             RuntimeError::NoSuchPatch(_) => RuntimeErrorClass::Nothing,
             RuntimeError::Stalled { .. } => RuntimeErrorClass::Busy,
-            RuntimeError::Unsupported | RuntimeError::Unload { .. } | RuntimeError::Io { .. } => {
+            RuntimeError::Unsupported | RuntimeError::Unload { .. } | RuntimeError::Io(_) => {
                 RuntimeErrorClass::Other
             }
         }
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
-    move |source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -166,7 +156,7 @@ fn read_flag(path: &Path) -> Result<Option<bool>, RuntimeError> {
     match fs::read_to_string(path) {
         Ok(v) => Ok(Some(v.trim() == "1")),
         Err(e) if going(&e) => Ok(None),
-        Err(e) => Err(io(path)(e)),
+        Err(e) => Err(io(path)(e).into()),
     }
 }
 
@@ -175,7 +165,7 @@ fn sorted_dirs(path: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
     let entries = match fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) if going(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(io(path)(e)),
+        Err(e) => return Err(io(path)(e).into()),
     };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -258,7 +248,7 @@ pub fn wait_transition(
         match fs::read_to_string(&path) {
             // The directory goes away when a disabled patch is freed.
             Err(e) if going(&e) => return Ok(()),
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(io(&path)(e).into()),
             Ok(v) if v.trim() == "0" => return Ok(()),
             Ok(_) => {}
         }
@@ -378,7 +368,7 @@ pub fn revert(name: &str, root: &Path, timeout: Duration) -> Result<(), RuntimeE
                 action: "disable a patch",
                 source: errno,
             },
-            _ => io(&enabled)(e),
+            _ => io(&enabled)(e).into(),
         })?;
     }
     wait_transition(root, name, "unpatched", timeout)?;

@@ -7,6 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::io_error::{io, IoError};
+
 /// Errors reading, checking or applying a source patch.
 #[derive(Debug, thiserror::Error)]
 pub enum SourcePatchError {
@@ -30,19 +32,8 @@ pub enum SourcePatchError {
     #[error("the patch does not apply to {release}'s source: {detail}")]
     DoesNotApply { release: String, detail: String },
     /// Filesystem error.
-    #[error("i/o at {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourcePatchError + '_ {
-    move |source| SourcePatchError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// One changed line range of a file, in old and new line numbers (1-based).

@@ -106,23 +106,13 @@ pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
     let started = Instant::now();
     let (maps, pieces, index, eager, flat) = index(dir, map)?;
     write_served_pieces(dir, map, &pieces, &eager);
-    let mut server = Server {
-        summary: Summary {
-            pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
-            index_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            flat,
-            ..Summary::default()
-        },
-        maps,
-        pieces,
-        index,
-        tasks: Vec::new(),
-        pending: VecDeque::new(),
-        finished: None,
-        progress: None,
-        own_nice: current_nice(),
-        background_nice: false,
+    let summary = Summary {
+        pages: index.values().flatten().map(|e| e.len() / PAGE_SIZE).sum(),
+        index_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        flat,
+        ..Summary::default()
     };
+    let mut server = Server::new(maps, pieces, index, summary, current_nice());
     let socket = Path::new(SOCKET);
     let listen_error = |source| PageServerError::Listen {
         path: dir.join(SOCKET),
@@ -140,6 +130,29 @@ pub fn serve(dir: &Path, map: &Path) -> Result<Summary, PageServerError> {
 }
 
 impl Server {
+    /// A server of the page files in `maps` (their `pieces`, and where each task's pages lie in
+    /// them, `index`) that serves no task yet, started at nice value `own_nice`.
+    fn new(
+        maps: Vec<memmap2::Mmap>,
+        pieces: Vec<Pieces>,
+        index: TaskPages,
+        summary: Summary,
+        own_nice: i32,
+    ) -> Self {
+        Server {
+            maps,
+            pieces,
+            index,
+            tasks: Vec::new(),
+            pending: VecDeque::new(),
+            finished: None,
+            summary,
+            progress: None,
+            own_nice,
+            background_nice: false,
+        }
+    }
+
     fn run(&mut self, client: UnixStream) -> Result<(), PageServerError> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut client = Some(client);
@@ -545,18 +558,13 @@ mod tests {
         // On a thread of its own: the nice value is per thread.
         std::thread::spawn(|| {
             let own = current_nice();
-            let mut server = Server {
-                maps: Vec::new(),
-                pieces: Vec::new(),
-                index: TaskPages::new(),
-                tasks: Vec::new(),
-                pending: VecDeque::new(),
-                finished: None,
-                progress: None,
-                summary: Summary::default(),
-                own_nice: own,
-                background_nice: false,
-            };
+            let mut server = Server::new(
+                Vec::new(),
+                Vec::new(),
+                TaskPages::new(),
+                Summary::default(),
+                own,
+            );
             server.priority(true);
             assert_eq!(current_nice(), BACKGROUND_NICE);
             server.priority(false);
@@ -583,23 +591,19 @@ mod tests {
         bytes[mib + 7] ^= 1; // damage in piece 1
         std::fs::write(&path, &bytes).unwrap();
         let map = overboot_handover::map_read_only(&File::open(&path).unwrap()).unwrap();
-        let mut server = Server {
-            maps: vec![map],
-            pieces: vec![Pieces {
-                path: path.clone(),
-                size: 3 * mib,
-                digests,
-                checked: vec![false; 3],
-            }],
-            index: TaskPages::new(),
-            tasks: Vec::new(),
-            pending: VecDeque::new(),
-            finished: None,
-            progress: None,
-            summary: Summary::default(),
-            own_nice: 0,
-            background_nice: false,
+        let pieces = Pieces {
+            path: path.clone(),
+            size: 3 * mib,
+            digests,
+            checked: vec![false; 3],
         };
+        let mut server = Server::new(
+            vec![map],
+            vec![pieces],
+            TaskPages::new(),
+            Summary::default(),
+            0,
+        );
         // Pieces 0 and 2 pass, each checked once.
         server.check(0, 4096, 8192).unwrap();
         server.check(0, 2 * mib, mib).unwrap();

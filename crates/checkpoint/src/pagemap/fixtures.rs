@@ -9,7 +9,7 @@ use super::image::{PagemapHead, PAGEMAP_MAGIC, PAGE_SIZE, PE_LAZY, PE_PARENT, PE
 use super::vma::{
     MmEntry, VmaEntry, MAP_ANONYMOUS, MAP_PRIVATE, VMA_ANON_PRIVATE, VMA_AREA_REGULAR,
 };
-use crate::images::IMG_COMMON_MAGIC;
+use crate::images::{image_start, put_entry};
 
 /// `pagemap_entry`, as prost encodes it: the reference the hand-written codec is held to.
 #[derive(Clone, PartialEq, Message)]
@@ -25,12 +25,9 @@ pub(super) struct PagemapEntry {
 }
 
 pub(super) fn write_multi(path: &Path, magic: u32, entries: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    out.extend_from_slice(&magic.to_le_bytes());
+    let mut out = image_start(magic, 0);
     for e in entries {
-        out.extend_from_slice(&u32::try_from(e.len()).unwrap().to_le_bytes());
-        out.extend_from_slice(e);
+        put_entry(&mut out, e).unwrap();
     }
     std::fs::write(path, out).unwrap();
 }
@@ -57,6 +54,12 @@ pub(super) fn mm(dir: &Path, pid: u32, vmas: Vec<VmaEntry>) {
         0x5749_2820,
         &[MmEntry { vmas }.encode_to_vec()],
     );
+}
+
+/// The dump of task 5 in `top`: its pagemap (its own pages in `pages-13.img`) and mappings.
+pub(super) fn dump(top: &Path, entries: &[Vec<u8>], vmas: Vec<VmaEntry>) {
+    pagemap(&top.join("pagemap-5.img"), 13, entries);
+    mm(top, 5, vmas);
 }
 
 pub(super) fn vma(start: u64, end: u64, flags: u32, status: u32) -> VmaEntry {

@@ -42,7 +42,7 @@ use super::image::{
 };
 use super::lazy::{prepare, LazyPages};
 use super::vma::{read_vmas, VmaEntry};
-use crate::images::{ImageError, IMG_COMMON_MAGIC};
+use crate::images::{image_start, put_entry, ImageError};
 
 /// One task's new pagemap and page file, written beside the images but not yet in place.
 struct Flat {
@@ -184,13 +184,10 @@ fn free_pages_id(images: &Path) -> Result<u32, ImageError> {
 
 /// A pagemap image: magic, `pagemap_head { pages_id }`, then the encoded entries.
 fn pagemap_bytes(pages_id: u32, entries: &[(u64, u32, u32)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + entries.len() * 24);
-    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
+    let mut out = image_start(PAGEMAP_MAGIC, 16 + entries.len() * 24);
     let mut put = |payload: &[u8]| {
-        // An entry is a few varints; a head one more.
-        out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(payload);
+        // An entry is a few varints, a head one more: never too large for its length.
+        let _ = put_entry(&mut out, payload);
     };
     put(&PagemapHead { pages_id }.encode_to_vec());
     let mut encoded = Vec::with_capacity(32);
@@ -287,7 +284,7 @@ fn flatten_task(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{chain, mm, p, pagemap, pe, vma, ANON, HEAP};
+    use super::super::fixtures::{chain, dump, p, pe, vma, ANON, HEAP};
     use super::super::image::PE_PARENT;
     use super::super::prepare_lazy;
     use super::*;
@@ -301,6 +298,16 @@ mod tests {
             .flat_map(|&t| std::iter::repeat_n(t, PAGE))
             .collect();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The page files of [`chain`]'s rounds under `root`: round 1 (`pages-11`) holds pages
+    /// 0-11 tagged 0x10.., round 2 (`pages-12`) pages 2-3 tagged 0x22 and 0x23.
+    fn round_pages(root: &Path) {
+        pages(
+            &root.join("pre-1/pages-11.img"),
+            &(0x10..0x1c).collect::<Vec<u8>>(),
+        );
+        pages(&root.join("pre-2/pages-12.img"), &[0x22, 0x23]);
     }
 
     fn tags(path: &Path) -> Vec<u8> {
@@ -318,20 +325,12 @@ mod tests {
     #[test]
     fn the_restore_reads_no_round_and_gets_the_same_pages() {
         let (dir, top) = chain();
-        // Round 1 (`pages-11`): pages 0-11 tagged 0x10.., round 2 (`pages-12`): pages 2-3.
-        let pre1 = dir.path().join("pre-1");
-        let pre2 = dir.path().join("pre-2");
-        pages(
-            &pre1.join("pages-11.img"),
-            &(0x10..0x1c).collect::<Vec<u8>>(),
-        );
-        pages(&pre2.join("pages-12.img"), &[0x22, 0x23]);
+        round_pages(dir.path());
         // The dump: page 0 written now (CRIU's), holes 1-3 and 4-5 (lazy down the chain),
         // 6-7 written now (hot), a hole 8-9 in the next mapping, 10-11 a hole CRIU fills
         // itself (round 1 holds them eagerly).
-        pagemap(
-            &top.join("pagemap-5.img"),
-            13,
+        dump(
+            &top,
             &[
                 pe(p(0), 1, PE_PRESENT),
                 pe(p(1), 3, PE_PARENT),
@@ -340,13 +339,9 @@ mod tests {
                 pe(p(8), 2, PE_PARENT),
                 pe(p(10), 2, PE_PARENT),
             ],
-        );
-        pages(&top.join("pages-13.img"), &[0xa0, 0xa6, 0xa7]);
-        mm(
-            &top,
-            5,
             vec![vma(p(0), p(8), ANON, HEAP), vma(p(8), p(12), ANON, HEAP)],
         );
+        pages(&top.join("pages-13.img"), &[0xa0, 0xa6, 0xa7]);
         let (_, mut tasks) = prepare_lazy(&top).unwrap();
         let before = tasks[0].1.clone();
 
@@ -408,11 +403,7 @@ mod tests {
         // The fixture of the test above, and one whose page 20 is in no round (not flattened).
         let fixture = |missing: bool| {
             let (dir, top) = chain();
-            pages(
-                &dir.path().join("pre-1/pages-11.img"),
-                &(0x10..0x1c).collect::<Vec<u8>>(),
-            );
-            pages(&dir.path().join("pre-2/pages-12.img"), &[0x22, 0x23]);
+            round_pages(dir.path());
             let mut entries = vec![
                 pe(p(0), 1, PE_PRESENT),
                 pe(p(1), 3, PE_PARENT),
@@ -422,9 +413,8 @@ mod tests {
             if missing {
                 entries.push(pe(p(20), 1, PE_PARENT));
             }
-            pagemap(&top.join("pagemap-5.img"), 13, &entries);
+            dump(&top, &entries, vec![vma(p(0), p(21), ANON, HEAP)]);
             pages(&top.join("pages-13.img"), &[0xa0, 0xa6, 0xa7]);
-            mm(&top, 5, vec![vma(p(0), p(21), ANON, HEAP)]);
             (dir, top)
         };
         let files = |top: &Path| -> Vec<(String, Vec<u8>)> {
@@ -472,19 +462,21 @@ mod tests {
     fn without_a_chain_or_with_shared_memory_nothing_changes() {
         // A dump without rounds.
         let alone = tempfile::tempdir().unwrap();
-        pagemap(
-            &alone.path().join("pagemap-5.img"),
-            13,
+        dump(
+            alone.path(),
             &[pe(p(0), 2, PE_PRESENT | PE_LAZY)],
+            vec![vma(p(0), p(2), ANON, HEAP)],
         );
-        mm(alone.path(), 5, vec![vma(p(0), p(2), ANON, HEAP)]);
         let (_, mut tasks) = prepare_lazy(alone.path()).unwrap();
         assert!(!flatten(alone.path(), &mut tasks).unwrap());
 
         // Rounds, but shared anonymous memory (whose pagemaps chain too).
         let (_dir, top) = chain();
-        pagemap(&top.join("pagemap-5.img"), 13, &[pe(p(0), 2, PE_PARENT)]);
-        mm(&top, 5, vec![vma(p(0), p(12), ANON, HEAP)]);
+        dump(
+            &top,
+            &[pe(p(0), 2, PE_PARENT)],
+            vec![vma(p(0), p(12), ANON, HEAP)],
+        );
         std::fs::write(top.join("pagemap-shmem-7.img"), b"").unwrap();
         let (_, mut tasks) = prepare_lazy(&top).unwrap();
         let before = std::fs::read(top.join("pagemap-5.img")).unwrap();
@@ -497,12 +489,11 @@ mod tests {
     fn a_page_in_no_image_leaves_the_chain_in_place() {
         let (_dir, top) = chain();
         // Page 20 is in no round: CRIU's restore fails on it, as it would have.
-        pagemap(
-            &top.join("pagemap-5.img"),
-            13,
+        dump(
+            &top,
             &[pe(p(0), 1, PE_PARENT), pe(p(20), 1, PE_PARENT)],
+            vec![vma(p(0), p(21), ANON, HEAP)],
         );
-        mm(&top, 5, vec![vma(p(0), p(21), ANON, HEAP)]);
         let (_, mut tasks) = prepare_lazy(&top).unwrap();
         assert!(!flatten(&top, &mut tasks).unwrap());
         assert!(top.join("parent").is_symlink());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::images::{ImageError, IMG_COMMON_MAGIC};
+use crate::images::{image_start, put_entry, ImageError, IMG_COMMON_MAGIC};
 
 /// `magic.h`: the pagemap image.
 pub(super) const PAGEMAP_MAGIC: u32 = 0x5608_4025;
@@ -268,15 +268,12 @@ pub(super) fn rewrite_pagemap(
     pagemap: &Pagemap,
 ) -> Result<(), ImageError> {
     let path = images.join(format!("pagemap-{pid}.img"));
-    let mut out = Vec::with_capacity(pagemap.bytes.len() + pagemap.entries.len() * 4);
-    out.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    out.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
-    let mut put = |payload: &[u8]| -> Result<(), ImageError> {
-        let len =
-            u32::try_from(payload.len()).map_err(|_| format_error(&path, "entry too large"))?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(payload);
-        Ok(())
+    let mut out = image_start(
+        PAGEMAP_MAGIC,
+        pagemap.bytes.len() + pagemap.entries.len() * 4,
+    );
+    let mut put = |payload: &[u8]| {
+        put_entry(&mut out, payload).ok_or_else(|| format_error(&path, "entry too large"))
     };
     let (at, len) = pagemap.head;
     put(&pagemap.bytes[at..at + len])?;

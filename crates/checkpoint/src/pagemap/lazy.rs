@@ -345,7 +345,7 @@ fn cut_at_vmas(found: Vec<Extent>, vmas: &[VmaEntry]) -> Vec<Extent> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{chain, mm, p, pagemap, pe, vma, ANON, HEAP};
+    use super::super::fixtures::{chain, dump, mm, p, pagemap, pe, vma, ANON, HEAP};
     use super::super::vma::MAP_LOCKED;
     use super::*;
 
@@ -409,9 +409,8 @@ mod tests {
         // The dump: page 0 written now (eagerly: not the server's), pages 1-5 lazy holes,
         // pages 6-7 lazy and written now (hot: CRIU puts them back), 8-9 a lazy hole, 10-11 a
         // hole CRIU restores.
-        pagemap(
-            &top.join("pagemap-5.img"),
-            13,
+        dump(
+            &top,
             &[
                 pe(p(0), 1, PE_PRESENT),
                 pe(p(1), 5, PE_PARENT | PE_LAZY),
@@ -419,11 +418,7 @@ mod tests {
                 pe(p(8), 2, PE_PARENT | PE_LAZY),
                 pe(p(10), 2, PE_PARENT),
             ],
-        );
-        // Two mappings meet at page 5.
-        mm(
-            &top,
-            5,
+            // Two mappings meet at page 5.
             vec![vma(p(0), p(5), ANON, HEAP), vma(p(5), p(12), ANON, HEAP)],
         );
         let (flagged, tasks) = prepare_lazy(&top).unwrap();
@@ -474,16 +469,15 @@ mod tests {
         let big = u32::try_from(budget).unwrap(); // exactly the budget
                                                   // Written now: 2 pages, then one entry of the whole budget (too big once the two are
                                                   // taken: stays lazy), then 1 page (fits again).
-        pagemap(
-            &top.join("pagemap-5.img"),
-            13,
+        dump(
+            &top,
             &[
                 pe(p(0), 2, PE_PRESENT | PE_LAZY),
                 pe(p(2), big, PE_PRESENT | PE_LAZY),
                 pe(p(2 + budget), 1, PE_PRESENT | PE_LAZY),
             ],
+            vec![vma(p(0), p(3 + budget), ANON, HEAP)],
         );
-        mm(&top, 5, vec![vma(p(0), p(3 + budget), ANON, HEAP)]);
         let (_, tasks) = prepare_lazy(&top).unwrap();
         let flags: Vec<u32> = read_pagemap(&top, "5")
             .unwrap()
@@ -496,12 +490,11 @@ mod tests {
 
         // A dump without rounds: its own pages are all of the memory, none of them hot.
         let alone = tempfile::tempdir().unwrap();
-        pagemap(
-            &alone.path().join("pagemap-5.img"),
-            13,
+        dump(
+            alone.path(),
             &[pe(p(0), 2, PE_PRESENT | PE_LAZY)],
+            vec![vma(p(0), p(2), ANON, HEAP)],
         );
-        mm(alone.path(), 5, vec![vma(p(0), p(2), ANON, HEAP)]);
         let (_, tasks) = prepare_lazy(alone.path()).unwrap();
         assert_eq!(tasks[0].1.pages(), 2);
         assert!(tasks[0].1.eager.is_empty());

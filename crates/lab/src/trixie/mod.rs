@@ -217,14 +217,7 @@ impl Trixie {
         config.append = CMDLINE.into();
         config.memory_mib = MEMORY_MIB;
         config.disk = Some(overlay);
-        let host_ports = crate::net::free_ports(guest_ports.len())?;
-        config.net = Some(
-            host_ports
-                .iter()
-                .copied()
-                .zip(guest_ports.iter().copied())
-                .collect(),
-        );
+        let host_ports = lab::forward_ports(&mut config, guest_ports)?;
         Ok((config, host_ports))
     }
 
