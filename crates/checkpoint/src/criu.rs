@@ -178,11 +178,14 @@ impl Worker {
         .map_err(CheckpointError::Socket)?;
         let their_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(binary);
+        // Its own process group: a Ctrl-C at the terminal reaches overboot, which stops at
+        // the next step, never CRIU in the middle of a dump.
         cmd.arg("swrk")
             .arg(their_fd.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
         // calls are allowed: it makes one fcntl(2) on an fd number captured by value, and
         // allocates nothing. `theirs` stays open in the parent until after spawn returns.

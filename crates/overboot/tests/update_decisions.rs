@@ -48,6 +48,10 @@ struct Mock {
     running: Option<String>,
     /// The engine's version (default 3.17.1).
     engine: Option<String>,
+    /// A signal that arrives when the update reaches this phase's boundary (and stays).
+    interrupt_at: Option<(&'static str, i32)>,
+    /// That signal arrived.
+    interrupted: bool,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -71,6 +75,16 @@ fn tree(pid: i32) -> TreeInfo {
 }
 
 impl Effects for Mock {
+    fn interrupted(&mut self, at: overboot::model::phases::Phase) -> Option<i32> {
+        if let Some((phase, signal)) = self.interrupt_at {
+            self.interrupted |= phase == at.name();
+            if self.interrupted {
+                return Some(signal);
+            }
+        }
+        None
+    }
+
     fn running_release(&mut self) -> String {
         self.running
             .clone()
@@ -1174,4 +1188,137 @@ fn every_failed_attempt_leaves_a_report() {
     let outcomes: Vec<_> = all.iter().map(|r| r.outcome.clone()).collect();
     assert_eq!(outcomes, [Outcome::Refused, Outcome::Failed]);
     assert!(all[1].line().contains("failed"), "{}", all[1].line());
+}
+
+/// A signal (SIGINT, SIGTERM, SIGHUP) stops the update at the next phase boundary: before the
+/// freeze nothing is frozen (a kernel loaded early is unloaded); after it, every tree dumped
+/// so far is restored on this kernel. The report says `interrupted`, with the signal and the
+/// phase; no in-flight record is left behind.
+#[test]
+fn a_signal_stops_the_update_and_every_dumped_tree_comes_back() {
+    use overboot::model::report::{Outcome, Report};
+    let cases: [(&str, bool, &[&str], &[&str]); 5] = [
+        ("check", false, &[], &["dump 100", "load", "jump"]),
+        ("pre_copy", true, &["unload"], &["dump 100", "jump"]),
+        (
+            "freeze_dump",
+            false,
+            &["dump 100", "restore pid-100"],
+            &["dump 200", "load"],
+        ),
+        (
+            "write_map",
+            false,
+            &["restore pid-100", "restore pid-200"],
+            &["load", "jump"],
+        ),
+        (
+            "kexec_load",
+            false,
+            &["restore pid-100", "restore pid-200"],
+            &["load", "jump"],
+        ),
+    ];
+    for (phase, dir_store, happened, never) in cases {
+        let mut mock = Mock {
+            interrupt_at: Some((phase, 15)),
+            tracking: true,
+            ..Mock::default()
+        };
+        let (result, dir) = run_with(&mut mock, |o| {
+            if dir_store {
+                into_a_directory_store(o);
+            }
+        });
+        let err = result.expect_err("interrupted");
+        assert_eq!(
+            err.class(),
+            overboot::ExitClass::Interrupted,
+            "{phase}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("interrupted by SIGTERM at {phase}")),
+            "{phase}: {text}"
+        );
+        for entry in happened {
+            assert!(
+                at_least_once(&mock, entry),
+                "{phase}: no {entry}: {:?}",
+                mock.log
+            );
+        }
+        for entry in never {
+            assert!(
+                !at_least_once(&mock, entry),
+                "{phase}: {entry}: {:?}",
+                mock.log
+            );
+        }
+        let state = dir.path().join("state");
+        let last = Report::last(&state).expect("report");
+        assert_eq!(last.outcome, Outcome::Interrupted, "{phase}");
+        assert!(
+            !overboot::old::inflight::InFlight::path(&state).exists(),
+            "{phase}"
+        );
+    }
+}
+
+/// An update that died between its freeze and its jump left its record: its guardian (or the
+/// next overboot) ends the stopped tasks, restores every dumped tree and the one being dumped
+/// (when CRIU left it stopped or dead), lifts the block, unloads the kernel and reports; a
+/// record from another boot is dropped.
+#[test]
+fn the_trees_of_an_update_that_died_come_back() {
+    use overboot::model::report::{Outcome, Report};
+    use overboot::old::freeze::Dumped;
+    use overboot::old::inflight::{self, InFlight};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let dumped = |name: &str| Dumped {
+        name: name.into(),
+        images: dir.path().join("map/trees").join(name),
+        // Pids no process has: ending them is immediate.
+        stopped: Some(vec![i32::MAX - 1]),
+    };
+    let record = InFlight {
+        pid: i32::MAX,
+        boot_id: "another boot".into(),
+        phase: "write_map".into(),
+        held: Vec::new(),
+        dumped: vec![dumped("pid-100")],
+        dumping: Some(dumped("pid-200")),
+        loaded: true,
+    };
+    record.save(&state);
+    let mut mock = Mock::default();
+    assert!(inflight::recover_stale(&mut mock, &state).is_none());
+    assert!(
+        !InFlight::path(&state).exists(),
+        "a record of another boot stays"
+    );
+    assert!(mock.log.is_empty(), "{:?}", mock.log);
+
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    InFlight {
+        boot_id: boot_id.trim().into(),
+        ..record
+    }
+    .save(&state);
+    let report = inflight::recover_stale(&mut mock, &state).expect("recovered");
+    assert_eq!(report.outcome, Outcome::Interrupted);
+    let detail = report.detail.unwrap_or_default();
+    assert!(
+        detail.contains("during write map") && detail.contains("restored on this kernel: pid-100"),
+        "{detail}"
+    );
+    for entry in ["restore pid-100", "restore pid-200", "unblock", "unload"] {
+        assert!(at_least_once(&mock, entry), "no {entry}: {:?}", mock.log);
+    }
+    assert!(!InFlight::path(&state).exists());
+    assert_eq!(
+        Report::last(&state).expect("report").outcome,
+        Outcome::Interrupted
+    );
 }

@@ -121,20 +121,11 @@ pub fn freeze_all(
             .block_new_connections(&ports)
             .map_err(UpdateError::NetworkCheck)?;
     }
-    // From here until the jump the update is on record, watched by its guardian: should it
-    // die, the guardian brings back what it froze (see `inflight`).
-    let mut record = InFlight {
-        pid: i32::try_from(std::process::id()).unwrap_or(0),
-        boot_id: crate::host::proc::boot_id(),
-        phase: Phase::FreezeDump.name().into(),
-        held: trees.to_vec(),
-        dumped: Vec::new(),
-        dumping: None,
-        // With a directory store the new kernel was loaded before the freeze.
-        loaded: matches!(options.handover, Handover::Dir(_)),
-    };
+    // On record since the checks passed (see `inflight`): now with the trees it holds.
+    let mut record = InFlight::load(&options.state_dir).unwrap_or_else(InFlight::start);
+    record.phase = Phase::FreezeDump.name().into();
+    record.held = trees.to_vec();
     record.save(&options.state_dir);
-    effects.guard(&options.state_dir);
     // A service manager must not answer the dump's kill with a fresh copy of the service.
     if let Err(e) = effects.hold_units(trees) {
         effects.unblock_new_connections();

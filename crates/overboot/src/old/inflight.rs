@@ -8,8 +8,8 @@
 //! writes a report saying what happened.
 //!
 //! ```text
-//!  update: checks ─► guardian started ─► record ─► dump 1 ─► record ─► ... ─► map ─► load ─► jump
-//!                                          │ update dies anywhere here
+//!  update: checks ─► record, guardian ─► [load] ─► pre-copy ─► dump 1 ─► record ─► ... ─► jump
+//!                         │ update dies anywhere here
 //!                                          ▼
 //!  guardian (or the next overboot): tree being dumped settles → end stopped tasks → restore
 //!  each dumped tree → unblock, release units, unload → report "interrupted" → record removed
@@ -50,6 +50,19 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The record of this process's update, right after its checks passed.
+    pub fn start() -> InFlight {
+        InFlight {
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            boot_id: crate::host::proc::boot_id(),
+            phase: Phase::Check.name().into(),
+            held: Vec::new(),
+            dumped: Vec::new(),
+            dumping: None,
+            loaded: false,
+        }
+    }
+
     /// The record's file in `state_dir`.
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join(files::INFLIGHT)
@@ -102,13 +115,39 @@ pub fn recover_after(
     pid: i32,
     how: &str,
 ) -> Option<Report> {
+    // Whoever recovers holds the lock: the guardian and an `overboot status` meanwhile
+    // never restore the same trees twice.
+    let _lock = lock(state_dir, true)?;
     let record = InFlight::load(state_dir).filter(|r| r.pid == pid)?;
     Some(recover(effects, state_dir, record, how))
+}
+
+/// The recovery lock of `state_dir` (`inflight.lock`), waiting for it or not.
+fn lock(state_dir: &Path, wait: bool) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    std::fs::create_dir_all(state_dir).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join("inflight.lock"))
+        .ok()?;
+    let how = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    Flock::lock(file, how).ok()
 }
 
 /// A record left by an update that no longer runs: brings its trees back (same boot) or drops
 /// it (another boot: the jump happened). What `overboot update` and `status` run first.
 pub fn recover_stale(effects: &mut dyn Effects, state_dir: &Path) -> Option<Report> {
+    if !InFlight::path(state_dir).exists() {
+        return None;
+    }
+    // Its guardian may be at it: then the guardian reports.
+    let _lock = lock(state_dir, false)?;
     let record = InFlight::load(state_dir)?;
     if record.boot_id != crate::host::proc::boot_id() {
         InFlight::clear(state_dir);

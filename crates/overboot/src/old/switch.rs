@@ -57,6 +57,7 @@ pub fn load_early(
             path: options.kernel.clone(),
             source,
         })?;
+    InFlight::enter(&options.state_dir, Phase::PreCopy, true);
     Ok(Some(request))
 }
 

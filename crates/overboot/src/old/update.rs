@@ -86,6 +86,10 @@ fn attempt(
     }
 
     super::freeze::honour_interrupt_unfrozen(effects, Phase::Check)?;
+    // From here until the jump the update is on record, watched by its guardian: should it
+    // die, the guardian brings back what it froze and unloads what it loaded (`inflight`).
+    super::inflight::InFlight::start().save(&options.state_dir);
+    effects.guard(&options.state_dir);
     let id = new_id();
     let map_dir = match &options.handover {
         Handover::Initrd => options.work_dir.join(&id).join("map"),
