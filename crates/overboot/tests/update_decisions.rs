@@ -1272,7 +1272,7 @@ fn a_signal_stops_the_update_and_every_dumped_tree_comes_back() {
 #[test]
 fn the_trees_of_an_update_that_died_come_back() {
     use overboot::model::report::{Outcome, Report};
-    use overboot::old::freeze::Dumped;
+    use overboot::old::back::Dumped;
     use overboot::old::inflight::{self, InFlight};
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");

@@ -169,6 +169,15 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
+/// A new update id: UTC seconds and the pid, sortable.
+pub fn new_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs}-{}", std::process::id())
+}
+
 /// An id's sort key: its leading number (UTC seconds), then the rest.
 fn sortable(id: &str) -> (u64, &str) {
     let (secs, rest) = id.split_once('-').unwrap_or((id, ""));

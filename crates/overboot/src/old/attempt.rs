@@ -23,7 +23,11 @@ pub fn failed(
         Outcome::Refused
     };
     Report {
-        id: format!("{}-{}", super::update::new_id(), outcome_word(&outcome)),
+        id: format!(
+            "{}-{}",
+            crate::model::report::new_id(),
+            outcome_word(&outcome)
+        ),
         outcome,
         detail: Some(overboot_checkpoint::error_chain(error)),
         from: effects.running_release(),

@@ -20,8 +20,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::back::{restore_here, Dumped};
 use super::effects::Effects;
-use super::freeze::{restore_here, Dumped};
 use crate::host::target::TreeInfo;
 use crate::model::files;
 use crate::model::phases::Phase;
@@ -180,7 +180,7 @@ fn recover(effects: &mut dyn Effects, state_dir: &Path, record: InFlight, how: &
     }
     InFlight::clear(state_dir);
     let report = Report {
-        id: format!("{}-interrupted", super::update::new_id()),
+        id: format!("{}-interrupted", crate::model::report::new_id()),
         outcome: Outcome::Interrupted,
         detail: Some(format!(
             "{how} during {}; {sentence}",

@@ -6,9 +6,10 @@ use overboot_handover::{
 };
 use overboot_kexec::KernelImage;
 
+use super::back::{restore_here, Dumped};
 use super::effects::Effects;
 use super::error::UpdateError;
-use super::freeze::{restore_here, Dumped, Frozen};
+use super::freeze::Frozen;
 use super::options::UpdateOptions;
 use crate::host::target::TreeInfo;
 use crate::model::phases::{Phase, Phases};
@@ -37,7 +38,7 @@ pub fn write(
     progress: &mut dyn FnMut(&str),
 ) -> Result<SaveStateMap, UpdateError> {
     super::inflight::InFlight::enter(&options.state_dir, Phase::WriteMap, false);
-    super::freeze::honour_interrupt(effects, Phase::WriteMap, dumped)?;
+    super::back::honour_interrupt(effects, Phase::WriteMap, dumped)?;
     let network = match effects.capture_network() {
         Ok(n) => n,
         Err(source) => {

@@ -5,6 +5,7 @@
 //! [`update`] strings them together over [`effects::Effects`].
 
 pub mod attempt;
+pub mod back;
 pub mod check;
 pub mod compat;
 pub mod effects;

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use overboot_handover::{DirectoryStore, InitrdStore, SaveStateMap, Store};
 use overboot_kexec::{KernelImage, LoadRequest};
 
+use super::back::{honour_interrupt, restore_here, Dumped};
 use super::effects::Effects;
 use super::error::UpdateError;
-use super::freeze::{honour_interrupt, restore_here, Dumped};
 use super::inflight::InFlight;
 use super::options::{Staged, UpdateOptions};
 use super::precopy::PreCopy;

@@ -22,25 +22,15 @@
 //! The side effects sit behind [`Effects`] so that these decisions are unit-tested without
 //! root; [`super::effects::HostEffects`] is the real system.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use overboot_handover::SaveStateMap;
 
+use super::back::Dumped;
 use super::effects::Effects;
 pub use super::error::UpdateError;
-use super::freeze::Dumped;
 pub use super::options::{Staged, UpdateOptions};
 use crate::host::store::Handover;
 use crate::model::phases::{Phase, Phases};
-
-/// A new update id: UTC seconds and the pid, sortable.
-pub fn new_id() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{secs}-{}", std::process::id())
-}
+pub use crate::model::report::new_id;
 
 /// Runs an update. Returns only if it failed, or when a mock jump returns. A failed attempt
 /// leaves its report in the state directory (`overboot status`): refused by the checks, or
@@ -85,7 +75,7 @@ fn attempt(
         progress(&format!("warning: {warning}"));
     }
 
-    super::freeze::honour_interrupt_unfrozen(effects, Phase::Check)?;
+    super::back::honour_interrupt_unfrozen(effects, Phase::Check)?;
     // From here until the jump the update is on record, watched by its guardian: should it
     // die, the guardian brings back what it froze and unloads what it loaded (`inflight`).
     super::inflight::InFlight::start().save(&options.state_dir);
@@ -105,7 +95,7 @@ fn attempt(
                 super::precopy::run(effects, options, &mut writer, &trees, phases, progress);
             // A signal during the checks or the pre-copy stops the update here: nothing
             // frozen; the kernel loaded early is unloaded.
-            let stop = super::freeze::honour_interrupt_unfrozen(effects, Phase::PreCopy);
+            let stop = super::back::honour_interrupt_unfrozen(effects, Phase::PreCopy);
             if stop.is_err() && early.is_some() {
                 effects.unload();
             }
