@@ -2,6 +2,7 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod args;
+mod docs;
 mod error;
 mod kexec;
 mod pages;
@@ -12,7 +13,7 @@ mod status;
 pub mod systemd;
 mod update;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 pub use error::{exit_code, CommandError};
 
 /// Move a running Linux server onto a new kernel without stopping its services.
@@ -48,6 +49,9 @@ enum Verb {
     /// The lazy restore's page server (started by the agent).
     #[command(hide = true)]
     ServePages(pages::Args),
+    /// Write the manual pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    GenerateDocs(docs::Args),
 }
 
 /// Runs the parsed command line.
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Verb::Status(args) => status::run(args, cli.json),
         Verb::Systemd(args) => systemd::run(args, cli.json),
         Verb::ServePages(args) => pages::run(args),
+        Verb::GenerateDocs(args) => docs::run(args, Cli::command()),
     }
 }
