@@ -2,6 +2,7 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod args;
+mod docs;
 mod error;
 mod guard;
 mod kexec;
@@ -13,7 +14,7 @@ mod status;
 pub mod systemd;
 mod update;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 pub use error::{exit_code, CommandError};
 
 /// Move a running Linux server onto a new kernel without stopping its services.
@@ -52,6 +53,9 @@ enum Verb {
     /// The guardian of an update (started by `update` before its freeze).
     #[command(hide = true)]
     Guard(guard::Args),
+    /// Write the manual pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    GenerateDocs(docs::Args),
 }
 
 /// Runs the parsed command line.
@@ -66,5 +70,6 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         Verb::Systemd(args) => systemd::run(args, cli.json),
         Verb::ServePages(args) => pages::run(args),
         Verb::Guard(args) => guard::run(args),
+        Verb::GenerateDocs(args) => docs::run(args, Cli::command()),
     }
 }
