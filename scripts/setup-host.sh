@@ -14,7 +14,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   done
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "overboot: a Rust toolchain (1.80 or newer, e.g. from rustup) is needed on PATH" >&2
+  echo "overboot: a Rust toolchain (1.85 or newer, e.g. from rustup) is needed on PATH" >&2
   exit 1
 fi
 
