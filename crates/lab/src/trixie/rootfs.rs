@@ -148,7 +148,10 @@ pub fn rootfs(
     if tmp.exists() {
         // debootstrap mounts /proc and /sys in the tree while it installs; a killed run leaves
         // them mounted, and nothing below a mount point may be deleted.
-        unmount_below(&tmp)?;
+        host::unmount_below(&tmp).map_err(|source| RootfsError::Step {
+            step: "unmounting what an interrupted build left mounted".into(),
+            source,
+        })?;
         fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     let debs = cache.join("debootstrap-debs");
@@ -186,28 +189,6 @@ pub fn rootfs(
         debootstrapped.as_secs_f64()
     );
     Ok(dir)
-}
-
-/// Lazily unmounts every mount at or below `dir`, deepest first.
-fn unmount_below(dir: &Path) -> Result<(), RootfsError> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for point in points {
-        step(
-            &format!(
-                "unmounting {} left by an interrupted build",
-                point.display()
-            ),
-            Command::new("umount").arg("-l").arg(&point),
-        )?;
-    }
-    Ok(())
 }
 
 fn remove_siblings(cache: &Path, prefix: &str, keep: &str) {
