@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod carry;
+pub mod criu;
 pub mod demo;
 pub mod disk;
 pub mod guest;
