@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the lab needs on a Debian 12 host (as root): QEMU, CRIU, busybox, cpio, ...
-# (debootstrap and qemu-utils build and overlay the Debian 13 profile's root file system)
+# (debootstrap and qemu-utils build and overlay the Debian 13 profile's root file system; the
+# -dev packages, compilers and dpkg-dev build the guests' pinned CRIU, see crates/lab/src/criu)
 # Sourced by scripts/demo and scripts/test; safe to run again (installs only what is missing).
 set -euo pipefail
 
@@ -20,7 +21,10 @@ fi
 
 packages=(qemu-system-x86 criu busybox-static cpio xz-utils zstd e2fsprogs kmod
           redis-server redis-tools nftables iproute2 gcc gcc-12 make patch tar
-          libelf1 zlib1g debootstrap qemu-utils)
+          libelf1 zlib1g debootstrap qemu-utils
+          build-essential dpkg-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev
+          protobuf-compiler libnl-3-dev libnl-route-3-dev libnet1-dev libbsd-dev libcap-dev
+          libgnutls28-dev libnftables-dev uuid-dev pkg-config python3-protobuf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -82,6 +82,38 @@ pub fn ensure_packages(packages: &[&str]) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Lazily unmounts every mount at or below `dir`, deepest first: what a killed chroot build
+/// (debootstrap's `/proc` and `/sys`, a build's `/dev`) left mounted, since nothing below a
+/// mount point may be deleted.
+pub fn unmount_below(dir: &Path) -> Result<(), HostError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        run(Command::new("umount").arg("-l").arg(&point))?;
+    }
+    Ok(())
+}
+
+/// The shared libraries (and the dynamic loader) in the output of `ldd`.
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rhs)) => rhs.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
 /// The lab's cache of kernel packages and built images: `$OVERBOOT_LAB_CACHE`, else
 /// `/var/cache/overboot-lab` (outside the repository, kept between runs).
 pub fn cache_dir() -> PathBuf {
@@ -105,4 +137,21 @@ pub fn run_dir(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     target.join("lab").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_is_parsed() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Guest initramfs images: busybox, the kernel's modules (decompressed, in load order), our
-//! binaries with their shared libraries, CRIU, workloads, and the lab's `/init`.
+//! binaries with their shared libraries, CRIU (the lab's pinned build, or Debian 12's with
+//! `OVERBOOT_LAB_CRIU=distro`), workloads, and the lab's `/init`.
 //!
 //! The image is staged in a directory and packed as an uncompressed newc cpio: the kexec
 //! purgatory hashes every segment and TCG decompresses slowly, so small and plain is fastest.
@@ -11,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::criu::{self, CriuError, Engine, Userland};
 use crate::kernels::{Kernel, KernelError, ModuleIndex};
 
 /// The lab's init (PID 1 of every guest). It mounts the pseudo filesystems, loads the modules
@@ -169,6 +171,9 @@ pub enum ImageError {
     /// The kernel package could not be read.
     #[error("kernel modules")]
     Kernel(#[from] KernelError),
+    /// The lab's CRIU could not be built.
+    #[error("the guests' CRIU")]
+    Criu(#[from] CriuError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -234,6 +239,23 @@ impl GuestImage {
             }
         }
         Ok(())
+    }
+
+    /// Adds CRIU as `/usr/sbin/criu` with its libraries: the lab's pinned build for Debian 12
+    /// (built and cached on first use), or the host's own package with `OVERBOOT_LAB_CRIU=distro`.
+    pub fn add_criu(&mut self) -> Result<(), ImageError> {
+        match Engine::from_env()? {
+            Engine::Pinned => {
+                let built = criu::for_bookworm()?;
+                criu::announce(Userland::Bookworm, &criu::describe(&built));
+                self.add_binary(&built.binary, "/usr/sbin/criu")
+            }
+            Engine::Distro => {
+                let what = criu::describe_distro(Path::new("/var/lib/dpkg"));
+                criu::announce(Userland::Bookworm, &what);
+                self.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")
+            }
+        }
     }
 
     /// Adds the wanted modules of this image's kernel (decompressed) and their load order in
@@ -378,20 +400,7 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
             stderr: String::from_utf8_lossy(&out.stderr).into(),
         });
     }
-    Ok(parse_ldd(&text))
-}
-
-fn parse_ldd(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let path = match line.split_once("=>") {
-                Some((_, rhs)) => rhs.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
+    Ok(crate::host::parse_ldd(&text))
 }
 
 fn decompress_module(path: &Path) -> Result<Vec<u8>, ImageError> {
@@ -413,21 +422,4 @@ fn decompress_module(path: &Path) -> Result<Vec<u8>, ImageError> {
         });
     }
     Ok(out.stdout)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ldd_output_is_parsed() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
-        assert_eq!(
-            parse_ldd(text),
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
-    }
 }

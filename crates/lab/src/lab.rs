@@ -140,7 +140,7 @@ impl Lab {
         image.add_late_modules(kernel, DUMP_MODULES)?;
         image.add_binary(&self.binaries.overboot, "/usr/sbin/overboot")?;
         image.add_binary(&self.binaries.workload, "/usr/bin/lab-workload")?;
-        image.add_binary(Path::new("/usr/sbin/criu"), "/usr/sbin/criu")?;
+        image.add_criu()?;
         // The network scenarios' service, and nft to inspect or carry CRIU's lock table.
         image.add_binary(Path::new("/usr/bin/redis-server"), "/usr/bin/redis-server")?;
         image.add_binary(Path::new("/usr/sbin/nft"), "/usr/sbin/nft")?;

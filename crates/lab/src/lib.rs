@@ -4,10 +4,12 @@
 //! and data disks ([`image`], [`disk`]), boots them in QEMU and talks to the guest over the serial
 //! console with explicit sentinels ([`guest`]). Tests, the demo and the benchmark are built on it.
 //! [`trixie`] is the second profile: a Debian 13 root file system with systemd as PID 1.
+//! Both profiles' guests run a pinned CRIU the lab builds for their userland ([`criu`]).
 //! Nothing here runs a privileged operation on the host: kexec, CRIU and friends run in guests.
 
 pub mod bench;
 pub mod carry;
+pub mod criu;
 pub mod demo;
 pub mod disk;
 pub mod guest;

@@ -14,8 +14,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install host packages, fetch kernels A, B and C, build our binaries.
-    Prepare,
+    /// Install host packages, fetch kernels A, B and C, build our binaries and the guests'
+    /// CRIU (the pinned release unless OVERBOOT_LAB_CRIU=distro); with `--profile trixie`,
+    /// build the Debian 13 tree and image instead. Boots no guest.
+    Prepare {
+        /// `busybox` (the lab's initramfs guests) or `trixie` (the Debian 13 image).
+        #[arg(long, default_value = "busybox", value_parser = ["busybox", "trixie"])]
+        profile: String,
+    },
     /// Redis on kernel A in a throwaway guest, a host client on one connection, `overboot
     /// update` to B (or C); the last stdout line is a JSON summary. Exits 1 when the client's
     /// connection broke or a key was lost.
@@ -79,16 +85,7 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<bool, Box<dyn std::error::Error>> = match cli.command {
-        Command::Prepare => overboot_lab::Lab::prepare(&["A", "B", "C"])
-            .map(|lab| {
-                for label in ["A", "B", "C"] {
-                    if let Ok(k) = lab.kernel(label) {
-                        println!("{label}: {} ({})", k.release, k.package);
-                    }
-                }
-                true
-            })
-            .map_err(Into::into),
+        Command::Prepare { profile } => prepare(&profile),
         Command::Demo { to, profile } => {
             let result = if profile == "trixie" {
                 overboot_lab::demo::run_trixie()
@@ -121,6 +118,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn prepare(profile: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    use overboot_lab::criu::{self, Engine};
+    if profile == "trixie" {
+        let trixie = overboot_lab::trixie::Trixie::prepare()?;
+        println!("image: {}", trixie.image().display());
+        return Ok(true);
+    }
+    let lab = overboot_lab::Lab::prepare(&["A", "B", "C"])?;
+    for label in ["A", "B", "C"] {
+        if let Ok(k) = lab.kernel(label) {
+            println!("{label}: {} ({})", k.release, k.package);
+        }
+    }
+    match Engine::from_env()? {
+        Engine::Pinned => {
+            let built = criu::for_bookworm()?;
+            println!(
+                "criu: {} ({})",
+                built.binary.display(),
+                criu::describe(&built)
+            );
+        }
+        Engine::Distro => println!(
+            "criu: /usr/sbin/criu ({})",
+            criu::describe_distro(std::path::Path::new("/var/lib/dpkg"))
+        ),
+    }
+    Ok(true)
 }
 
 fn bench(args: BenchArgs) -> Result<bool, Box<dyn std::error::Error>> {

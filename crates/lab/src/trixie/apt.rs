@@ -1,6 +1,8 @@
 //! Debian 13 (trixie) and trixie-backports for the lab only: an apt configuration of its own
 //! (sources list, package lists, package cache) under the lab cache, handed to `apt-get` and
 //! `apt-cache` with `-o` options. The machine's own sources, lists and caches are never touched.
+//! A second configuration of the same kind lists source packages only (`deb-src` of sid), for
+//! the CRIU the lab builds itself ([`crate::criu`]).
 //!
 //! The mirror is the one the machine's own apt already uses for Debian (read from
 //! `apt-cache policy`), so the lab reaches nothing the host does not; `OVERBOOT_LAB_DEBIAN_MIRROR`
@@ -29,7 +31,7 @@ pub enum AptError {
     #[error("no Debian mirror in `apt-cache policy` (set OVERBOOT_LAB_DEBIAN_MIRROR)")]
     NoMirror,
     /// apt-get or apt-cache failed.
-    #[error("apt for the trixie lab")]
+    #[error("apt with the lab's own sources")]
     Apt(#[source] HostError),
     /// Neither the pinned package nor one of its series is in the archive.
     #[error("{package} is not in trixie or trixie-backports, and no package of its series is")]
@@ -60,6 +62,23 @@ pub struct LabApt {
 impl LabApt {
     /// The configuration under `dir` (created), using the machine's Debian mirror.
     pub fn new(dir: &Path) -> Result<LabApt, AptError> {
+        LabApt::with_lines(dir, |mirror| {
+            SUITES
+                .iter()
+                .map(|suite| format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n"))
+                .collect()
+        })
+    }
+
+    /// A configuration under `dir` (created) that lists the source packages of `suite` only
+    /// (`deb-src`), from the same mirror.
+    pub fn source_packages(dir: &Path, suite: &str) -> Result<LabApt, AptError> {
+        LabApt::with_lines(dir, |mirror| {
+            format!("deb-src [signed-by={KEYRING}] {mirror} {suite} main\n")
+        })
+    }
+
+    fn with_lines(dir: &Path, lines: impl Fn(&str) -> String) -> Result<LabApt, AptError> {
         let mirror = match std::env::var("OVERBOOT_LAB_DEBIAN_MIRROR") {
             Ok(m) if !m.is_empty() => m,
             _ => host_mirror()?,
@@ -69,10 +88,7 @@ impl LabApt {
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
         let sources = dir.join("sources.list");
-        let text: String = SUITES
-            .iter()
-            .map(|suite| format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n"))
-            .collect();
+        let text = lines(&mirror);
         if fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
             fs::write(&sources, text).map_err(io(&sources))?;
             // New sources: the old lists no longer describe them.
@@ -154,6 +170,22 @@ impl LabApt {
             "lab: warning: {package} has left the archive; using the newest of its series, {newest}"
         );
         Ok(newest)
+    }
+
+    /// Downloads the files of source package `name` at `version` (`apt-get source
+    /// --download-only`: the `.dsc` and its tarballs, each checked against the signed index)
+    /// into `dir`. apt fails when one file could not be fetched; the ones it did fetch stay.
+    pub fn download_source(&self, name: &str, version: &str, dir: &Path) -> Result<(), AptError> {
+        self.update_if_stale()?;
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        host::run(
+            self.command("apt-get")
+                .current_dir(dir)
+                .args(["source", "--download-only", "-q"])
+                .arg(format!("{name}={version}")),
+        )
+        .map_err(AptError::Apt)?;
+        Ok(())
     }
 
     /// Downloads `packages` (`apt-get download`) into `dir` and returns the `.deb` files there.

@@ -5,8 +5,10 @@
 //!                                  kernels unpacked into it, depmod and mkinitramfs run in a
 //!                                  chroot (the distribution's own initramfs-tools)
 //!        key = sha256(suite, PACKAGES, kernel packages, profile files, PROFILE_VERSION)
-//!  cache/trixie/image-<key>.ext4   that tree + overboot's binaries, as an ext4 file system
-//!        key = sha256(rootfs key, binaries)
+//!  cache/trixie/image-<key>.ext4   that tree + overboot's binaries + the pinned CRIU built in
+//!                                  a copy of the tree (crate::criu; Debian's own with
+//!                                  OVERBOOT_LAB_CRIU=distro), as an ext4 file system
+//!        key = sha256(rootfs key, binaries, CRIU)
 //!  target/lab/<run>/root.qcow2     per test: a copy-on-write overlay whose backing file is
 //!                                  the image, so the cache stays pristine
 //! ```
@@ -22,6 +24,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::criu::{self, CriuError, Engine, PinnedCriu, Userland};
 use crate::host::{self, HostError};
 
 use super::apt::LabApt;
@@ -62,6 +65,12 @@ pub enum RootfsError {
     /// The binaries need a library the tree lacks and the host cannot give.
     #[error("{binary} needs {library}, which is neither in the trixie tree nor on the host")]
     Library { binary: PathBuf, library: String },
+    /// The pinned CRIU links a library the image's tree lacks.
+    #[error("the pinned CRIU links {0}, which the trixie tree lacks")]
+    CriuLibrary(PathBuf),
+    /// The pinned CRIU could not be built, or the engine is not known.
+    #[error("the image's CRIU")]
+    Criu(#[from] CriuError),
     /// Filesystem error.
     #[error("rootfs i/o at {path}")]
     Io {
@@ -148,7 +157,10 @@ pub fn rootfs(
     if tmp.exists() {
         // debootstrap mounts /proc and /sys in the tree while it installs; a killed run leaves
         // them mounted, and nothing below a mount point may be deleted.
-        unmount_below(&tmp)?;
+        host::unmount_below(&tmp).map_err(|source| RootfsError::Step {
+            step: "unmounting what an interrupted build left mounted".into(),
+            source,
+        })?;
         fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     let debs = cache.join("debootstrap-debs");
@@ -186,28 +198,6 @@ pub fn rootfs(
         debootstrapped.as_secs_f64()
     );
     Ok(dir)
-}
-
-/// Lazily unmounts every mount at or below `dir`, deepest first.
-fn unmount_below(dir: &Path) -> Result<(), RootfsError> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for point in points {
-        step(
-            &format!(
-                "unmounting {} left by an interrupted build",
-                point.display()
-            ),
-            Command::new("umount").arg("-l").arg(&point),
-        )?;
-    }
-    Ok(())
 }
 
 fn remove_siblings(cache: &Path, prefix: &str, keep: &str) {
@@ -314,14 +304,26 @@ fn install_kernel(root: &Path, kernel: &KernelInstall) -> Result<(), RootfsError
 }
 
 /// The image layer: the rootfs tree plus `binaries` (each `(host path, guest path)`), the
-/// shared libraries they need that the tree lacks and the symlinks `links` (`(link, target)`),
-/// as an ext4 image.
+/// shared libraries they need that the tree lacks, the symlinks `links` (`(link, target)`) and,
+/// unless `OVERBOOT_LAB_CRIU=distro`, the pinned CRIU in place of Debian's, as an ext4 image.
 pub fn image(
     cache: &Path,
     rootfs: &Path,
     binaries: &[(PathBuf, &str)],
     links: &[(&str, &str)],
 ) -> Result<PathBuf, RootfsError> {
+    let pinned = match Engine::from_env()? {
+        Engine::Pinned => {
+            let built = criu::for_trixie(rootfs)?;
+            criu::announce(Userland::Trixie, &criu::describe(&built));
+            Some(built)
+        }
+        Engine::Distro => {
+            let what = criu::describe_distro(&rootfs.join("var/lib/dpkg"));
+            criu::announce(Userland::Trixie, &what);
+            None
+        }
+    };
     let mut h = Sha256::new();
     h.update(
         rootfs
@@ -336,6 +338,10 @@ pub fn image(
     for (link, target) in links {
         h.update(link);
         h.update(target);
+    }
+    if let Some(built) = &pinned {
+        h.update("criu diverted");
+        h.update(fs::read(&built.binary).map_err(io(&built.binary))?);
     }
     let key = short_hash(h);
     let name = format!("image-{key}.ext4");
@@ -364,6 +370,9 @@ pub fn image(
         fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).map_err(io(&dest))?;
         add_missing_libraries(&staging, host_path)?;
     }
+    if let Some(built) = &pinned {
+        install_pinned_criu(&staging, built)?;
+    }
     for (link, target) in links {
         let dest = staging.join(link.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
@@ -387,6 +396,36 @@ pub fn image(
         start.elapsed().as_secs_f64()
     );
     Ok(image)
+}
+
+/// Puts the pinned CRIU at `/usr/sbin/criu` in the tree at `root`, Debian's moved aside by
+/// `dpkg-divert` (to `criu.distrib`: dpkg knows, and an upgrade of the package lands there);
+/// the package stays installed for the libraries it depends on, every one of which the build
+/// linked must be in the tree.
+fn install_pinned_criu(root: &Path, built: &PinnedCriu) -> Result<(), RootfsError> {
+    step(
+        "dpkg-divert /usr/sbin/criu in the trixie tree",
+        Command::new("chroot").arg(root).args([
+            "dpkg-divert",
+            "--quiet",
+            "--local",
+            "--rename",
+            "--divert",
+            "/usr/sbin/criu.distrib",
+            "--add",
+            "/usr/sbin/criu",
+        ]),
+    )?;
+    let dest = root.join("usr/sbin/criu");
+    fs::copy(&built.binary, &dest).map_err(io(&built.binary))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).map_err(io(&dest))?;
+    for lib in &built.libraries {
+        let in_tree = root.join(lib.strip_prefix("/").unwrap_or(lib));
+        if !in_tree.exists() {
+            return Err(RootfsError::CriuLibrary(lib.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Copies the libraries `binary` needs (per the host's `ldd`) that the tree has under no name
