@@ -512,27 +512,94 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     fail_with_journal(&mut guest, &new, &failures);
     redis_round_trip(addr, "after the restart on 7.3");
     engine_too_old_to_leave(&mut guest, &old, &new);
+    back_from_7_3(&mut guest, addr, &old, &append);
+}
+
+/// The round trip an operator takes when 7.3 misbehaves: Redis and one INCR connection carried
+/// from 7.3 back to 6.12, which needs a CRIU that dumps TCP on 7.3 (4.2: the lab's pinned
+/// one). Same connection, nothing lost or duplicated, same MainPID, the unit active.
+fn back_from_7_3(guest: &mut Guest, addr: SocketAddr, old: &str, append: &str) {
+    let version = guest
+        .run("criu --version | head -1", CMD)
+        .expect("criu --version")
+        .text();
+    if version.contains("4.1") {
+        eprintln!("trixie: CRIU 4.1 cannot leave 7.3 with a TCP socket: no update back to {old}");
+        return;
+    }
+    let redis_main = main_pid(guest, "redis-server");
+    let incr = IncrLoop::start(addr, IncrConfig::default()).expect("INCR client connects");
+    assert!(
+        incr.wait_answered(50, Duration::from_secs(60)),
+        "the INCR client got no steady replies on 7.3: {:?}",
+        incr.progress()
+    );
+    let switch = Instant::now();
+    let (booted, _) =
+        carry::update_units(guest, old, append, &["redis-server.service"], &mut || {})
+            .unwrap_or_else(|e| panic!("overboot update from 7.3 back to {old}: {e}"));
+    eprintln!(
+        "trixie: update back to {old} reached multi-user in {:.1} s (host): {booted}",
+        switch.elapsed().as_secs_f64()
+    );
+    let answered = incr.progress().answered;
+    let steady = incr.wait_answered(answered + 50, Duration::from_secs(120));
+    let (summary, _samples) = incr.finish();
+    eprintln!("INCR client (7.3 → {old}): {summary:?}");
+    let mut failures = Vec::new();
+    if !booted.contains(old) {
+        failures.push(format!("booted {booted:?}, not {old}"));
+    }
+    if !steady {
+        failures.push(format!(
+            "the INCR client got no 50 further replies on {old}"
+        ));
+    }
+    if !summary.connection_survived || summary.lost != 0 || summary.duplicated != 0 {
+        failures.push(format!(
+            "the INCR connection did not survive intact (survived {}, lost {}, duplicated {}): {:?}",
+            summary.connection_survived, summary.lost, summary.duplicated, summary.error
+        ));
+    }
+    check_carried(guest, old, &redis_main, Some("resumed"), &mut failures);
+    fail_with_journal(guest, old, &failures);
 }
 
 /// Leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen: it cannot dump
 /// a TCP socket on Linux 6.16 and later (SO_PASSCRED); `plan` and `update` both name the CRIU
-/// release that copes, exit 5, and Redis runs on untouched.
+/// release that copes, exit 5, and Redis runs on untouched. The guest's CRIU is the lab's pinned
+/// one unless `OVERBOOT_LAB_CRIU=distro`: Debian's stays beside it as `criu.distrib`, and a
+/// `PATH` that finds it first as `criu` makes overboot use it.
 fn engine_too_old_to_leave(guest: &mut Guest, old: &str, new: &str) {
     let version = guest
         .run("criu --version | head -1", CMD)
         .expect("criu --version")
         .text();
     eprintln!("trixie: {} on {new}", version.trim());
-    if !version.contains("4.1") {
-        eprintln!("trixie: the guest's CRIU is not 4.1: the refusal is not checked");
-        return;
-    }
+    let path = if version.contains("4.1") {
+        String::new()
+    } else {
+        let distrib = guest
+            .run(
+                "mkdir -p /tmp/criu-distrib && ln -sf /usr/sbin/criu.distrib /tmp/criu-distrib/criu \
+                 && /tmp/criu-distrib/criu --version | head -1",
+                CMD,
+            )
+            .expect("criu.distrib")
+            .text();
+        eprintln!("trixie: Debian's CRIU beside it: {}", distrib.trim());
+        assert!(
+            distrib.contains("4.1"),
+            "no Debian CRIU 4.1 in the guest to check the refusal with: {distrib}"
+        );
+        "PATH=/tmp/criu-distrib:$PATH ".to_string()
+    };
     let main = main_pid(guest, "redis-server");
     let back = format!("--kernel /boot/vmlinuz-{old} --initrd /boot/initrd.img-{old}");
     for verb in ["plan", "update"] {
         let out = guest
             .run(
-                &format!("overboot {verb} {back} --preserve unit:redis-server"),
+                &format!("{path}overboot {verb} {back} --preserve unit:redis-server"),
                 CMD,
             )
             .expect("overboot");
