@@ -73,6 +73,23 @@ pub fn standard(heap_mib: u32) -> Vec<Carried> {
     ]
 }
 
+/// A small set, for tests about decisions rather than size: a 16 MiB heap on two threads, a
+/// pipeline, a clock reader and a file on the ext4 disk.
+pub fn small() -> Vec<Carried> {
+    vec![
+        Carried::new(Workload::new("mem2", "mem", "16 2"), Check::Mem(2)),
+        Carried {
+            root_logs: false,
+            ..Carried::new(Workload::new("pipes", "pipes", ""), Check::Sequence("seq"))
+        },
+        Carried::new(Workload::new("clock", "clock", ""), Check::Clock),
+        Carried::new(
+            Workload::append("append", "/lab/wl/append.dat"),
+            Check::Append,
+        ),
+    ]
+}
+
 /// Waits (polling in the guest) until `path` has at least `lines` lines.
 pub fn wait_lines(guest: &mut Guest, path: &str, lines: u64) -> Result<(), String> {
     guest

@@ -8,28 +8,11 @@
 
 use std::time::Duration;
 
-use overboot_lab::carry::{Carried, Check, Running};
+use overboot_lab::carry::{self, Running};
 use overboot_lab::lab::{Lab, BASE_CMDLINE};
-use overboot_lab::workloads::Workload;
 use overboot_lab::Guest;
 
 const CMD: Duration = Duration::from_secs(120);
-
-/// Small workloads: this is about decisions, not size (a heap for pre-copy to copy).
-fn small_set() -> Vec<Carried> {
-    vec![
-        Carried::new(Workload::new("mem2", "mem", "16 2"), Check::Mem(2)),
-        Carried {
-            root_logs: false,
-            ..Carried::new(Workload::new("pipes", "pipes", ""), Check::Sequence("seq"))
-        },
-        Carried::new(Workload::new("clock", "clock", ""), Check::Clock),
-        Carried::new(
-            Workload::append("append", "/lab/wl/append.dat"),
-            Check::Append,
-        ),
-    ]
-}
 
 /// The report `overboot status --json` shows once it names an interruption (the guardian may
 /// still be at work after a SIGKILL: polled).
@@ -54,7 +37,7 @@ fn interrupted_updates_leave_every_tree_running_on_the_old_kernel() {
     config.memory_mib = 2048;
     let mut guest = lab.boot(&config).expect("boot A");
     let release_a = lab.kernel("A").expect("A").release.clone();
-    let mut running = Running::start(&mut guest, small_set()).expect("workloads");
+    let mut running = Running::start(&mut guest, carry::small()).expect("workloads");
     let update = format!(
         "overboot update --kernel /lab/boot/B/vmlinuz --initrd /lab/boot/B/initrd.img \
          --append '{BASE_CMDLINE}' --rollback-kernel /lab/boot/A/vmlinuz \

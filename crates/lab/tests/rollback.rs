@@ -4,27 +4,10 @@
 
 use std::time::Duration;
 
-use overboot_lab::carry::{Carried, Check, Running};
+use overboot_lab::carry::{self, Running};
 use overboot_lab::lab::{Lab, BASE_CMDLINE, BOOT_TIMEOUT};
-use overboot_lab::workloads::Workload;
 
 const CMD: Duration = Duration::from_secs(120);
-
-/// Small workloads: rollback is about decisions, not size.
-fn small_set() -> Vec<Carried> {
-    vec![
-        Carried::new(Workload::new("mem2", "mem", "16 2"), Check::Mem(2)),
-        Carried {
-            root_logs: false,
-            ..Carried::new(Workload::new("pipes", "pipes", ""), Check::Sequence("seq"))
-        },
-        Carried::new(Workload::new("clock", "clock", ""), Check::Clock),
-        Carried::new(
-            Workload::append("append", "/lab/wl/append.dat"),
-            Check::Append,
-        ),
-    ]
-}
 
 /// Updates A → B with `fault` (a function of the workloads' pids), expects the rollback to A,
 /// and checks every workload and the report; `cause` must be in the report's detail.
@@ -38,7 +21,7 @@ fn rolls_back(name: &str, fault: impl Fn(&Running) -> String, cause: &str) {
     let mut guest = lab.boot(&config).expect("boot A");
     let release_a = lab.kernel("A").expect("A").release.clone();
     let release_b = lab.kernel("B").expect("B").release.clone();
-    let running = Running::start(&mut guest, small_set()).expect("workloads");
+    let running = Running::start(&mut guest, carry::small()).expect("workloads");
     let fault = fault(&running);
 
     guest

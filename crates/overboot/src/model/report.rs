@@ -224,6 +224,34 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Repor
 }
 
 impl Report {
+    /// A report of an attempt with no trees to show (refused, failed, interrupted): its id,
+    /// outcome, what happened, and the kernels.
+    pub fn of_attempt(
+        id: String,
+        outcome: Outcome,
+        detail: String,
+        from: String,
+        to: String,
+    ) -> Report {
+        Report {
+            id,
+            outcome,
+            detail: Some(detail),
+            from,
+            to,
+            trees: Vec::new(),
+            phases: BTreeMap::new(),
+            handover_bytes: 0,
+            blackout_ms: 0,
+            peak_mem_bytes: 0,
+            clock_offsets_ns: BTreeMap::new(),
+            logs: Vec::new(),
+            pre_copy: Vec::new(),
+            frozen_dump_bytes: 0,
+            warnings: Vec::new(),
+        }
+    }
+
     /// The directory of this report in `state`.
     pub fn dir(state: &Path, id: &str) -> PathBuf {
         state.join(super::files::REPORTS).join(id)

@@ -121,23 +121,13 @@ fn stop_restored(work_dir: &Path) {
 }
 
 fn save_failed(options: &ResumeOptions, from: &str, detail: String) {
-    let report = Report {
-        id: format!("{}-failed", std::process::id()),
-        outcome: Outcome::Failed,
-        detail: Some(detail),
-        from: from.to_string(),
-        to: release(),
-        trees: Vec::new(),
-        phases: Default::default(),
-        handover_bytes: 0,
-        blackout_ms: 0,
-        peak_mem_bytes: 0,
-        clock_offsets_ns: Default::default(),
-        logs: Vec::new(),
-        pre_copy: Vec::new(),
-        frozen_dump_bytes: 0,
-        warnings: Vec::new(),
-    };
+    let report = Report::of_attempt(
+        format!("{}-failed", std::process::id()),
+        Outcome::Failed,
+        detail,
+        from.to_string(),
+        release(),
+    );
     if let Err(e) = report.save(&options.state_dir) {
         tracing::error!(error = %e, "cannot write the failure report");
     }

@@ -22,27 +22,20 @@ pub fn failed(
     } else {
         Outcome::Refused
     };
-    Report {
-        id: format!(
+    let mut report = Report::of_attempt(
+        format!(
             "{}-{}",
             crate::model::report::new_id(),
             outcome_word(&outcome)
         ),
         outcome,
-        detail: Some(overboot_checkpoint::error_chain(error)),
-        from: effects.running_release(),
-        to: options.kernel.display().to_string(),
-        trees: Vec::new(),
-        phases: phases.map().clone(),
-        handover_bytes: 0,
-        blackout_ms: 0,
-        peak_mem_bytes: phases.peak_mem_bytes(),
-        clock_offsets_ns: Default::default(),
-        logs: Vec::new(),
-        pre_copy: Vec::new(),
-        frozen_dump_bytes: 0,
-        warnings: Vec::new(),
-    }
+        overboot_checkpoint::error_chain(error),
+        effects.running_release(),
+        options.kernel.display().to_string(),
+    );
+    report.phases = phases.map().clone();
+    report.peak_mem_bytes = phases.peak_mem_bytes();
+    report
 }
 
 fn outcome_word(outcome: &Outcome) -> &'static str {

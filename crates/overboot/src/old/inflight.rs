@@ -179,26 +179,17 @@ fn recover(effects: &mut dyn Effects, state_dir: &Path, record: InFlight, how: &
         effects.unload();
     }
     InFlight::clear(state_dir);
-    let report = Report {
-        id: format!("{}-interrupted", crate::model::report::new_id()),
-        outcome: Outcome::Interrupted,
-        detail: Some(format!(
-            "{how} during {}; {sentence}",
-            record.phase.replace('_', " ")
-        )),
-        from: effects.running_release(),
-        to: String::new(),
-        trees: Vec::new(),
-        phases: Default::default(),
-        handover_bytes: 0,
-        blackout_ms: 0,
-        peak_mem_bytes: 0,
-        clock_offsets_ns: Default::default(),
-        logs: Vec::new(),
-        pre_copy: Vec::new(),
-        frozen_dump_bytes: 0,
-        warnings: Vec::new(),
-    };
+    let detail = format!(
+        "{how} during {}; {sentence}",
+        record.phase.replace('_', " ")
+    );
+    let report = Report::of_attempt(
+        format!("{}-interrupted", crate::model::report::new_id()),
+        Outcome::Interrupted,
+        detail,
+        effects.running_release(),
+        String::new(),
+    );
     if let Err(e) = report.save(state_dir) {
         tracing::error!(error = %e, "cannot write the report of the recovery");
     }
