@@ -134,6 +134,10 @@ impl Agent for MockAgent {
     fn record_units(&mut self, _work_dir: &Path, _trees: &[PreservedTree]) {
         self.log.push("units".into());
     }
+
+    fn mark_reboot_required(&mut self) {
+        self.log.push("reboot required".into());
+    }
 }
 
 /// A machine's directories and a map of trees named `names`, each with the given bytes of
@@ -259,10 +263,15 @@ fn a_rollback_boot_reports_why_it_rolled_back_and_clears_the_record() {
     };
     let record_file = files::rollback_record(&s.options.state_dir);
     report::write_json(&record_file, &record).unwrap();
-    let report = resume::run(&mut MockAgent::default(), &s.options)
-        .unwrap()
-        .unwrap();
+    let mut agent = MockAgent::default();
+    let report = resume::run(&mut agent, &s.options).unwrap().unwrap();
     assert_eq!(report.outcome, Outcome::RolledBack);
+    // The new kernel is still to be had: the machine says so as Debian's packages do.
+    assert!(
+        agent.log.iter().any(|l| l == "reboot required"),
+        "{:?}",
+        agent.log
+    );
     assert_eq!(
         report.detail.as_deref(),
         Some("rolled back from 6.12.111-cloud-amd64: restore of pid-4242 failed")

@@ -1,7 +1,7 @@
 //! The arguments `plan` and `update` share, so that `plan` checks exactly the update that the
 //! same words would run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use overboot::host::store::Handover;
 use overboot::host::target::Target;
@@ -9,12 +9,18 @@ use overboot::model::report::state_dir;
 use overboot::old::options::UpdateOptions;
 use overboot_handover::RollbackRecipe;
 
+use super::error::CommandError;
+
 /// The arguments `plan` and `update` share: what to update to, what to carry, and how.
 #[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
     /// The new kernel (an x86 bzImage).
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+    pub kernel: Option<PathBuf>,
+    /// An installed kernel instead of --kernel: `/boot/vmlinuz-RELEASE` with its
+    /// `/boot/initrd.img-RELEASE`, or `newest` (see `overboot pending`).
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<String>,
     /// Its initrd; the Save State Map is appended to a copy of it.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -78,8 +84,27 @@ pub struct UpdateArgs {
 
 impl UpdateArgs {
     /// The options of the update these arguments ask for.
-    pub fn options(self) -> UpdateOptions {
+    pub fn options(self) -> Result<UpdateOptions, CommandError> {
         let args = self;
+        let (kernel, initrd) = match (&args.to, args.kernel) {
+            (Some(to), _) => {
+                let found =
+                    overboot::host::kernels::named(Path::new("/boot"), to).ok_or_else(|| {
+                        CommandError::NoSuchKernel(format!(
+                            "--to {to}: no /boot/vmlinuz-{to} (installed: {})",
+                            overboot::host::kernels::installed(Path::new("/boot"))
+                                .iter()
+                                .map(|k| k.release.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                (found.kernel, args.initrd.or(found.initrd))
+            }
+            (None, Some(kernel)) => (kernel, args.initrd),
+            // clap requires one of them.
+            (None, None) => return Err(CommandError::Usage("--kernel or --to is needed".into())),
+        };
         let proc_cmdline = std::fs::read_to_string("/proc/cmdline")
             .unwrap_or_default()
             .trim()
@@ -103,8 +128,8 @@ impl UpdateArgs {
             }
         });
         let options = UpdateOptions {
-            kernel: args.kernel,
-            initrd: args.initrd,
+            kernel,
+            initrd,
             cmdline,
             preserve: args.preserve,
             work_dir: args.work_dir,
@@ -122,7 +147,7 @@ impl UpdateArgs {
             criu_log_level: args.criu_log_level,
             lazy_restore: args.lazy_restore,
         };
-        options
+        Ok(options)
     }
 }
 
@@ -149,6 +174,20 @@ mod tests {
     fn parse(extra: &[&str]) -> Result<UpdateArgs, clap::Error> {
         let base = ["update", "--kernel", "/k", "--preserve", "pid:42"];
         Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|c| c.args)
+    }
+
+    #[test]
+    fn an_installed_kernel_can_be_named_instead_of_a_path() {
+        let to = Cli::try_parse_from(["update", "--to", "newest", "--preserve", "pid:42"])
+            .expect("--to alone")
+            .args;
+        assert_eq!(to.to.as_deref(), Some("newest"));
+        assert!(to.kernel.is_none());
+        assert!(Cli::try_parse_from(["update", "--preserve", "pid:42"]).is_err());
+        assert!(
+            parse(&["--to", "newest"]).is_err(),
+            "--kernel and --to together"
+        );
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum CommandError {
     /// Applying, listing or removing a live patch failed.
     #[error(transparent)]
     Patch(#[from] overboot_livepatch::RuntimeError),
+    /// `pending`: no installed kernel is newer than the running one (already printed).
+    #[error("no kernel newer than the running one is installed")]
+    NothingPending,
+    /// `--to` names no installed kernel.
+    #[error("{0}")]
+    NoSuchKernel(String),
     /// `plan` found reasons `update` would fail (already printed).
     #[error("update would fail: {0} problem(s), listed above")]
     PlanRefused(usize),
@@ -62,6 +68,8 @@ impl CommandError {
             CommandError::Patch(e) => runtime_class(e),
             CommandError::Usage(_) => ExitClass::Usage,
             CommandError::PlanRefused(_) => ExitClass::BadInput,
+            CommandError::NothingPending => ExitClass::Nothing,
+            CommandError::NoSuchKernel(_) => ExitClass::BadInput,
             CommandError::Systemd(e) => e.class(),
             CommandError::Output(_) => ExitClass::Internal,
             CommandError::Pages(_) => ExitClass::Restore,
@@ -96,7 +104,10 @@ pub fn exit_code(result: Result<(), CommandError>) -> u8 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            overboot::model::exit::print_failure(&err, std::error::Error::source(&err));
+            // A sentinel's answer, already printed: not an error to report.
+            if !matches!(err, CommandError::NothingPending) {
+                overboot::model::exit::print_failure(&err, std::error::Error::source(&err));
+            }
             err.class() as u8
         }
     }

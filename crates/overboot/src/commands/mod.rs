@@ -8,6 +8,7 @@ mod guard;
 mod kexec;
 mod pages;
 mod patch;
+mod pending;
 mod plan;
 mod resume;
 mod status;
@@ -37,6 +38,8 @@ enum Verb {
     Kexec(kexec::Args),
     /// Live patches: build, apply, list, revert, replace (no kernel switch).
     Patch(patch::Args),
+    /// Whether a kernel newer than the running one is installed (exit 0: yes; 10: no).
+    Pending(pending::Args),
     /// What `update` would do, changing nothing; exits non-zero when it would fail.
     Plan(plan::Args),
     /// Carry process trees onto a new kernel: check, freeze, dump, hand over, kexec.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Verb::Kexec(args) => kexec::run(args, cli.json),
         Verb::Patch(args) => patch::run(args, cli.json),
+        Verb::Pending(args) => pending::run(args, cli.json),
         Verb::Plan(args) => plan::run(args, cli.json),
         Verb::Update(args) => update::run(args, cli.json),
         Verb::Resume(args) => resume::run(args, cli.json),

@@ -9,7 +9,7 @@ use super::error::{print, CommandError};
 pub type Args = UpdateArgs;
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let options = args.options();
+    let options = args.options()?;
     let mut effects = HostEffects::for_update(&options);
     let plan = overboot::old::plan::make(&mut effects, &options);
     print(json, plan.human().trim_end(), &plan)?;

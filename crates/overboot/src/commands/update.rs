@@ -12,7 +12,7 @@ use super::error::CommandError;
 pub type Args = UpdateArgs;
 
 pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let options = args.options();
+    let options = args.options()?;
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");

@@ -5,6 +5,7 @@
 
 pub mod dirty;
 pub mod forked;
+pub mod kernels;
 pub mod network;
 pub mod proc;
 pub mod rtnl;

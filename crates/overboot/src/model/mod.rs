@@ -6,6 +6,7 @@ pub mod exit;
 pub mod fault;
 pub mod files;
 pub mod images;
+pub mod metrics;
 pub mod phases;
 pub mod records;
 pub mod report;

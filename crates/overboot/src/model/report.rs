@@ -257,11 +257,20 @@ impl Report {
         state.join(super::files::REPORTS).join(id)
     }
 
-    /// Writes the report into its directory and as `last-report.json`.
+    /// Writes the report into its directory and as `last-report.json`, and its metrics for
+    /// node_exporter (see [`super::metrics`]).
     pub fn save(&self, state: &Path) -> Result<PathBuf, ReportError> {
         let path = Report::dir(state, &self.id).join("report.json");
         write_json(&path, self)?;
         write_json(&state.join(super::files::LAST_REPORT), self)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Err(e) =
+            super::metrics::write("overboot.prom", &super::metrics::of_report(self, now))
+        {
+            tracing::warn!(error = %e, "cannot write the metrics textfile");
+        }
         Ok(path)
     }
 

@@ -46,6 +46,9 @@ pub trait Agent {
     fn time_namespace(&mut self, pid: i32) -> Option<String>;
     /// Records the restored trees of systemd units, so their units adopt them.
     fn record_units(&mut self, work_dir: &Path, trees: &[PreservedTree]);
+    /// After a rollback: the machine still needs the new kernel (`/run/reboot-required`, as
+    /// Debian's packages say so), and the update stays pending.
+    fn mark_reboot_required(&mut self);
 }
 
 /// The real machine.
@@ -113,6 +116,13 @@ impl Agent for HostAgent {
         std::fs::read_link(format!("/proc/{pid}/ns/time"))
             .ok()
             .map(|l| l.to_string_lossy().into_owned())
+    }
+
+    fn mark_reboot_required(&mut self) {
+        if let Err(e) = std::fs::write("/run/reboot-required", "*** System restart required ***\n")
+        {
+            tracing::warn!(error = %e, "cannot write /run/reboot-required");
+        }
     }
 
     fn record_units(&mut self, work_dir: &Path, trees: &[PreservedTree]) {

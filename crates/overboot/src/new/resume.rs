@@ -104,6 +104,9 @@ pub fn run(agent: &mut dyn Agent, options: &ResumeOptions) -> Result<Option<Repo
     phases.record(Phase::AgentTotal, ms(started.elapsed()));
     phases.record(Phase::Blackout, blackout_ms);
     let (outcome, detail) = outcome(options);
+    if outcome == Outcome::RolledBack {
+        agent.mark_reboot_required();
+    }
     let report = Report {
         id,
         outcome,
