@@ -4,22 +4,26 @@
 //! `overboot pending` (`overboot_pending.prom`). The directory is `$OVERBOOT_TEXTFILE_DIR`, else
 //! Debian's `/var/lib/prometheus/node-exporter`; nothing is written when it does not exist.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-use super::report::{Outcome, Report};
 
 /// Debian's textfile directory (package prometheus-node-exporter).
 pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 
 /// Every outcome, by the name reports use.
-const OUTCOMES: [(Outcome, &str); 5] = [
-    (Outcome::Resumed, "resumed"),
-    (Outcome::RolledBack, "rolled_back"),
-    (Outcome::Failed, "failed"),
-    (Outcome::Refused, "refused"),
-    (Outcome::Interrupted, "interrupted"),
-];
+const OUTCOMES: [&str; 5] = ["resumed", "rolled_back", "failed", "refused", "interrupted"];
+
+/// What the metrics say of the last attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// Its outcome, as reports name it (`resumed`, ...).
+    pub outcome: &'a str,
+    /// Its blackout (ms).
+    pub blackout_ms: u64,
+    /// Its phases (ms).
+    pub phases: &'a BTreeMap<String, u64>,
+}
 
 /// The textfile directory, when it exists.
 pub fn textfile_dir() -> Option<PathBuf> {
@@ -29,15 +33,15 @@ pub fn textfile_dir() -> Option<PathBuf> {
 }
 
 /// The metrics of the last attempt, `now` the Unix time it was written.
-pub fn of_report(report: &Report, now: u64) -> String {
+pub fn of_attempt(report: Attempt<'_>, now: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# HELP overboot_update_last_outcome The last update attempt's outcome (1 for the one it had).\n\
          # TYPE overboot_update_last_outcome gauge"
     );
-    for (outcome, name) in &OUTCOMES {
-        let value = u8::from(*outcome == report.outcome);
+    for name in OUTCOMES {
+        let value = u8::from(name == report.outcome);
         let _ = writeln!(
             out,
             "overboot_update_last_outcome{{outcome=\"{name}\"}} {value}"
@@ -55,7 +59,7 @@ pub fn of_report(report: &Report, now: u64) -> String {
         "# HELP overboot_update_last_phase_seconds Each phase of the last update attempt.\n\
          # TYPE overboot_update_last_phase_seconds gauge"
     );
-    for (phase, ms) in &report.phases {
+    for (phase, ms) in report.phases {
         let _ = writeln!(
             out,
             "overboot_update_last_phase_seconds{{phase=\"{}\"}} {}",
@@ -114,16 +118,13 @@ mod tests {
 
     #[test]
     fn a_report_becomes_gauges_node_exporter_reads() {
-        let mut report = Report::of_attempt(
-            "1-1".into(),
-            Outcome::RolledBack,
-            "rolled back".into(),
-            "6.1.0-47".into(),
-            "6.1.0-56".into(),
-        );
-        report.blackout_ms = 8_312;
-        report.phases.insert("freeze_dump".into(), 610);
-        let text = of_report(&report, 1_765_000_000);
+        let phases = BTreeMap::from([("freeze_dump".to_string(), 610)]);
+        let attempt = Attempt {
+            outcome: "rolled_back",
+            blackout_ms: 8_312,
+            phases: &phases,
+        };
+        let text = of_attempt(attempt, 1_765_000_000);
         for line in [
             "overboot_update_last_outcome{outcome=\"rolled_back\"} 1",
             "overboot_update_last_outcome{outcome=\"resumed\"} 0",

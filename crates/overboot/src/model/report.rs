@@ -266,9 +266,17 @@ impl Report {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if let Err(e) =
-            super::metrics::write("overboot.prom", &super::metrics::of_report(self, now))
-        {
+        let outcome = serde_json::to_value(&self.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let attempt = super::metrics::Attempt {
+            outcome: &outcome,
+            blackout_ms: self.blackout_ms,
+            phases: &self.phases,
+        };
+        let text = super::metrics::of_attempt(attempt, now);
+        if let Err(e) = super::metrics::write("overboot.prom", &text) {
             tracing::warn!(error = %e, "cannot write the metrics textfile");
         }
         Ok(path)

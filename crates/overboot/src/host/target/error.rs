@@ -40,17 +40,20 @@ pub enum TargetError {
     KernelThread { target: String, pid: i32 },
     /// A process in namespaces of its own (systemd's sandboxing makes them: `PrivateUsers=`,
     /// `PrivateTmp=`, `ProtectSystem=`, `ProtectHostname=`, …). CRIU dumps such a tree only
-    /// together with its namespaces, which overboot does not carry yet.
+    /// together with its namespaces, which overboot does not carry yet; it does not turn a
+    /// unit's sandboxing off to carry it either.
     #[error(
-        "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s); overboot carries \
-         only processes in the host's namespaces (for a systemd unit: `overboot systemd prepare \
-         NAME --restart` turns the sandboxing that makes them off)"
+        "{target}: pid {pid} ({comm}) runs in its own {namespaces} namespace(s){made_by}; overboot \
+         does not carry a process's own namespaces yet, and does not weaken a unit's sandboxing \
+         to carry it: the service keeps running on this kernel"
     )]
     ForeignNamespaces {
         target: String,
         pid: i32,
         comm: String,
         namespaces: String,
+        /// `, made by the unit's PrivateTmp=yes, ...` for a unit; empty otherwise.
+        made_by: String,
     },
     /// A file descriptor of a kind the checkpoint engine cannot carry.
     #[error("{target}: pid {pid} ({comm}) holds fd {fd}, {kind}, which CRIU cannot checkpoint")]

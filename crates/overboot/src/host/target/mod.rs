@@ -351,11 +351,24 @@ fn inspect_tree(
         };
         let foreign = foreign_namespaces(&ours, &namespaces(&pid.to_string()));
         if !foreign.is_empty() {
+            let made_by = match target {
+                Target::Unit(unit) => {
+                    let settings =
+                        crate::host::systemd::sandbox::unit_settings_making(unit, &foreign);
+                    if settings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", made by the unit's {}", settings.join(", "))
+                    }
+                }
+                Target::Pid(_) => String::new(),
+            };
             return Err(TargetError::ForeignNamespaces {
                 target: name,
                 pid,
                 comm,
                 namespaces: foreign.join(", "),
+                made_by,
             });
         }
         let dir = format!("/proc/{pid}/fd");
