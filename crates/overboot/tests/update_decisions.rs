@@ -52,6 +52,8 @@ struct Mock {
     interrupt_at: Option<(&'static str, i32)>,
     /// That signal arrived.
     interrupted: bool,
+    /// Block-mode shutdown inhibitors held.
+    inhibitors: Vec<String>,
 }
 
 fn tree(pid: i32) -> TreeInfo {
@@ -75,6 +77,10 @@ fn tree(pid: i32) -> TreeInfo {
 }
 
 impl Effects for Mock {
+    fn shutdown_inhibitors(&mut self) -> Vec<String> {
+        self.inhibitors.clone()
+    }
+
     fn interrupted(&mut self, at: overboot::model::phases::Phase) -> Option<i32> {
         if let Some((phase, signal)) = self.interrupt_at {
             self.interrupted |= phase == at.name();
@@ -313,6 +319,7 @@ fn options(work: &Path) -> UpdateOptions {
         pre_copy_rounds: 3,
         criu_log_level: 2,
         lazy_restore: false,
+        ignore_inhibitors: false,
     }
 }
 
@@ -1063,6 +1070,14 @@ fn plan_and_update_refuse_the_same_inputs() {
             |_, _| {},
         ),
         ("lazy pages", Mock::default(), |o, _| o.lazy_restore = true),
+        (
+            "shutdown inhibitor",
+            Mock {
+                inhibitors: vec!["lab (pid 42): writing".into()],
+                ..Mock::default()
+            },
+            |_, _| {},
+        ),
         // CRIU 3.17 cannot run on 6.13 and later: leaving such a kernel is refused.
         (
             "engine too old",
@@ -1140,6 +1155,7 @@ fn clone_mock(m: &Mock) -> Mock {
         fail_network: m.fail_network,
         running: m.running.clone(),
         engine: m.engine.clone(),
+        inhibitors: m.inhibitors.clone(),
         memory: m.memory,
         systemd: m.systemd.clone(),
         lazy: m.lazy,
@@ -1321,4 +1337,24 @@ fn the_trees_of_an_update_that_died_come_back() {
         Report::last(&state).expect("report").outcome,
         Outcome::Interrupted
     );
+}
+
+/// A block-mode shutdown inhibitor stops the update before anything is frozen, naming who
+/// holds it, unless the operator says --ignore-inhibitors.
+#[test]
+fn a_shutdown_inhibitor_blocks_the_update_unless_ignored() {
+    let inhibited = || Mock {
+        inhibitors: vec!["lab (pid 42): writing the ledger".into()],
+        ..Mock::default()
+    };
+    let mut mock = inhibited();
+    let (result, _dir) = run(&mut mock);
+    let err = result.expect_err("inhibited");
+    assert!(matches!(err, UpdateError::Inhibited { .. }), "{err}");
+    assert!(err.to_string().contains("lab (pid 42)"), "{err}");
+    assert_eq!(err.class(), overboot::ExitClass::BadInput);
+    assert!(!dumped(&mock), "{:?}", mock.log);
+    let mut mock = inhibited();
+    let (result, _dir) = run_with(&mut mock, |o| o.ignore_inhibitors = true);
+    result.expect("told to ignore the inhibitor");
 }

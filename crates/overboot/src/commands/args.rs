@@ -77,6 +77,10 @@ pub struct UpdateArgs {
     /// (its server would cost more than it saves).
     #[arg(long)]
     pub lazy_restore: bool,
+    /// Go ahead although a shutdown inhibitor blocks (`systemd-inhibit --list`): the services
+    /// not carried are ended by the switch as by a shutdown.
+    #[arg(long)]
+    pub ignore_inhibitors: bool,
     /// Test only: no network lock, so peers may see resets (proves the lock matters).
     #[arg(long, hide = true)]
     pub unsafe_no_network_lock: bool,
@@ -146,6 +150,7 @@ impl UpdateArgs {
             pre_copy_rounds: args.pre_copy_rounds,
             criu_log_level: args.criu_log_level,
             lazy_restore: args.lazy_restore,
+            ignore_inhibitors: args.ignore_inhibitors,
         };
         Ok(options)
     }

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  targets given ─► no lazy server still serving ─► kexec allowed ─► kernel image ─► initrd
-//!    ─► targets (each tree) ─► systemd host: directory store, generator ─► store: room
+//!    ─► targets (each tree) ─► systemd host: directory store, generator, no shutdown
+//!       inhibitor ─► store: room
 //!       (directory) or memory (initrd) ─► network lock ─► checkpoint engine, and its version
 //!       against both kernels ([`super::compat`]) ─► lazy pages
 //! ```
@@ -135,6 +136,13 @@ fn run_into(
     kernel(effects, options, mode, checked)?;
     targets(effects, options, mode, checked)?;
     systemd(effects, options, mode, checked)?;
+    // logind's block-mode shutdown inhibitors (none where logind does not run).
+    if !options.ignore_inhibitors {
+        let inhibitors = effects.shutdown_inhibitors();
+        if !inhibitors.is_empty() {
+            checked.refuse(mode, UpdateError::Inhibited { inhibitors })?;
+        }
+    }
     store(effects, options, mode, checked)?;
     if options.network_lock {
         if let Err(e) = effects.check_network(&checked.findings.trees) {

@@ -117,6 +117,10 @@ pub trait Effects {
     fn interrupted(&mut self, _at: Phase) -> Option<i32> {
         None
     }
+    /// The block-mode shutdown inhibitors held now (systemd hosts), as one line each.
+    fn shutdown_inhibitors(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Starts the guardian that brings the frozen trees back should this process die before
     /// the jump (see [`super::inflight`]).
     fn guard(&mut self, _state_dir: &Path) {}
@@ -222,6 +226,19 @@ impl Effects for HostEffects {
         match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
             0 => None,
             signal => i32::try_from(signal).ok(),
+        }
+    }
+
+    fn shutdown_inhibitors(&mut self) -> Vec<String> {
+        if !Host::detect().booted {
+            return Vec::new();
+        }
+        match crate::host::systemd::inhibit::shutdown_blockers() {
+            Ok(found) => found.iter().map(ToString::to_string).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the shutdown inhibitors");
+                Vec::new()
+            }
         }
     }
 

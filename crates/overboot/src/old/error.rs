@@ -38,6 +38,14 @@ pub enum UpdateError {
     /// CRIU is missing or does not work on this kernel (nothing was frozen).
     #[error("the checkpoint engine cannot run here (nothing was frozen)")]
     Engine(#[source] Box<CheckpointError>),
+    /// A shutdown inhibitor blocks (nothing was frozen).
+    #[error(
+        "a shutdown is blocked by {}; an update ends every service it does not carry as a \
+         shutdown does (nothing was frozen): wait until it is released, or pass \
+         --ignore-inhibitors",
+        inhibitors.join("; ")
+    )]
+    Inhibited { inhibitors: Vec<String> },
     /// The engine is known to fail on one of the two kernels (nothing was frozen).
     #[error("the checkpoint engine is too old for this update (nothing was frozen): {0}")]
     EngineTooOld(Box<super::compat::Refusal>),
@@ -164,7 +172,8 @@ impl UpdateError {
             | UpdateError::SystemdInitrd { .. }
             | UpdateError::NoGenerator
             | UpdateError::LazyStillServing { .. }
-            | UpdateError::EngineTooOld(_) => E::BadInput,
+            | UpdateError::EngineTooOld(_)
+            | UpdateError::Inhibited { .. } => E::BadInput,
             UpdateError::LazyUnsupported => E::Checkpoint,
             UpdateError::Hold(_) => E::Internal,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {

@@ -36,6 +36,8 @@ pub struct UpdateOptions {
     /// CRIU's log level (0–4) for the pre-dumps, dumps and restores of this update (the
     /// restores in the new kernel read it from the map).
     pub criu_log_level: u8,
+    /// Go ahead although a shutdown inhibitor blocks (see `host::systemd::inhibit`).
+    pub ignore_inhibitors: bool,
     /// Restore the trees' memory lazily in the new kernel (see [`crate::new::lazy`]).
     pub lazy_restore: bool,
 }

@@ -31,6 +31,7 @@
 
 mod base;
 mod generator;
+pub mod inhibit;
 pub mod sandbox;
 mod units;
 
