@@ -6,7 +6,8 @@
 //! format change. Compatibility rule, as for the binary header:
 //!
 //! ```text
-//! format.major  != 1  -> refused (ManifestError::UnsupportedMajor), before any other field is read
+//! format.major  outside OLDEST_READABLE_MAJOR..=CURRENT_FORMAT.major
+//!                     -> refused (ManifestError::UnsupportedMajor), before any other field is read
 //! format.minor  >  0  -> accepted; fields this build does not know are ignored
 //! ```
 

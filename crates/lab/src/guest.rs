@@ -145,7 +145,7 @@ fn accelerator() -> &'static str {
 /// 0.12–0.13 s, and the new kernel ran `/init` 0.16–0.47 s after the floor's instead of 2 s. A
 /// boot's cost should not depend on how much code ran before it; on hardware it does not. Of
 /// 32, 64, 128 and 256 MiB, 64 gave the shortest blackouts at 512 MiB, the floor's included
-/// (README, "The lab kernels").
+/// (docs/lab/README.md, "The lab kernels").
 const TB_SIZE_MIB: u32 = 64;
 
 fn tb_size_mib() -> String {

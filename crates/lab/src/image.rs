@@ -317,7 +317,7 @@ impl GuestImage {
     ///
     /// Compressed because `kexec_file_load`'s purgatory checks the SHA-256 of every segment
     /// before the new kernel runs: sampled in the lab, 2.0–2.7 s of each kernel switch went
-    /// there with the 40 MB uncompressed cpio (README, "Every size and method in one run").
+    /// there with the 40 MB uncompressed cpio (docs/bench/README.md, "Every size and method in one run").
     /// zstd, not lz4: the kernel's lz4 reader cannot tell where a legacy lz4 archive ends, so
     /// the initrd store's cpio appended after it would not unpack.
     pub fn build(&self, out: &Path) -> Result<u64, ImageError> {

@@ -31,7 +31,7 @@
 //! `latency-<method>-<MiB>-<run>.json` (every INCR command of that run) and
 //! `console-<method>-<MiB>-<run>.log` (its guest's console; `.timed.log` with the host's
 //! seconds before each line). The schema of `results.json` (a list, one object per run) is
-//! [`RunRecord`], documented in README.
+//! [`RunRecord`], documented in docs/bench/README.md.
 
 mod baseline;
 mod dataset;

@@ -1,5 +1,5 @@
 //! What the benchmark records: the methods it compares, one object of `results.json` per run
-//! ([`RunRecord`]; its schema is documented in README), and each update run's
+//! ([`RunRecord`]; its schema is documented in docs/bench/README.md), and each update run's
 //! `latency-<method>-<MiB>-<run>.json` ([`LatencyFile`]).
 
 use std::collections::BTreeMap;

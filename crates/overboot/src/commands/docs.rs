@@ -25,7 +25,7 @@ pub struct Args {
     dir: PathBuf,
 }
 
-/// The exit codes, as `model/exit.rs` and README list them.
+/// The exit codes, as `model/exit.rs` and docs/reference/exit-codes.md list them.
 const EXIT_STATUS: &[(u8, &str)] = &[
     (0, "success"),
     (1, "internal error"),
@@ -54,6 +54,11 @@ const EXIT_STATUS: &[(u8, &str)] = &[
         "restore failed (rolled back, or the map was kept for the operator)",
     ),
     (10, "nothing to do: no kernel loaded, no report yet"),
+    (
+        11,
+        "interrupted: update stopped at SIGINT, SIGTERM or SIGHUP; every preserved tree runs on \
+         this kernel",
+    ),
 ];
 
 /// The files the package installs or overboot keeps, for overboot(8).

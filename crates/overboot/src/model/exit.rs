@@ -1,4 +1,4 @@
-//! Exit codes of the `overboot` CLI, one per failure class. README documents the same table.
+//! Exit codes of the `overboot` CLI, one per failure class. docs/reference/exit-codes.md documents the same table.
 //!
 //! | code | class |
 //! |-----:|-------|
