@@ -244,7 +244,7 @@ impl GuestImage {
     /// Adds CRIU as `/usr/sbin/criu` with its libraries: the lab's pinned build for Debian 12
     /// (built and cached on first use), or the host's own package with `OVERBOOT_LAB_CRIU=distro`.
     pub fn add_criu(&mut self) -> Result<(), ImageError> {
-        match Engine::from_env()? {
+        match Engine::from_env_or(Engine::Distro)? {
             Engine::Pinned => {
                 let built = criu::for_bookworm()?;
                 criu::announce(Userland::Bookworm, &criu::describe(&built));

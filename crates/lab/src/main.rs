@@ -133,7 +133,7 @@ fn prepare(profile: &str) -> Result<bool, Box<dyn std::error::Error>> {
             println!("{label}: {} ({})", k.release, k.package);
         }
     }
-    match Engine::from_env()? {
+    match Engine::from_env_or(Engine::Distro)? {
         Engine::Pinned => {
             let built = criu::for_bookworm()?;
             println!(

@@ -1071,6 +1071,15 @@ fn plan_and_update_refuse_the_same_inputs() {
         ),
         ("lazy pages", Mock::default(), |o, _| o.lazy_restore = true),
         (
+            "lazy pages with CRIU 4",
+            Mock {
+                lazy: true,
+                engine: Some("4.2.1".into()),
+                ..Mock::default()
+            },
+            |o, _| o.lazy_restore = true,
+        ),
+        (
             "shutdown inhibitor",
             Mock {
                 inhibitors: vec!["lab (pid 42): writing".into()],

@@ -42,14 +42,18 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine `OVERBOOT_LAB_CRIU` chooses (unset or empty: pinned).
-    pub fn from_env() -> Result<Engine, CriuError> {
-        Engine::parse(std::env::var(ENGINE_VAR).ok().as_deref())
+    /// The engine `OVERBOOT_LAB_CRIU` chooses, `default` when it is unset or empty: the
+    /// Debian 13 profile's guests get the pinned CRIU (Debian's 4.1.1 cannot dump TCP on 7.3),
+    /// the Debian 12 profile's Debian's 3.17.1 (with 4.2.1 there, overboot's lazy restore
+    /// fails in CRIU's restorer: see docs/lab/README.md, "The guests' CRIU").
+    pub fn from_env_or(default: Engine) -> Result<Engine, CriuError> {
+        Engine::parse(std::env::var(ENGINE_VAR).ok().as_deref(), default)
     }
 
-    fn parse(value: Option<&str>) -> Result<Engine, CriuError> {
+    fn parse(value: Option<&str>, default: Engine) -> Result<Engine, CriuError> {
         match value.map(str::trim) {
-            None | Some("" | "pinned") => Ok(Engine::Pinned),
+            None | Some("") => Ok(default),
+            Some("pinned") => Ok(Engine::Pinned),
             Some("distro") => Ok(Engine::Distro),
             Some(other) => Err(CriuError::UnknownEngine(other.into())),
         }
@@ -195,12 +199,20 @@ mod tests {
 
     #[test]
     fn the_engine_is_pinned_unless_distro_is_asked_for() {
-        assert_eq!(Engine::parse(None).unwrap(), Engine::Pinned);
-        assert_eq!(Engine::parse(Some("")).unwrap(), Engine::Pinned);
-        assert_eq!(Engine::parse(Some("pinned")).unwrap(), Engine::Pinned);
-        assert_eq!(Engine::parse(Some("distro")).unwrap(), Engine::Distro);
+        for default in [Engine::Pinned, Engine::Distro] {
+            assert_eq!(Engine::parse(None, default).unwrap(), default);
+            assert_eq!(Engine::parse(Some(""), default).unwrap(), default);
+            assert_eq!(
+                Engine::parse(Some("pinned"), default).unwrap(),
+                Engine::Pinned
+            );
+            assert_eq!(
+                Engine::parse(Some("distro"), default).unwrap(),
+                Engine::Distro
+            );
+        }
         assert!(matches!(
-            Engine::parse(Some("4.3")),
+            Engine::parse(Some("4.3"), Engine::Pinned),
             Err(CriuError::UnknownEngine(v)) if v == "4.3"
         ));
     }

@@ -312,7 +312,7 @@ pub fn image(
     binaries: &[(PathBuf, &str)],
     links: &[(&str, &str)],
 ) -> Result<PathBuf, RootfsError> {
-    let pinned = match Engine::from_env()? {
+    let pinned = match Engine::from_env_or(Engine::Pinned)? {
         Engine::Pinned => {
             let built = criu::for_trixie(rootfs)?;
             criu::announce(Userland::Trixie, &criu::describe(&built));

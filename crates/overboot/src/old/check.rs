@@ -159,6 +159,16 @@ fn run_into(
     if options.lazy_restore && !effects.lazy_pages() {
         checked.refuse(mode, UpdateError::LazyUnsupported)?;
     }
+    // overboot's page server is verified with CRIU 3.x; with 4.2.1 the lazy tree's restore
+    // failed in CRIU's restorer (the update rolled back): refused rather than rolled back.
+    let engine = checked.findings.engine.as_deref();
+    let newer = engine
+        .and_then(super::compat::EngineVersion::parse)
+        .is_some_and(|v| v >= super::compat::EngineVersion(4, 0, 0));
+    if options.lazy_restore && newer {
+        let engine = engine.unwrap_or_default().to_string();
+        checked.refuse(mode, UpdateError::LazyEngine { engine })?;
+    }
     Ok(())
 }
 

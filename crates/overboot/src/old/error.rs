@@ -87,6 +87,14 @@ pub enum UpdateError {
          nothing was frozen; update without it"
     )]
     LazyUnsupported,
+    /// `--lazy-restore` with a CRIU the page server is not verified with (nothing was frozen).
+    #[error(
+        "--lazy-restore: overboot's page server is verified with CRIU 3.x only; with CRIU 4.2.1 \
+         the lazily restored tree's restore failed in CRIU's restorer (\"vdso: Invalid ELF \
+         magic\") and the update rolled back; this CRIU is {engine}: nothing was frozen; update \
+         without --lazy-restore"
+    )]
+    LazyEngine { engine: String },
     /// The previous update's lazy restore is still copying pages (nothing was frozen).
     #[error(
         "{tree} is still being restored lazily by a page server (pid {pid}) from the last \
@@ -174,7 +182,7 @@ impl UpdateError {
             | UpdateError::LazyStillServing { .. }
             | UpdateError::EngineTooOld(_)
             | UpdateError::Inhibited { .. } => E::BadInput,
-            UpdateError::LazyUnsupported => E::Checkpoint,
+            UpdateError::LazyUnsupported | UpdateError::LazyEngine { .. } => E::Checkpoint,
             UpdateError::Hold(_) => E::Internal,
             UpdateError::Kernel { source, .. } | UpdateError::Switch { source, .. } => {
                 source.class().into()
