@@ -159,38 +159,6 @@ fn unit_targets_resolve(guest: &mut Guest, new: &str) {
     assert_active(guest, "redis-server");
 }
 
-/// A block-mode shutdown inhibitor (`systemd-inhibit`) refuses `plan` and `update` before
-/// anything is frozen (exit 5), naming who holds it; released, it no longer does.
-fn a_shutdown_inhibitor_blocks(guest: &mut Guest, new: &str) {
-    let kernel = format!("--kernel /boot/vmlinuz-{new} --initrd /boot/initrd.img-{new}");
-    guest
-        .run_ok(
-            "systemd-inhibit --what=shutdown --mode=block --who=lab --why='writing the ledger' \
-             sleep 600 >/dev/null 2>&1 & echo $! > /tmp/inhibit.pid; \
-             timeout 30 sh -c 'until systemd-inhibit --list | grep -q ledger; do sleep 0.2; done'",
-            CMD,
-        )
-        .expect("an inhibitor");
-    for verb in ["plan", "update"] {
-        let out = guest
-            .run(
-                &format!("overboot {verb} {kernel} --preserve unit:redis-server"),
-                CMD,
-            )
-            .expect("overboot");
-        let text = out.text();
-        assert_eq!(out.status, 5, "{verb} with a shutdown inhibitor: {text}");
-        assert!(
-            text.contains("lab (pid") && text.contains("--ignore-inhibitors"),
-            "{verb} does not name the inhibitor: {text}"
-        );
-    }
-    guest
-        .run_ok("kill $(cat /tmp/inhibit.pid)", CMD)
-        .expect("release the inhibitor");
-    assert_active(guest, "redis-server");
-}
-
 /// The unit's main PID according to systemd.
 fn main_pid(guest: &mut Guest, unit: &str) -> String {
     carry::unit_state(guest, unit).expect("unit state").main_pid
@@ -352,7 +320,6 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     assert_active(&mut guest, "redis-server");
     redis_round_trip(addr, "on 6.12");
     unit_targets_resolve(&mut guest, &new);
-    a_shutdown_inhibitor_blocks(&mut guest, &new);
     redis_round_trip(addr, "before the update");
     guest
         .run_ok(
