@@ -63,6 +63,19 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// The name reports, metrics and report ids use (`rolled_back`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Resumed => "resumed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One preserved tree in the report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TreeReport {
@@ -266,12 +279,9 @@ impl Report {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let outcome = serde_json::to_value(&self.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let outcome = self.outcome.name();
         let attempt = super::metrics::Attempt {
-            outcome: &outcome,
+            outcome,
             blackout_ms: self.blackout_ms,
             phases: &self.phases,
         };
@@ -303,10 +313,7 @@ impl Report {
 
     /// One line for a history.
     pub fn line(&self) -> String {
-        let outcome = serde_json::to_value(&self.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let outcome = self.outcome.name();
         format!(
             "{:<24} {:<12} {} → {}  blackout {} ms",
             self.id, outcome, self.from, self.to, self.blackout_ms
@@ -382,5 +389,24 @@ impl Report {
         }
         out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_are_the_serialized_ones() {
+        for outcome in [
+            Outcome::Resumed,
+            Outcome::RolledBack,
+            Outcome::Failed,
+            Outcome::Refused,
+            Outcome::Interrupted,
+        ] {
+            let serialized = serde_json::to_value(&outcome).unwrap();
+            assert_eq!(serialized.as_str(), Some(outcome.name()));
+        }
     }
 }

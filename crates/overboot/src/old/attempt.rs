@@ -23,11 +23,7 @@ pub fn failed(
         Outcome::Refused
     };
     let mut report = Report::of_attempt(
-        format!(
-            "{}-{}",
-            crate::model::report::new_id(),
-            outcome_word(&outcome)
-        ),
+        format!("{}-{}", crate::model::report::new_id(), outcome.name()),
         outcome,
         overboot_checkpoint::error_chain(error),
         effects.running_release(),
@@ -36,12 +32,4 @@ pub fn failed(
     report.phases = phases.map().clone();
     report.peak_mem_bytes = phases.peak_mem_bytes();
     report
-}
-
-fn outcome_word(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Refused => "refused",
-        Outcome::Interrupted => "interrupted",
-        _ => "failed",
-    }
 }
