@@ -223,6 +223,8 @@ fn load(
                     source,
                 });
             }
+            // Loaded from here: should the update die before its jump, the guardian unloads.
+            InFlight::enter(&options.state_dir, Phase::KexecLoad, true);
             Ok(())
         }
     }
