@@ -4,10 +4,13 @@
 //! Debian's sandboxed unit, unknown, stopped and non-service units); `overboot systemd prepare`
 //! makes Redis preservable; an update that fails on 6.12 after the dump (a second unit that
 //! CRIU cannot dump) restores Redis there and its unit adopts it again; an update whose
-//! restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts Redis again; then `overboot update --preserve unit:redis-server.service`
-//! carries it to 7.3 from trixie-backports, under one host client's INCR loop throughout: systemd
-//! adopts the restored Redis as the same unit with the same main PID, a unit that was not
-//! preserved starts as usual, and `systemctl restart` afterwards starts Debian's Redis anew.
+//! restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts Redis again; then
+//! `overboot update --preserve unit:redis-server.service` carries it to 7.3 from
+//! trixie-backports and back to 6.12 (the round trip an operator takes when 7.3 misbehaves),
+//! under one host client's INCR loop on one connection throughout: systemd adopts the restored
+//! Redis as the same unit with the same main PID after each switch, a unit that was not preserved
+//! starts as usual, leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen,
+//! and `systemctl restart` afterwards starts Debian's Redis anew.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -444,19 +447,13 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         .text();
     assert_ne!(boot_id, new_boot_id, "the boot id did not change");
 
-    // The client ran through both switches: 50 more replies on 7.3, then stop it.
-    let answered = incr.progress().answered;
-    let steady = incr.wait_answered(answered + 50, Duration::from_secs(120));
-    let (summary, _samples) = incr.finish();
-    eprintln!("INCR client: {summary:?}");
+    // The client ran through the failed attempt, the rollback and the switch: 50 more replies
+    // on 7.3 on the same connection.
     let mut failures = Vec::new();
-    if !steady {
-        failures.push("the INCR client got no 50 further replies on 7.3".to_string());
-    }
-    if !summary.connection_survived || summary.lost != 0 || summary.duplicated != 0 {
+    if !incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)) {
         failures.push(format!(
-            "the INCR connection did not survive intact (survived {}, lost {}, duplicated {}): {:?}",
-            summary.connection_survived, summary.lost, summary.duplicated, summary.error
+            "the INCR client got no 50 further replies on 7.3: {:?}",
+            incr.progress()
         ));
     }
     check_carried(
@@ -482,12 +479,36 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         eprintln!("trixie: critical chain on 7.3:\n{}", chain.text());
     }
 
+    engine_too_old_to_leave(&mut guest, &old, &new);
+    // The round trip an operator takes when 7.3 misbehaves, with the same client still on its
+    // one connection and the same Redis process.
+    let here = if back_from_7_3(&mut guest, &old, &append, &redis_main, &incr) {
+        old.clone()
+    } else {
+        new.clone()
+    };
+    let (summary, _samples) = incr.finish();
+    eprintln!("INCR client (6.12 → 7.3 → {here}): {summary:?}");
+    if !summary.connection_survived || summary.lost != 0 || summary.duplicated != 0 {
+        panic!(
+            "the INCR connection did not survive intact (survived {}, lost {}, duplicated {}): {:?}",
+            summary.connection_survived, summary.lost, summary.duplicated, summary.error
+        );
+    }
+
     // systemctl acts on the adopted unit normally: restart starts Debian's Redis anew.
+    restart_starts_anew(&mut guest, &here, &redis_main);
+    redis_round_trip(addr, "after the restart");
+}
+
+/// `systemctl restart redis-server` on the adopted unit starts Debian's Redis anew: a new main
+/// PID and one Redis.
+fn restart_starts_anew(guest: &mut Guest, release: &str, redis_main: &str) {
     guest
         .run_ok("systemctl restart redis-server", CMD)
         .expect("systemctl restart redis-server");
-    assert_active(&mut guest, "redis-server");
-    let restarted = main_pid(&mut guest, "redis-server");
+    assert_active(guest, "redis-server");
+    let restarted = main_pid(guest, "redis-server");
     // On failure, with the journal (a restart once reported the old MainPID: the cause is
     // not known yet).
     let mut failures = Vec::new();
@@ -503,37 +524,34 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
             "restart kept the old main process {redis_main}:\n{status}"
         ));
     }
-    let after = redis_pids(&mut guest);
+    let after = redis_pids(guest);
     if after != restarted {
         failures.push(format!(
             "not one Redis after the restart: {after:?}, MainPID {restarted:?}"
         ));
     }
-    fail_with_journal(&mut guest, &new, &failures);
-    redis_round_trip(addr, "after the restart on 7.3");
-    engine_too_old_to_leave(&mut guest, &old, &new);
-    back_from_7_3(&mut guest, addr, &old, &append);
+    fail_with_journal(guest, release, &failures);
 }
 
-/// The round trip an operator takes when 7.3 misbehaves: Redis and one INCR connection carried
-/// from 7.3 back to 6.12, which needs a CRIU that dumps TCP on 7.3 (4.2: the lab's pinned
-/// one). Same connection, nothing lost or duplicated, same MainPID, the unit active.
-fn back_from_7_3(guest: &mut Guest, addr: SocketAddr, old: &str, append: &str) {
+/// The round trip an operator takes when 7.3 misbehaves: Redis carried from 7.3 back to 6.12
+/// under the client that came from 6.12, which needs a CRIU that dumps TCP on 7.3 (4.2: the
+/// lab's pinned one). The same MainPID as on the first 6.12, the unit active, 50 more replies;
+/// the caller judges the connection. False (and nothing done) with CRIU 4.1.
+fn back_from_7_3(
+    guest: &mut Guest,
+    old: &str,
+    append: &str,
+    redis_main: &str,
+    incr: &IncrLoop,
+) -> bool {
     let version = guest
         .run("criu --version | head -1", CMD)
         .expect("criu --version")
         .text();
     if version.contains("4.1") {
         eprintln!("trixie: CRIU 4.1 cannot leave 7.3 with a TCP socket: no update back to {old}");
-        return;
+        return false;
     }
-    let redis_main = main_pid(guest, "redis-server");
-    let incr = IncrLoop::start(addr, IncrConfig::default()).expect("INCR client connects");
-    assert!(
-        incr.wait_answered(50, Duration::from_secs(60)),
-        "the INCR client got no steady replies on 7.3: {:?}",
-        incr.progress()
-    );
     let switch = Instant::now();
     let (booted, _) =
         carry::update_units(guest, old, append, &["redis-server.service"], &mut || {})
@@ -542,27 +560,19 @@ fn back_from_7_3(guest: &mut Guest, addr: SocketAddr, old: &str, append: &str) {
         "trixie: update back to {old} reached multi-user in {:.1} s (host): {booted}",
         switch.elapsed().as_secs_f64()
     );
-    let answered = incr.progress().answered;
-    let steady = incr.wait_answered(answered + 50, Duration::from_secs(120));
-    let (summary, _samples) = incr.finish();
-    eprintln!("INCR client (7.3 → {old}): {summary:?}");
     let mut failures = Vec::new();
     if !booted.contains(old) {
         failures.push(format!("booted {booted:?}, not {old}"));
     }
-    if !steady {
+    if !incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(120)) {
         failures.push(format!(
-            "the INCR client got no 50 further replies on {old}"
+            "the INCR client got no 50 further replies on {old}: {:?}",
+            incr.progress()
         ));
     }
-    if !summary.connection_survived || summary.lost != 0 || summary.duplicated != 0 {
-        failures.push(format!(
-            "the INCR connection did not survive intact (survived {}, lost {}, duplicated {}): {:?}",
-            summary.connection_survived, summary.lost, summary.duplicated, summary.error
-        ));
-    }
-    check_carried(guest, old, &redis_main, Some("resumed"), &mut failures);
+    check_carried(guest, old, redis_main, Some("resumed"), &mut failures);
     fail_with_journal(guest, old, &failures);
+    true
 }
 
 /// Leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen: it cannot dump
