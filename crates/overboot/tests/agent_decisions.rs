@@ -224,6 +224,13 @@ fn every_tree_restored_gives_a_report_and_the_units_their_records() {
     // The clocks moved on by the time since the freeze (1000 s in the mock).
     assert_eq!(report.clock_offsets_ns["pid-4242"], 1_000_000_000_000);
     assert!(report.phases.contains_key("verify_map") && report.phases.contains_key("restore"));
+    // No pending.json from `update` here: what was handed over is the map's own size (the two
+    // trees' pages and cores at least).
+    assert!(
+        report.handover_bytes >= 2 * (4096 + 4),
+        "{}",
+        report.handover_bytes
+    );
     // What a rollback would stop: the restored trees, listed in the work dir.
     let list = std::fs::read_to_string(s.options.work_dir.join(files::RESTORED_LIST)).unwrap();
     assert_eq!(list, "pid-4242 4242\npid-4243 4243\n");

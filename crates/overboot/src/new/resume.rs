@@ -48,6 +48,13 @@ fn note_restored(work_dir: &Path, name: &str, pids: &[i32]) {
     }
 }
 
+/// The size of the map's files as its manifest lists them: what the report says was handed
+/// over when `update`'s `pending.json` did not come across (a state directory the new boot does
+/// not share with the old one).
+fn map_bytes(manifest: &Manifest) -> u64 {
+    manifest.files.values().map(|f| f.size).sum()
+}
+
 /// Runs the agent. `Ok(None)` when the command line names no map (a normal boot).
 pub fn run(agent: &mut dyn Agent, options: &ResumeOptions) -> Result<Option<Report>, ResumeError> {
     let started = Instant::now();
@@ -115,7 +122,9 @@ pub fn run(agent: &mut dyn Agent, options: &ResumeOptions) -> Result<Option<Repo
         to: agent.release(),
         trees,
         phases: phases.map().clone(),
-        handover_bytes: pending.as_ref().map_or(0, |p| p.handover_bytes),
+        handover_bytes: pending
+            .as_ref()
+            .map_or_else(|| map_bytes(&manifest), |p| p.handover_bytes),
         blackout_ms,
         peak_mem_bytes: pending
             .as_ref()
