@@ -353,8 +353,6 @@ panic_reboot_secs = 10
             uncommented.contains("\npre_copy_rounds = 3\n"),
             "{uncommented}"
         );
-        // append and reuse_cmdline exclude each other: the file shows both.
-        let uncommented = uncommented.replace("\nreuse_cmdline = false\n", "\n");
         let config = parse(&uncommented).unwrap();
         assert_eq!(config.update.pre_copy_rounds, Some(3));
         assert_eq!(config.update.criu_log_level, Some(2));
