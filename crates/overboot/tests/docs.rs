@@ -50,9 +50,21 @@ fn a_manual_page_per_verb_and_three_completions() {
         assert!(man.join(format!("overboot-{verb}.8")).is_file(), "{verb}");
     }
     let update = read(&man.join("overboot-update.8"));
-    for option in ["\\-\\-preserve", "\\-\\-handover", "\\-\\-lazy\\-restore"] {
+    for option in [
+        "\\-\\-preserve",
+        "\\-\\-handover",
+        "\\-\\-lazy\\-restore",
+        "\\-\\-no\\-lazy\\-restore",
+        "\\-\\-config",
+    ] {
         assert!(update.contains(option), "{option} not in overboot-update.8");
     }
+    // The config file: the option and $OVERBOOT_CONFIG on overboot(8).
+    assert!(top.contains("\\-\\-config"), "no --config in overboot.8");
+    assert!(
+        top.contains("OVERBOOT_CONFIG"),
+        "no $OVERBOOT_CONFIG in overboot.8"
+    );
     // The verbs no operator calls have no page.
     let pages: Vec<String> = std::fs::read_dir(&man)
         .unwrap()

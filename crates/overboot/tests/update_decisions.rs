@@ -1367,3 +1367,27 @@ fn a_shutdown_inhibitor_blocks_the_update_unless_ignored() {
     let (result, _dir) = run_with(&mut mock, |o| o.ignore_inhibitors = true);
     result.expect("told to ignore the inhibitor");
 }
+
+/// `plan` says which config file the options came from (the CLI fills it in), or none.
+#[test]
+fn plan_names_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path());
+    let mut plan = overboot::old::plan::make(&mut Mock::default(), &opts);
+    assert!(
+        plan.human().contains("\n  config: none\n"),
+        "{}",
+        plan.human()
+    );
+    let json = serde_json::to_value(&plan).expect("json");
+    assert_eq!(json["config"], serde_json::Value::Null);
+    plan.config = Some("/etc/overboot/overboot.toml".into());
+    assert!(
+        plan.human()
+            .contains("\n  config: /etc/overboot/overboot.toml\n"),
+        "{}",
+        plan.human()
+    );
+    let json = serde_json::to_value(&plan).expect("json");
+    assert_eq!(json["config"], "/etc/overboot/overboot.toml");
+}

@@ -29,7 +29,11 @@ pub struct Args {
 const EXIT_STATUS: &[(u8, &str)] = &[
     (0, "success"),
     (1, "internal error"),
-    (2, "usage: bad arguments"),
+    (
+        2,
+        "usage: bad arguments, or a config file that is missing (when named), unreadable or \
+         invalid",
+    ),
     (3, "permission: not root, or a capability is missing"),
     (
         4,
@@ -65,7 +69,9 @@ const EXIT_STATUS: &[(u8, &str)] = &[
 const FILES: &[(&str, &str)] = &[
     (
         "/etc/overboot/overboot.toml",
-        "the documented defaults (not read by this version: see the file)",
+        "the settings of plan and update (and the state directory of status and resume), each \
+         commented out with its default; an option on the command line beats the file. \
+         --config or $OVERBOOT_CONFIG names another file",
     ),
     (
         "/etc/default/overboot",
@@ -74,7 +80,7 @@ const FILES: &[(&str, &str)] = &[
     (
         "/var/lib/overboot",
         "the state directory: reports, the default directory store (ssm/), kept maps \
-         ($OVERBOOT_STATE_DIR overrides)",
+         (the config file's state_dir, or $OVERBOOT_STATE_DIR, overrides)",
     ),
     (
         "/run/overboot",

@@ -41,6 +41,9 @@ pub enum CommandError {
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// The config file is missing (when named), unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
     /// The systemd integration failed.
     #[error("systemd")]
     Systemd(#[source] overboot::host::systemd::SystemdError),
@@ -66,7 +69,7 @@ impl CommandError {
             CommandError::Report(_) => ExitClass::Internal,
             CommandError::PatchBuild(e) => build_class(e),
             CommandError::Patch(e) => runtime_class(e),
-            CommandError::Usage(_) => ExitClass::Usage,
+            CommandError::Usage(_) | CommandError::Config(_) => ExitClass::Usage,
             CommandError::PlanRefused(_) => ExitClass::BadInput,
             CommandError::NothingPending => ExitClass::Nothing,
             CommandError::NoSuchKernel(_) => ExitClass::BadInput,

@@ -2,6 +2,7 @@
 //! library; [`CommandError`] carries the failure class that decides the exit code.
 
 mod args;
+mod config;
 mod docs;
 mod error;
 mod guard;
@@ -15,7 +16,10 @@ mod status;
 pub mod systemd;
 mod update;
 
+use std::path::PathBuf;
+
 use clap::{CommandFactory, Parser, Subcommand};
+use config::Config;
 pub use error::{exit_code, CommandError};
 
 /// Move a running Linux server onto a new kernel without stopping its services.
@@ -28,6 +32,11 @@ pub struct Cli {
     /// Machine-readable output: one JSON document on stdout, logs as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The config file (settings of plan and update, the state directory of status and
+    /// resume); default $OVERBOOT_CONFIG, else /etc/overboot/overboot.toml if it exists. A
+    /// file named here or by $OVERBOOT_CONFIG must exist.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     command: Verb,
 }
@@ -63,17 +72,38 @@ enum Verb {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CommandError> {
+    let named = config::named(cli.config);
+    let config = named.as_deref();
     match cli.command {
         Verb::Kexec(args) => kexec::run(args, cli.json),
         Verb::Patch(args) => patch::run(args, cli.json),
         Verb::Pending(args) => pending::run(args, cli.json),
-        Verb::Plan(args) => plan::run(args, cli.json),
-        Verb::Update(args) => update::run(args, cli.json),
-        Verb::Resume(args) => resume::run(args, cli.json),
-        Verb::Status(args) => status::run(args, cli.json),
+        Verb::Plan(args) => plan::run(args, &Config::load(config)?, cli.json),
+        Verb::Update(args) => update::run(args, &Config::load(config)?, cli.json),
+        Verb::Resume(args) => resume::run(args, &resume::config(config), cli.json),
+        Verb::Status(args) => status::run(args, &Config::load(config)?, cli.json),
         Verb::Systemd(args) => systemd::run(args, cli.json),
         Verb::ServePages(args) => pages::run(args),
         Verb::Guard(args) => guard::run(args),
         Verb::GenerateDocs(args) => docs::run(args, Cli::command()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_is_named_before_or_after_the_verb() {
+        for words in [
+            &["overboot", "--config", "/etc/ob.toml", "status"][..],
+            &["overboot", "status", "--config", "/etc/ob.toml"][..],
+        ] {
+            let cli = Cli::try_parse_from(words).unwrap();
+            assert_eq!(
+                cli.config.as_deref(),
+                Some(std::path::Path::new("/etc/ob.toml"))
+            );
+        }
     }
 }

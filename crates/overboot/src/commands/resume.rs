@@ -3,15 +3,15 @@
 //! cannot fork — and rolls back when it fails.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use overboot::model::records::WorkerFailure;
-use overboot::model::report::state_dir;
 use overboot::new::agent::HostAgent;
 use overboot::new::resume::{self, ResumeOptions};
 use overboot::new::supervise::{self as rollback, Supervised};
 
+use super::config::Config;
 use super::error::{print, CommandError};
 
 /// Arguments of `overboot resume`.
@@ -20,7 +20,8 @@ pub struct Args {
     /// Read the kernel command line from this file.
     #[arg(long, default_value = "/proc/cmdline")]
     cmdline_file: PathBuf,
-    /// Persistent state directory (reports); default $OVERBOOT_STATE_DIR or /var/lib/overboot.
+    /// Persistent state directory (reports); default $OVERBOOT_STATE_DIR, the config file's
+    /// state_dir, or /var/lib/overboot.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Scratch space in RAM for the restore.
@@ -31,9 +32,19 @@ pub struct Args {
     worker: bool,
 }
 
-pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
+/// The config file, for its state directory: one that cannot be read or is invalid is left out
+/// with a warning, since the agent's restore must not fail for a setting it does not use.
+pub fn config(named: Option<&Path>) -> Config {
+    Config::load(named).unwrap_or_else(|e| {
+        let chain = overboot_checkpoint::error_chain(&e);
+        eprintln!("overboot resume: config file left out: {chain}");
+        Config::default()
+    })
+}
+
+pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> {
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
-    let state = args.state_dir.clone().unwrap_or_else(state_dir);
+    let state = config.state_dir(args.state_dir.clone());
     let options = ResumeOptions {
         fault: overboot::model::fault::from_cmdline(&cmdline),
         rollback: rollback::is_rollback(&cmdline),

@@ -3,14 +3,16 @@
 
 use std::path::PathBuf;
 
-use overboot::model::report::{state_dir, Report};
+use overboot::model::report::Report;
 
+use super::config::Config;
 use super::error::{print, CommandError};
 
 /// Arguments of `overboot status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Persistent state directory; default $OVERBOOT_STATE_DIR or /var/lib/overboot.
+    /// Persistent state directory; default $OVERBOOT_STATE_DIR, the config file's state_dir,
+    /// or /var/lib/overboot.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Every report kept, oldest first, one line each (`--json`: the whole reports).
@@ -18,8 +20,8 @@ pub struct Args {
     all: bool,
 }
 
-pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let state = args.state_dir.unwrap_or_else(state_dir);
+pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> {
+    let state = config.state_dir(args.state_dir);
     // An update that died before its jump left its trees frozen: bring them back first; the
     // report below says so.
     let work_dir = PathBuf::from("/run/overboot");

@@ -6,13 +6,15 @@ use overboot::old::effects::HostEffects;
 use overboot::old::update;
 
 use super::args::UpdateArgs;
+use super::config::Config;
 use super::error::CommandError;
 
 /// Arguments of `overboot update`.
 pub type Args = UpdateArgs;
 
-pub fn run(args: Args, json: bool) -> Result<(), CommandError> {
-    let options = args.options()?;
+pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> {
+    let options = args.options(config)?;
+    tracing::info!(config = %config.source(), "config file");
     // Once trees are dumped, this process is the only way back for them: the kernel's OOM
     // killer must pick anything else (best effort; needs root, as the update does anyway).
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");

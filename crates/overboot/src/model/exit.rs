@@ -4,7 +4,7 @@
 //! |-----:|-------|
 //! | 0 | success |
 //! | 1 | internal error (a bug or an unexpected system state) |
-//! | 2 | usage: bad arguments (clap) |
+//! | 2 | usage: bad arguments (clap), or a bad config file |
 //! | 3 | permission: not root / missing capability |
 //! | 4 | kexec refused by policy: `kexec_load_disabled`, lockdown, signature rejected |
 //! | 5 | bad input: not a kernel, missing or truncated file, bad target process |

@@ -19,9 +19,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/overboot";
 
 /// The state directory: `$OVERBOOT_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("OVERBOOT_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    state_dir_from_env().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The state directory `$OVERBOOT_STATE_DIR` names, if it is set.
+pub fn state_dir_from_env() -> Option<PathBuf> {
+    std::env::var_os("OVERBOOT_STATE_DIR").map(PathBuf::from)
 }
 
 /// Errors reading or writing reports.

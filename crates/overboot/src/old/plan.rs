@@ -5,7 +5,7 @@
 //! estimated blackout; and the live patches applied to the running kernel (they do not survive
 //! a kernel switch).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::check::{self, Checked};
 use super::effects::Effects;
@@ -61,6 +61,8 @@ pub struct Plan {
     pub ram_stores: Vec<crate::host::store::RamStore>,
     /// Which store to hand the map over with, or how to reserve RAM for one.
     pub handover_advice: String,
+    /// The config file the options were read from (`None`: none); the CLI sets it.
+    pub config: Option<PathBuf>,
 }
 
 /// Builds the plan for `options` from the checks `update` would make.
@@ -127,6 +129,7 @@ pub fn make(effects: &mut dyn Effects, options: &UpdateOptions) -> Plan {
         livepatches: livepatches(),
         ram_stores,
         handover_advice,
+        config: None,
     }
 }
 
@@ -170,9 +173,12 @@ impl Plan {
     /// A table for people.
     pub fn human(&self) -> String {
         let mut out = format!(
-            "plan: {} → {}\n  kexec: {}\n  engine: {}\n",
+            "plan: {} → {}\n  config: {}\n  kexec: {}\n  engine: {}\n",
             self.from,
             self.to.as_deref().unwrap_or("(kernel refused)"),
+            self.config
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
             self.kexec,
             self.engine
         );
