@@ -48,9 +48,9 @@ fn interrupted_updates_leave_every_tree_running_on_the_old_kernel() {
     // reached through the initrd store, whose kernel is loaded after the freeze.
     let phases = [
         ("pre_copy", " --handover dir:/lab/ssm"),
-        ("freeze_dump", ""),
-        ("write_map", ""),
-        ("kexec_load", ""),
+        ("freeze_dump", " --handover initrd"),
+        ("write_map", " --handover initrd"),
+        ("kexec_load", " --handover initrd"),
     ];
     let mut failures = Vec::new();
     for signal in ["SIGINT", "SIGTERM", "SIGKILL"] {

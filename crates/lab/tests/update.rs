@@ -33,8 +33,9 @@ fn carry_across(to: &str, lazy: bool) {
     let mut config = lab.guest_config(&scenario, "A").expect("config");
     config.memory_mib = 3072;
     // The lazy update goes through the reserved-RAM store with pre-copy, so that the page
-    // servers serve pages of the pre-copy rounds too; the other through the initrd.
-    let mut handover = String::new();
+    // servers serve pages of the pre-copy rounds too; the other through the initrd (the default
+    // here would be the data disk, which the rollback, network and soak tests take).
+    let mut handover = " --handover initrd".to_string();
     let mut append = BASE_CMDLINE.to_string();
     if lazy {
         let (total, offset) = overboot_lab::lab::pmem_layout(config.memory_mib, PMEM_MIB);
@@ -77,7 +78,7 @@ fn carry_across(to: &str, lazy: bool) {
             if lazy {
                 format!(" --lazy-restore{handover}")
             } else {
-                String::new()
+                handover.clone()
             }
         ))
         .expect("send update");

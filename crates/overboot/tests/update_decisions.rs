@@ -316,6 +316,8 @@ fn options(work: &Path) -> UpdateOptions {
         rollback: RollbackRecipe::default(),
         network_lock: true,
         handover: Handover::default(),
+        store_why: "--handover".into(),
+        store_default: false,
         pre_copy_rounds: 3,
         criu_log_level: 2,
         lazy_restore: false,
@@ -543,6 +545,58 @@ fn a_directory_store_in_ram_is_refused_before_anything_is_frozen() {
         "{text}"
     );
     assert_eq!(err.class(), overboot::ExitClass::BadInput);
+}
+
+#[test]
+fn a_default_directory_store_that_cannot_hold_the_map_falls_back_to_the_initrd() {
+    // A directory the checks reject (tmpfs stands in for one without room): named by the
+    // operator it is refused (above); as the default it gives way to the initrd, said in a
+    // warning, on a host without systemd — and is refused on one with systemd, whose new boot
+    // has no initrd to take the map from.
+    let shm = Path::new("/dev/shm");
+    if nix::sys::statfs::statfs(shm)
+        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let store = shm.join(format!("overboot-default-{}", std::process::id()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(dir.path());
+    opts.handover = Handover::Dir(store.clone());
+    opts.store_default = true;
+    let mut mock = Mock {
+        fail_jump: true,
+        ..Mock::default()
+    };
+    let mut said = Vec::new();
+    update::run(&mut mock, &opts, &mut |line| said.push(line.to_string()))
+        .expect_err("the mock jump fails");
+    assert!(dumped(&mock), "it did not go on: {:?}", mock.log);
+    // The initrd store: the kernel is loaded after the dump, with the map appended.
+    let at = |entry: &str| mock.log.iter().position(|l| l.starts_with(entry));
+    assert!(at("dump 100") < at("load"), "{:?}", mock.log);
+    assert!(
+        said.iter()
+            .any(|l| l.contains("rides in the new kernel's initrd")),
+        "{said:?}"
+    );
+    let plan = overboot::old::plan::make(&mut Mock::default(), &opts);
+    assert!(
+        plan.store.starts_with("initrd (the default directory"),
+        "{}",
+        plan.store
+    );
+
+    let mut mock = Mock {
+        systemd: Some(systemd(true)),
+        ..Mock::default()
+    };
+    let err = update::run(&mut mock, &opts, &mut |_| {}).expect_err("refused under systemd");
+    let _ = std::fs::remove_dir_all(&store);
+    assert!(matches!(err, UpdateError::HandoverDir(_)), "{err}");
+    assert!(!dumped(&mock), "{:?}", mock.log);
 }
 
 #[test]

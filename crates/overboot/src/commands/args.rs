@@ -65,8 +65,10 @@ pub struct UpdateArgs {
     /// How the map reaches the new kernel: `initrd` (appended to --initrd, RAM only) or
     /// `dir:/path` (written to a file system the new kernel's userspace mounts at the same
     /// path; each update gets its own subdirectory, removed after a successful resume).
-    /// Default: the config file's store, else `initrd`, or `dir:<state dir>/ssm` when systemd
-    /// is PID 1 (the initrd's files are gone after switch_root).
+    /// Default: the config file's store, else `dir:<state dir>/ssm` when systemd is PID 1 (the
+    /// initrd's files are gone after switch_root) or when the state directory is on a disk file
+    /// system with room for more than the memory in use (the kernel is then loaded before the
+    /// freeze and kexec does not checksum the map), else `initrd`. `plan` says which and why.
     #[arg(long, value_name = "STORE")]
     pub handover: Option<Handover>,
     /// Pre-copy rounds at most: memory is copied (and hashed) while the services still run,
@@ -148,16 +150,15 @@ impl UpdateArgs {
                 p.exists().then_some(p)
             });
         let state_dir = config.state_dir(args.state_dir);
-        let handover = args
-            .handover
-            .or_else(|| settings.store.clone())
-            .unwrap_or_else(|| {
-                if overboot::host::systemd::Host::detect().booted {
-                    Handover::Dir(overboot::host::systemd::default_store(&state_dir))
-                } else {
-                    Handover::Initrd
-                }
-            });
+        let (handover, store_why, store_default) = match (args.handover, settings.store.clone()) {
+            (Some(given), _) => (given, "--handover".to_string(), false),
+            (None, Some(set)) => (set, "the config file's store".to_string(), false),
+            (None, None) => {
+                let systemd = overboot::host::systemd::Host::detect().booted;
+                let chosen = overboot::host::store::default_store(&state_dir, systemd);
+                (chosen.handover, format!("default: {}", chosen.why), true)
+            }
+        };
         let lazy_restore = match (args.lazy_restore, args.no_lazy_restore) {
             (true, _) => true,
             (_, true) => false,
@@ -183,6 +184,8 @@ impl UpdateArgs {
             },
             network_lock: !args.unsafe_no_network_lock,
             handover,
+            store_why,
+            store_default,
             pre_copy_rounds: args
                 .pre_copy_rounds
                 .or(settings.pre_copy_rounds)

@@ -52,6 +52,84 @@ const RAM_FILESYSTEMS: [(&str, nix::sys::statfs::FsType); 2] = [
     ("ramfs", nix::sys::statfs::FsType(0x8584_58f6)),
 ];
 
+/// The store an update uses when neither the command line nor the config file names one, and
+/// why: `plan` prints both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultStore {
+    /// The store.
+    pub handover: Handover,
+    /// Why this one, for the operator.
+    pub why: String,
+}
+
+/// The default store under `state_dir` on this machine (see [`choose_default`]).
+pub fn default_store(state_dir: &Path, systemd: bool) -> DefaultStore {
+    let dir = state_dir.join("ssm");
+    let probe = dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/"));
+    let file_system = nix::sys::statfs::statfs(probe)
+        .ok()
+        .map(|fs| file_system_name(fs.filesystem_type()));
+    choose_default(&dir, systemd, file_system)
+}
+
+/// A file system's name and whether a kexec loses what it holds.
+fn file_system_name(kind: nix::sys::statfs::FsType) -> (String, bool) {
+    if let Some((name, _)) = RAM_FILESYSTEMS.iter().find(|(_, magic)| *magic == kind) {
+        return ((*name).to_string(), true);
+    }
+    let name = match kind.0 {
+        0xEF53 => "ext4".to_string(),
+        0x5846_5342 => "xfs".to_string(),
+        0x9123_683E => "btrfs".to_string(),
+        other => format!("file system 0x{other:x}"),
+    };
+    (name, false)
+}
+
+/// The default store at `dir`, given whether systemd is PID 1 and the state directory's file
+/// system (its name and whether a kexec loses what it holds; `None`: unknown):
+/// - systemd is PID 1: the directory (the initrd's files are gone after switch_root);
+/// - the state directory is on a disk file system: the directory. The new kernel is loaded
+///   before the freeze and the map is neither copied into an initrd nor checksummed by kexec
+///   (at the load and again at the jump) nor unpacked at boot: in the lab about half the
+///   blackout of the initrd store at 64 MiB (docs/bench). Without room for the map there,
+///   the checks fall back to the initrd;
+/// - otherwise the initrd, which needs nothing of the new boot.
+pub fn choose_default(
+    dir: &Path,
+    systemd: bool,
+    file_system: Option<(String, bool)>,
+) -> DefaultStore {
+    let shown = dir.display();
+    if systemd {
+        return DefaultStore {
+            handover: Handover::Dir(dir.to_path_buf()),
+            why: "systemd is PID 1: the new boot's initrd is gone after switch_root".into(),
+        };
+    }
+    let why = match file_system {
+        None => format!("the file system of {shown} cannot be read"),
+        Some((name, true)) => format!("{shown} is on {name}, which a kexec loses"),
+        Some((name, false)) => {
+            return DefaultStore {
+                handover: Handover::Dir(dir.to_path_buf()),
+                why: format!(
+                    "{shown} is on {name}: the kernel is loaded before the freeze and kexec \
+                     neither copies nor checksums the map (the initrd if it has no room for \
+                     it; the new boot must mount it before `overboot resume`)"
+                ),
+            };
+        }
+    };
+    DefaultStore {
+        handover: Handover::Initrd,
+        why: format!("{why}: the map rides in the new kernel's initrd"),
+    }
+}
+
 /// Checks a directory store's place before anything is frozen: it exists (or can be created),
 /// is on a file system that survives a kernel switch (a disk, or reserved RAM such as legacy
 /// persistent memory — not tmpfs or ramfs), and has room for `needed` bytes. With `create`
@@ -199,6 +277,26 @@ pub fn advice(stores: &[RamStore], needed: u64, fallback: Option<&Path>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_store_is_the_state_directory_on_a_disk() {
+        let dir = Path::new("/var/lib/overboot/ssm");
+        let fs = |name: &str, ram| Some((name.to_string(), ram));
+        let on_disk = choose_default(dir, false, fs("ext4", false));
+        assert_eq!(on_disk.handover, Handover::Dir(dir.into()));
+        assert!(on_disk.why.contains("is on ext4"), "{}", on_disk.why);
+        let ram = choose_default(dir, false, fs("tmpfs", true));
+        assert_eq!(ram.handover, Handover::Initrd);
+        assert!(
+            ram.why.contains("tmpfs, which a kexec loses"),
+            "{}",
+            ram.why
+        );
+        assert_eq!(choose_default(dir, false, None).handover, Handover::Initrd);
+        // systemd: the directory, even on tmpfs (the checks refuse that one by name).
+        let systemd = choose_default(dir, true, fs("tmpfs", true));
+        assert_eq!(systemd.handover, Handover::Dir(dir.into()));
+    }
 
     fn sys_with(devices: &[(&str, u64)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

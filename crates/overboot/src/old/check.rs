@@ -46,6 +46,9 @@ pub struct Findings {
     pub memory: Option<(u64, u64)>,
     /// What is not known to work (kernels newer than the engine's table): said, not refused.
     pub warnings: Vec<String>,
+    /// The store the update uses when it is not the one in the options: a default directory
+    /// store without room for the map falls back to the initrd.
+    pub store: Option<Handover>,
 }
 
 /// The list's outcome.
@@ -78,6 +81,9 @@ pub struct Passed {
     pub engine: String,
     /// What is not known to work, for the report.
     pub warnings: Vec<String>,
+    /// The store to hand the map over with (the options', or the initrd a default directory
+    /// store without room fell back to).
+    pub store: Handover,
 }
 
 /// `update`'s checks: what it goes on with when all pass, the first refusal otherwise.
@@ -94,6 +100,7 @@ pub fn first_refusal(
         trees,
         engine,
         warnings,
+        store,
         ..
     } = checked.findings;
     match (image, engine) {
@@ -102,6 +109,7 @@ pub fn first_refusal(
             trees,
             engine,
             warnings,
+            store: store.unwrap_or_else(|| options.handover.clone()),
         }),
         // Every check that leaves these empty refuses.
         _ => Err(UpdateError::NoTargets),
@@ -264,28 +272,37 @@ fn store(
 ) -> Result<(), ()> {
     let estimate: u64 = checked.findings.trees.iter().map(estimate_handover).sum();
     checked.findings.handover_bytes = estimate;
-    match &options.handover {
+    if let Handover::Dir(dir) = &options.handover {
         // The estimate plus a tenth for file system overhead and growth until the freeze.
-        Handover::Dir(dir) => {
-            let create = mode == Mode::FirstRefusal;
-            if let Err(e) = crate::host::store::check_dir(dir, estimate + estimate / 10, create) {
-                checked.refuse(mode, UpdateError::HandoverDir(e))?;
+        let create = mode == Mode::FirstRefusal;
+        match crate::host::store::check_dir(dir, estimate + estimate / 10, create) {
+            Ok(()) => return Ok(()),
+            // A store nobody named, on a host whose new boot can take the map from its
+            // initrd (not systemd's: its initrd is gone after switch_root): the initrd.
+            Err(e) if options.store_default && !effects.systemd_host().booted => {
+                checked.findings.warnings.push(format!(
+                    "the default store {} cannot hold the map ({}): it rides in the new \
+                     kernel's initrd instead",
+                    dir.display(),
+                    e.reason
+                ));
+                checked.findings.store = Some(Handover::Initrd);
             }
+            Err(e) => return checked.refuse(mode, UpdateError::HandoverDir(e)),
         }
-        Handover::Initrd => {
-            let initrd = options
-                .initrd
-                .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map_or(0, |m| m.len());
-            let kernel = checked.findings.image.as_ref().map_or(0, |i| i.size);
-            let needed = initrd_handover_memory(estimate, initrd, kernel);
-            let available = effects.memory_available();
-            checked.findings.memory = Some((needed, available));
-            if needed > available {
-                checked.refuse(mode, UpdateError::Memory { needed, available })?;
-            }
-        }
+    }
+    // The initrd store (asked for, or the fallback): memory for the map's copies.
+    let initrd = options
+        .initrd
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let kernel = checked.findings.image.as_ref().map_or(0, |i| i.size);
+    let needed = initrd_handover_memory(estimate, initrd, kernel);
+    let available = effects.memory_available();
+    checked.findings.memory = Some((needed, available));
+    if needed > available {
+        checked.refuse(mode, UpdateError::Memory { needed, available })?;
     }
     Ok(())
 }

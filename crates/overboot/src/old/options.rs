@@ -30,6 +30,12 @@ pub struct UpdateOptions {
     pub network_lock: bool,
     /// How the map reaches the new kernel.
     pub handover: Handover,
+    /// Who chose that store and why (`--handover`, the config file, or the default's reason):
+    /// `plan` prints it.
+    pub store_why: String,
+    /// Nobody named the store: a directory store without room for the map falls back to the
+    /// initrd (on a host without systemd) instead of refusing.
+    pub store_default: bool,
     /// Pre-copy rounds at most before the freeze (0: none; see [`super::precopy`]); only
     /// with a directory store.
     pub pre_copy_rounds: u32,

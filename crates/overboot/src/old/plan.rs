@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::check::{self, Checked};
 use super::effects::Effects;
 use super::options::UpdateOptions;
+use crate::host::store::Handover;
 use crate::model::report::Report;
 
 /// One tree in the plan.
@@ -61,6 +62,9 @@ pub struct Plan {
     pub ram_stores: Vec<crate::host::store::RamStore>,
     /// Which store to hand the map over with, or how to reserve RAM for one.
     pub handover_advice: String,
+    /// The store this update would use (`initrd` or `dir:PATH`) and who chose it, or why the
+    /// default is this one.
+    pub store: String,
     /// The config file the options were read from (`None`: none); the CLI sets it.
     pub config: Option<PathBuf>,
 }
@@ -129,7 +133,22 @@ pub fn make(effects: &mut dyn Effects, options: &UpdateOptions) -> Plan {
         livepatches: livepatches(),
         ram_stores,
         handover_advice,
+        store: match &findings.store {
+            Some(fallback) => format!(
+                "{} (the default directory has no room for the map)",
+                store_name(fallback)
+            ),
+            None => format!("{} ({})", store_name(&options.handover), options.store_why),
+        },
         config: None,
+    }
+}
+
+/// A store as `--handover` names it.
+fn store_name(handover: &Handover) -> String {
+    match handover {
+        Handover::Initrd => "initrd".into(),
+        Handover::Dir(dir) => format!("dir:{}", dir.display()),
     }
 }
 
@@ -221,7 +240,8 @@ impl Plan {
             Some(ms) => format!("  estimated blackout {ms} ms (from the last update here)\n"),
             None => "  estimated blackout: unknown (no earlier update on this machine)\n".into(),
         });
-        out.push_str(&format!("  handover store: {}\n", self.handover_advice));
+        out.push_str(&format!("  store: {}\n", self.store));
+        out.push_str(&format!("  reserved RAM: {}\n", self.handover_advice));
         if !self.livepatches.is_empty() {
             out.push_str(&format!(
                 "  live patches of the running kernel (not carried): {}\n",
