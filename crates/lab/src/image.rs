@@ -49,7 +49,7 @@ ip link set lo up
 # booted by `overboot update` leaves eth0 down: `overboot resume` re-applies the carried
 # configuration under the network lock, before the preserved sockets come back.
 if [ -e /sys/class/net/eth0 ]; then
-  if grep -q 'overboot.handover=' /proc/cmdline; then
+  if grep -qE 'overboot.handover=|lab.naive' /proc/cmdline; then
     echo "@@LAB net eth0 left-down (handover)"
   elif ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2; then
     echo "@@LAB net eth0 10.0.2.15/24 via 10.0.2.2"
@@ -107,6 +107,13 @@ if grep -q 'overboot.handover=' /proc/cmdline; then
   rc=$?
   echo "@@LAB resume-done rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
 fi
+"#;
+
+/// The benchmark's `naive` method (plain CRIU + kexec-tools, `bench/naive.rs`): its dump
+/// appends the restore script to the new kernel's initrd, and this hook runs it.
+pub const NAIVE_HOOK: &str = r#"#!/bin/sh
+[ -f /naive/restore.sh ] && sh /naive/restore.sh
+exit 0
 "#;
 
 /// The kernel modules every lab guest loads before its boot hooks when its kernel has them
@@ -305,6 +312,11 @@ impl GuestImage {
     /// `overboot resume` (the agent) before anything else of the lab's userspace.
     pub fn add_resume_hook(&mut self) -> Result<(), ImageError> {
         self.add_boot_hook("10-overboot-resume", RESUME_HOOK)
+    }
+
+    /// Adds the hook that runs the benchmark's `naive` restore when its dump appended one.
+    pub fn add_naive_hook(&mut self) -> Result<(), ImageError> {
+        self.add_boot_hook("10-naive-restore", NAIVE_HOOK)
     }
 
     /// Adds a boot hook: a script run by init after modules and disk, before the shell.

@@ -148,6 +148,7 @@ impl Lab {
         // busybox's own mke2fs applet (no -t, no -O) would win.
         image.add_binary(Path::new("/sbin/mke2fs"), "/usr/lib/lab/mke2fs")?;
         image.add_resume_hook()?;
+        image.add_naive_hook()?;
         let size = image.build(out)?;
         let _ = fs::remove_dir_all(staging);
         Ok(size)

@@ -52,7 +52,7 @@ struct BenchArgs {
     /// Runs per method and size (default 3; 1 with --quick).
     #[arg(long)]
     runs: Option<u32>,
-    /// Methods (default all: overboot,floor,restart,disk).
+    /// Methods (default all: overboot,initrd,naive,floor,restart,disk).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<overboot_lab::bench::Method>>,
     /// Kernel to switch to from A.

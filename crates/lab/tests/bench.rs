@@ -1,8 +1,9 @@
 //! The benchmark never rots: `--quick` (64 MiB, one run per method) runs end to end in the lab
 //! and its outputs have the documented shape. Times are not asserted (2 noisy cores); what an
-//! operator relies on is: overboot (map in reserved RAM), initrd and disk kept the connection with no lost or duplicated
-//! increment and every key, restart brought every key back, and each method measured a blackout
-//! and a recovery that covers it.
+//! operator relies on is: overboot (map in reserved RAM), its defaults, initrd and disk kept the
+//! connection with no lost or duplicated increment and every key, the naive CRIU + kexec-tools
+//! script restored Redis with every key and a connection not reset, restart brought every key
+//! back, and each method measured a blackout and a recovery that covers it.
 
 use std::collections::BTreeSet;
 
@@ -19,14 +20,14 @@ fn quick_benchmark_writes_results_table_and_plots() {
         serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
             .expect("results.json parses");
     let runs = json.as_array().expect("a list");
-    assert_eq!(runs.len(), 5, "one run per method");
+    assert_eq!(runs.len(), 7, "one run per method");
     let methods: BTreeSet<&str> = runs
         .iter()
         .map(|r| r["method"].as_str().expect("method"))
         .collect();
     assert_eq!(
         methods,
-        BTreeSet::from(["overboot", "initrd", "floor", "restart", "disk"])
+        BTreeSet::from(["overboot", "defaults", "initrd", "naive", "floor", "restart", "disk"])
     );
     for r in runs {
         for field in [
@@ -64,11 +65,15 @@ fn quick_benchmark_writes_results_table_and_plots() {
         // What only this method's console shows (the reserved RAM only the overboot guest has).
         let (has, lacks): (&[&str], Option<&str>) = match record.method {
             Method::Overboot => (&["@@LAB pmem mounted", "@@LAB resume-done rc=0"], None),
-            Method::Initrd | Method::Disk => {
+            Method::Defaults | Method::Initrd | Method::Disk => {
                 (&["@@LAB resume-done rc=0"], Some("@@LAB pmem mounted"))
             }
             Method::Floor => (&["jumping into"], Some("@@LAB resume-start")),
             Method::Restart => (&["@@LAB booted"], Some("jumping into")),
+            Method::Naive => (
+                &["@@LAB naive restore-done rc=0"],
+                Some("@@LAB resume-start"),
+            ),
         };
         assert!(
             has.iter().all(|h| console.contains(h)) && !lacks.is_some_and(|l| console.contains(l)),
@@ -76,7 +81,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
             kept.display()
         );
         match record.method {
-            Method::Overboot | Method::Initrd | Method::Disk => {
+            Method::Overboot | Method::Defaults | Method::Initrd | Method::Disk => {
                 assert_eq!(record.connection_survived, Some(true), "{name}");
                 assert_eq!((record.lost, record.duplicated), (0, 0), "{name}");
                 assert!(
@@ -92,6 +97,7 @@ fn quick_benchmark_writes_results_table_and_plots() {
                 let check = record.dataset.expect("dataset checked");
                 assert!(check.dbsize >= 4096 && check.bad == 0, "{name}: {check:?}");
                 // A directory store (reserved RAM, disk) loads the kernel before the freeze.
+                // The defaults too: overboot picks the state directory on the data disk (ext4).
                 let load = match record.method {
                     Method::Initrd => "kexec_load",
                     _ => "kexec_load_early",
@@ -100,6 +106,17 @@ fn quick_benchmark_writes_results_table_and_plots() {
                     assert!(record.phases.contains_key(phase), "{name}: {phase} missing");
                 }
                 assert_ne!(record.from, record.to, "{name}: kernel did not change");
+            }
+            Method::Naive => {
+                // The peer: the same client kept its connection through plain CRIU + kexec.
+                assert_eq!(record.connection_survived, Some(true), "naive");
+                assert_eq!((record.lost, record.duplicated), (0, 0), "naive");
+                let check = record.dataset.expect("dataset checked");
+                assert!(check.dbsize >= 4096 && check.bad == 0, "naive: {check:?}");
+                for phase in ["dump", "kexec_load", "jump_to_restored", "restore"] {
+                    assert!(record.phases.contains_key(phase), "naive: {phase} missing");
+                }
+                assert_ne!(record.from, record.to, "naive: kernel did not change");
             }
             Method::Restart => {
                 assert_eq!(record.recovery_ms, record.blackout_ms, "restart");
@@ -122,12 +139,13 @@ fn quick_benchmark_writes_results_table_and_plots() {
         );
     }
     assert!(md.contains("overboot / floor"), "{md}");
+    assert!(md.contains("overboot's defaults / naive ="), "{md}");
     assert!(md.contains("recovery s, median"), "{md}");
     let blackout = std::fs::read_to_string(out.join("blackout.svg")).expect("blackout.svg");
     assert!(blackout.starts_with("<svg") && blackout.trim_end().ends_with("</svg>"));
     assert_eq!(
         blackout.matches("<circle").count(),
-        5,
+        7,
         "one point per method"
     );
     let latency = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");

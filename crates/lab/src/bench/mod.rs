@@ -11,10 +11,16 @@
 //!           blackout = the longest gap between two replies (client-observed);
 //!           recovery = from the start of that gap to the reply of the last command slower
 //!           than 1 s (a stall after the blackout, such as a backed-off retransmission)
-//! initrd    the same with the map appended to B's initrd (--handover initrd, the default,
-//!           which needs no reserved RAM)
+//! defaults  the same with nothing but the kernel, initrd and target: what a new user runs
+//!           (the store overboot picks: here the state directory on the data disk)
+//! initrd    the same with the map appended to B's initrd (--handover initrd: no disk, no
+//!           reserved RAM)
 //! disk      the same with --handover dir:/lab/ssm: the dump goes to the data disk, the new
 //!           kernel restores from it
+//! naive     the simplest thing an operator could script instead: criu dump, a cpio appended
+//!           to B's initrd, kexec-tools' `kexec -s -l` and `kexec -e`, then the lock table,
+//!           the network and criu restore from B's init (naive.rs); same client, same
+//!           blackout and recovery; the peer overboot's defaults (`initrd`) must beat
 //! floor     a bare `overboot kexec` A → B with nothing preserved, same command line;
 //!           blackout = console "jumping into B" → B's init ("@@LAB init"), host clock;
 //!           recovery = blackout (no client)
@@ -35,6 +41,7 @@
 
 mod baseline;
 mod dataset;
+mod naive;
 mod record;
 mod render;
 mod run;
@@ -113,6 +120,9 @@ pub enum BenchError {
     /// The lab could not be prepared.
     #[error("lab")]
     Lab(#[from] LabError),
+    /// kexec-tools could not be fetched for the `naive` method.
+    #[error("the naive method")]
+    Naive(#[from] naive::NaiveError),
     /// Writing the output failed.
     #[error("writing {path}")]
     Io {
@@ -142,6 +152,11 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
     fs::create_dir_all(&options.out).map_err(io(&options.out))?;
     let lab = Lab::prepare(&["A", &options.to])?;
     let release_to = lab.kernel(&options.to)?.release.clone();
+    let naive_files = if options.methods.contains(&Method::Naive) {
+        naive::data_disk_files(&crate::host::cache_dir())?
+    } else {
+        Vec::new()
+    };
     let mut records = Vec::new();
     for &size in &options.sizes_mib {
         // Named after the output directory too, so that two benchmarks never share a disk.
@@ -150,10 +165,11 @@ pub fn run(options: &BenchOptions) -> Result<Vec<RunRecord>, BenchError> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let scenario = lab.scenario(
+        let scenario = lab.scenario_with(
             &format!("bench-{size}-{tag}"),
             &["A", &options.to],
             disk_mib(size),
+            &naive_files,
         )?;
         for run in 1..=options.runs {
             for &method in &options.methods {
@@ -246,11 +262,12 @@ impl RunContext<'_> {
         };
         let mut console_log = String::new();
         let result = match method {
-            Method::Overboot | Method::Initrd | Method::Disk => {
+            Method::Overboot | Method::Defaults | Method::Initrd | Method::Disk => {
                 self.update(method, &mut console_log)
             }
             Method::Floor => self.floor(&mut console_log),
             Method::Restart => self.restart(&mut console_log),
+            Method::Naive => self.naive(&mut console_log),
         };
         let (m, error) = match result {
             Ok(m) => (m, None),
@@ -278,7 +295,7 @@ impl RunContext<'_> {
             console_log,
             pre_copy_rounds: match method {
                 Method::Overboot | Method::Disk | Method::Initrd => self.pre_copy_rounds,
-                Method::Floor | Method::Restart => None,
+                Method::Floor | Method::Restart | Method::Naive | Method::Defaults => None,
             },
             lazy_restore: self.lazy_restore
                 && matches!(method, Method::Overboot | Method::Disk | Method::Initrd),
@@ -286,6 +303,7 @@ impl RunContext<'_> {
             frozen_dump_bytes: m.frozen_dump_bytes,
             memory_back_ms: m.memory_back_ms,
             slowest_fault_ms: m.slowest_fault_ms,
+            client_error: m.client_error,
         }
     }
 

@@ -15,21 +15,27 @@ use crate::incr::Sample;
 pub enum Method {
     /// `overboot update`, map in reserved RAM (`--handover dir:` on legacy pmem).
     Overboot,
-    /// `overboot update`, map appended to the new kernel's initrd.
+    /// `overboot update --handover initrd`: the map appended to the new kernel's initrd.
     Initrd,
+    /// `overboot update` with nothing but the kernel, initrd and targets: what a new user runs.
+    Defaults,
     /// Bare kexec with nothing preserved: the kernel's own boot.
     Floor,
     /// Reset the machine, reload Redis from its RDB file.
     Restart,
     /// `overboot update --handover dir:` on the data disk.
     Disk,
+    /// Plain CRIU + kexec-tools, scripted (the peer to beat; see `naive.rs`).
+    Naive,
 }
 
 impl Method {
     /// Every method, in table order.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 7] = [
         Method::Overboot,
+        Method::Defaults,
         Method::Initrd,
+        Method::Naive,
         Method::Floor,
         Method::Restart,
         Method::Disk,
@@ -40,9 +46,11 @@ impl Method {
         match self {
             Method::Overboot => "overboot",
             Method::Initrd => "initrd",
+            Method::Defaults => "defaults",
             Method::Floor => "floor",
             Method::Restart => "restart",
             Method::Disk => "disk",
+            Method::Naive => "naive",
         }
     }
 }
@@ -54,14 +62,16 @@ impl std::str::FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown method {s:?} (overboot, initrd, floor, restart, disk)"))
+            .ok_or_else(|| {
+                format!("unknown method {s:?} (overboot, defaults, initrd, naive, floor, restart, disk)")
+            })
     }
 }
 
 /// One run of one method at one size: one object of `results.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
-    /// `overboot`, `initrd`, `floor`, `restart` or `disk`.
+    /// `overboot`, `defaults`, `initrd`, `naive`, `floor`, `restart` or `disk`.
     pub method: Method,
     /// Dataset size (MiB of values; 0 is never used: the floor runs at each size's memory).
     pub dataset_mib: u32,
@@ -124,6 +134,10 @@ pub struct RunRecord {
     /// A lazy restore: the longest a restored task's fault waited for the page server (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slowest_fault_ms: Option<f64>,
+    /// How the client's connection ended when it did not survive: a reset, an EOF, or commands
+    /// still unanswered when the run ended (a connection that stalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_error: Option<String>,
 }
 
 /// Every INCR command of one run and where its blackout began.

@@ -185,6 +185,27 @@ pub fn markdown(records: &[RunRecord]) -> String {
         out.push_str(&ratios.join("\n"));
         out.push('\n');
     }
+    let stalled: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let e = r
+                .client_error
+                .as_deref()
+                .filter(|e| e.contains("unanswered"))?;
+            Some(format!(
+                "- {} {} MiB run {}: the client's connection stalled ({e}): its blackout is a \
+                 lower bound",
+                r.method.name(),
+                r.dataset_mib,
+                r.run
+            ))
+        })
+        .collect();
+    if !stalled.is_empty() {
+        out.push_str("\nConnections that were not reset but still waited for answers when the run ended:\n\n");
+        out.push_str(&stalled.join("\n"));
+        out.push('\n');
+    }
     let failed = failed_runs(records);
     if !failed.is_empty() {
         out.push_str("\nFailed runs (left out of the statistics):\n\n");
@@ -198,10 +219,12 @@ pub fn markdown(records: &[RunRecord]) -> String {
 fn table_row(out: &mut String, c: &Cell) {
     let mut phases: Vec<String> = Vec::new();
     let order: Vec<&str> = match c.method {
-        Method::Overboot | Method::Initrd | Method::Disk => ["kexec_load_early", "pre_copy"]
-            .into_iter()
-            .chain(UPDATE_PHASES)
-            .collect(),
+        Method::Overboot | Method::Defaults | Method::Initrd | Method::Disk => {
+            ["kexec_load_early", "pre_copy"]
+                .into_iter()
+                .chain(UPDATE_PHASES)
+                .collect()
+        }
         _ => c.phases.keys().map(String::as_str).collect(),
     };
     for name in order {
@@ -235,8 +258,40 @@ fn ratios(cells: &[Cell], sizes: &[u32]) -> Vec<String> {
             .find(|c| c.method == m && c.dataset_mib == s && c.ok > 0)
             .map(|c| c.blackout_ms.0 as f64)
     };
+    let phase = |m: Method, s: u32, name: &str| {
+        cells
+            .iter()
+            .find(|c| c.method == m && c.dataset_mib == s && c.ok > 0)
+            .and_then(|c| c.phases.get(name))
+            .map(|v| *v as f64)
+            .filter(|v| *v > 0.0)
+    };
     let mut ratios = Vec::new();
     for size in sizes {
+        // The peer to beat: what a user could script with plain CRIU and kexec-tools.
+        if let Some(naive) = find(Method::Naive, *size).filter(|n| *n > 0.0) {
+            for (method, label) in [
+                (Method::Defaults, "overboot's defaults"),
+                (Method::Initrd, "overboot, initrd store"),
+                (Method::Overboot, "overboot tuned (reserved RAM)"),
+            ] {
+                if let Some(a) = find(method, *size) {
+                    ratios.push(format!("- {size} MiB: {label} / naive = {:.2}", a / naive));
+                }
+                // The server's own blackout (freeze → restored), which the peer's TCP does
+                // not stretch: the agent's `blackout` phase, the naive script's
+                // `freeze_to_restored`.
+                if let (Some(a), Some(b)) = (
+                    phase(method, *size, "blackout"),
+                    phase(Method::Naive, *size, "freeze_to_restored"),
+                ) {
+                    ratios.push(format!(
+                        "- {size} MiB: {label} / naive, freeze → restored on the server = {:.2}",
+                        a / b
+                    ));
+                }
+            }
+        }
         let ob = find(Method::Overboot, *size);
         for (other, label) in [
             (Method::Initrd, "initrd"),
@@ -576,7 +631,40 @@ mod tests {
             frozen_dump_bytes: 0,
             memory_back_ms: None,
             slowest_fault_ms: None,
+            client_error: None,
         }
+    }
+
+    #[test]
+    fn the_defaults_and_the_tuned_path_are_compared_with_the_naive_script() {
+        let with_blackout = |method, blackout_ms, server_ms: u64, name: &str| RunRecord {
+            phases: BTreeMap::from([(name.to_string(), server_ms)]),
+            ..record(method, 64, 1, blackout_ms, true)
+        };
+        let mut naive = with_blackout(Method::Naive, 20_000, 12_000, "freeze_to_restored");
+        naive.client_error = Some("9 commands unanswered after the drain time".into());
+        let records = vec![
+            with_blackout(Method::Defaults, 10_000, 9_000, "blackout"),
+            with_blackout(Method::Overboot, 5_000, 4_000, "blackout"),
+            naive,
+        ];
+        let md = markdown(&records);
+        assert!(
+            md.contains("64 MiB: overboot's defaults / naive = 0.50"),
+            "{md}"
+        );
+        assert!(
+            md.contains("64 MiB: overboot tuned (reserved RAM) / naive = 0.25"),
+            "{md}"
+        );
+        assert!(
+            md.contains("overboot's defaults / naive, freeze → restored on the server = 0.75"),
+            "{md}"
+        );
+        assert!(
+            md.contains("naive 64 MiB run 1: the client's connection stalled"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub(super) struct Measured {
     pub(super) frozen_dump_bytes: u64,
     pub(super) memory_back_ms: Option<u64>,
     pub(super) slowest_fault_ms: Option<f64>,
+    pub(super) client_error: Option<String>,
 }
 
 pub(super) fn ms(d: Duration) -> u64 {

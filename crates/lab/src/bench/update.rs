@@ -120,6 +120,7 @@ impl RunContext<'_> {
             frozen_dump_bytes: agent.frozen_dump_bytes,
             memory_back_ms,
             slowest_fault_ms,
+            client_error: summary.error.clone(),
         })
     }
 
@@ -129,6 +130,9 @@ impl RunContext<'_> {
         let mut extra = match method {
             // Both kernels need the reservation: the new one gets the running command line.
             Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
+            // Nothing a new user would not type, none of the benchmark's tuning either.
+            Method::Defaults => return Ok(String::new()),
+            Method::Initrd => "--handover initrd".to_string(),
             Method::Disk => {
                 guest.run_ok("rm -rf /lab/ssm", CMD)?;
                 "--handover dir:/lab/ssm".to_string()
@@ -149,7 +153,7 @@ impl RunContext<'_> {
 
     /// Writes every INCR command of the run and where its blackout began to
     /// `latency-<method>-<MiB>-<run>.json` in the output directory (best effort).
-    fn keep_latency(&self, method: Method, summary: &IncrSummary, samples: &[Sample]) {
+    pub(super) fn keep_latency(&self, method: Method, summary: &IncrSummary, samples: &[Sample]) {
         let latency = LatencyFile {
             blackout_start_ms: summary.blackout_start_ms,
             samples: samples.iter().map(LatencySample::from).collect(),
