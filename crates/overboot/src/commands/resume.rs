@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Scratch space in RAM for the restore.
-    #[arg(long, default_value = "/run/overboot")]
+    #[arg(long, default_value = overboot::model::files::DEFAULT_WORK_DIR)]
     work_dir: PathBuf,
     /// Do the restore itself (run by the supervising agent; no rollback here).
     #[arg(long, hide = true)]

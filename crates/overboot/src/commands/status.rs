@@ -24,7 +24,7 @@ pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> 
     let state = config.state_dir(args.state_dir);
     // An update that died before its jump left its trees frozen: bring them back first; the
     // report below says so.
-    let work_dir = PathBuf::from("/run/overboot");
+    let work_dir = PathBuf::from(overboot::model::files::DEFAULT_WORK_DIR);
     let mut effects = overboot::old::effects::HostEffects::new(true, &work_dir, 2);
     let _ = overboot::old::inflight::recover_stale(&mut effects, &state);
     if args.all {

@@ -39,14 +39,14 @@ enum Verb {
         /// The unit.
         unit: String,
         /// The agent's work directory.
-        #[arg(long, default_value = "/run/overboot")]
+        #[arg(long, default_value = overboot::model::files::DEFAULT_WORK_DIR)]
         work_dir: PathBuf,
     },
     /// After every preserved unit adopted its processes: reload systemd so that the units run
     /// from their own unit files again.
     Finish {
         /// The agent's work directory.
-        #[arg(long, default_value = "/run/overboot")]
+        #[arg(long, default_value = overboot::model::files::DEFAULT_WORK_DIR)]
         work_dir: PathBuf,
     },
 }
@@ -122,7 +122,11 @@ pub fn generator(args: &[String]) -> std::process::ExitCode {
         eprintln!("overboot-generator: usage: overboot-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
         return std::process::ExitCode::SUCCESS;
     };
-    if let Err(e) = systemd::run_generator(&exe(), Path::new(normal), Path::new("/run/overboot")) {
+    if let Err(e) = systemd::run_generator(
+        &exe(),
+        Path::new(normal),
+        Path::new(overboot::model::files::DEFAULT_WORK_DIR),
+    ) {
         eprintln!("overboot-generator: {e}");
     }
     std::process::ExitCode::SUCCESS

@@ -64,7 +64,7 @@ pub struct DefaultStore {
 
 /// The default store under `state_dir` on this machine (see [`choose_default`]).
 pub fn default_store(state_dir: &Path, systemd: bool) -> DefaultStore {
-    let dir = state_dir.join("ssm");
+    let dir = state_dir.join(crate::model::files::DEFAULT_STORE);
     let probe = dir
         .ancestors()
         .find(|d| d.is_dir())

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Written by `update` right before the jump; read and removed by the agent.
 pub const PENDING: &str = "pending.json";
+/// The work directory when none is named: on a RAM file system, gone at the next boot.
+pub const DEFAULT_WORK_DIR: &str = "/run/overboot";
 /// Why an update is being rolled back ([`super::records::RollbackRecord`]).
 pub const ROLLBACK_RECORD: &str = "rollback.json";
 /// The newest report.

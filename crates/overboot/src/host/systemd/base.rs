@@ -125,7 +125,7 @@ impl Host {
 
 /// The default store on a systemd host: a directory on the root file system.
 pub fn default_store(state_dir: &Path) -> PathBuf {
-    state_dir.join("ssm")
+    state_dir.join(crate::model::files::DEFAULT_STORE)
 }
 
 /// `systemctl show -P MainPID UNIT`, when systemd answers and the unit has one.
