@@ -17,7 +17,6 @@ const DEFAULT_PRE_COPY_ROUNDS: u32 = 3;
 /// `--criu-log-level` when neither the command line nor the config file sets it.
 const DEFAULT_CRIU_LOG_LEVEL: u8 = 2;
 /// `--work-dir` when neither the command line nor the config file sets it.
-const DEFAULT_WORK_DIR: &str = "/run/overboot";
 
 /// The arguments `plan` and `update` share: what to update to, what to carry, and how. The
 /// options the config file can set are `Option`s (or a pair of flags) here, so that a setting
@@ -35,10 +34,13 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub initrd: Option<PathBuf>,
     /// Command line of the new kernel (overboot adds its own parameter). Default: the config
-    /// file's append or reuse_cmdline, else empty; `--append ""` overrides both.
+    /// file's append, else the running kernel's command line (without overboot's parameters)
+    /// unless the config file says reuse_cmdline = false (then empty); `--append ""` gives an
+    /// empty one.
     #[arg(long, conflicts_with = "reuse_cmdline")]
     pub append: Option<String>,
-    /// Give the new kernel the running kernel's command line (config: reuse_cmdline).
+    /// Give the new kernel the running kernel's command line (config: reuse_cmdline): the
+    /// default unless the config file names another.
     #[arg(long)]
     pub reuse_cmdline: bool,
     /// What to carry across: `pid:N` (the tree rooted at N) or `unit:NAME.service` (every
@@ -135,10 +137,12 @@ impl UpdateArgs {
         let cmdline = match (args.append, args.reuse_cmdline) {
             (Some(a), _) => a,
             (None, true) => strip_overboot_params(&proc_cmdline),
+            // Nothing said: the running kernel's command line, as `systemctl kexec` would boot
+            // the same entry's options; an empty one would boot without root= or console=.
             (None, false) => match (&settings.append, settings.reuse_cmdline) {
                 (Some(a), _) => a.clone(),
-                (None, Some(true)) => strip_overboot_params(&proc_cmdline),
-                (None, _) => String::new(),
+                (None, Some(false)) => String::new(),
+                (None, _) => strip_overboot_params(&proc_cmdline),
             },
         };
         let release = overboot::host::proc::release();
@@ -172,7 +176,7 @@ impl UpdateArgs {
             work_dir: args
                 .work_dir
                 .or_else(|| settings.work_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
+                .unwrap_or_else(|| PathBuf::from(overboot::model::files::DEFAULT_WORK_DIR)),
             state_dir,
             rollback: RollbackRecipe {
                 kernel: args
@@ -406,7 +410,11 @@ initrd = "/boot/initrd.img-old"
         let append = "[update]\nappend = \"quiet\"\n";
         let reuse = "[update]\nreuse_cmdline = true\n";
         let running = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        assert_eq!(options(&[], "").cmdline, "");
+        // Nothing said: the running kernel's, never an empty one that boots without root=.
+        assert_eq!(options(&[], "").cmdline, strip_overboot_params(&running));
+        let no_reuse = "[update]\nreuse_cmdline = false\n";
+        assert_eq!(options(&[], no_reuse).cmdline, "");
+        assert_eq!(options(&["--append", ""], "").cmdline, "");
         assert_eq!(options(&[], append).cmdline, "quiet");
         assert_eq!(options(&["--append", "ro"], append).cmdline, "ro");
         assert_eq!(options(&[], reuse).cmdline, strip_overboot_params(&running));
