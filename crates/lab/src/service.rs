@@ -254,12 +254,22 @@ pub fn run_update(
     extra: &str,
     tick: &mut dyn FnMut(),
 ) -> Result<UpdateRun, ServiceError> {
+    let command = update_command(to, preserve, extra);
+    run_update_line(guest, &command, release_to, tick)
+}
+
+/// Like [`run_update`] with the whole `overboot update` command line given.
+pub fn run_update_line(
+    guest: &mut Guest,
+    command: &str,
+    release_to: &str,
+    tick: &mut dyn FnMut(),
+) -> Result<UpdateRun, ServiceError> {
     let sent_at = guest.history().len();
     let start = Instant::now();
     // The sentinel is split in the command text so that an echoed command never matches.
     guest.send(&format!(
-        "{} 2>&1; echo \"@@LAB\" \"update-exited rc=$?\"",
-        update_command(to, preserve, extra)
+        "{command} 2>&1; echo \"@@LAB\" \"update-exited rc=$?\""
     ))?;
     let jump = format!("jumping into {release_to}");
     let line = wait_ticking(

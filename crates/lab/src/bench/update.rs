@@ -74,15 +74,23 @@ impl RunContext<'_> {
             },
         )?;
         incr.wait_answered(50, Duration::from_secs(60));
-        let extra = self.update_arguments(method, &mut rg.guest)?;
-        let update = service::run_update(
-            &mut rg.guest,
-            self.to,
-            self.release_to,
-            &[rg.redis_pid],
-            &extra,
-            &mut || {},
-        )?;
+        let command = match method {
+            // What a new user types: no store, no command line, no tuning. Only the rollback
+            // kernel is named: the lab keeps its kernels in /lab/boot, not /boot.
+            Method::Defaults => format!(
+                "overboot update --kernel /lab/boot/{to}/vmlinuz --initrd /lab/boot/{to}/initrd.img \
+                 --rollback-kernel /lab/boot/A/vmlinuz --rollback-initrd /lab/boot/A/initrd.img \
+                 --preserve pid:{pid}",
+                to = self.to,
+                pid = rg.redis_pid
+            ),
+            _ => {
+                let extra = self.update_arguments(method, &mut rg.guest)?;
+                service::update_command(self.to, &[rg.redis_pid], &extra)
+            }
+        };
+        let update =
+            service::run_update_line(&mut rg.guest, &command, self.release_to, &mut || {})?;
         // Let the client be answered steadily on the new kernel before judging it.
         let answered = incr.progress().answered;
         incr.wait_answered(answered + 50, Duration::from_secs(120));
@@ -130,8 +138,6 @@ impl RunContext<'_> {
         let mut extra = match method {
             // Both kernels need the reservation: the new one gets the running command line.
             Method::Overboot => "--reuse-cmdline --handover dir:/pmem/ssm".to_string(),
-            // Nothing a new user would not type, none of the benchmark's tuning either.
-            Method::Defaults => return Ok(String::new()),
             Method::Initrd => "--handover initrd".to_string(),
             Method::Disk => {
                 guest.run_ok("rm -rf /lab/ssm", CMD)?;
