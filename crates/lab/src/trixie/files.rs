@@ -56,13 +56,6 @@ pub const PROFILE_LINKS: &[(&str, &str)] = &[
     ),
 ];
 
-/// `(link, target)` symlinks added with overboot to each image (not to the cached tree):
-/// what `overboot systemd install` does on a server, overboot's systemd generator.
-pub const IMAGE_LINKS: &[(&str, &str)] = &[(
-    "/etc/systemd/system-generators/overboot-generator",
-    "/usr/sbin/overboot",
-)];
-
 /// Enablement links removed from the tree: periodic jobs that would compete with the test for
 /// the guest's (emulated) CPU at moments nobody chose.
 pub const UNLINKS: &[&str] = &[

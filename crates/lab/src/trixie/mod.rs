@@ -7,8 +7,8 @@
 //!  host                                         guest (QEMU TCG)
 //!  kernel + initrd from the cached tree ──────► initramfs: virtio_blk, mount /dev/vda
 //!  root.qcow2 (overlay) ── backing ── image ──► /dev/vda: trixie, systemd, redis-server,
-//!                                               criu, nftables, overboot; /boot holds both
-//!                                               kernels and their initramfs images
+//!                                               criu, nftables, overboot (its .deb, dpkg -i);
+//!                                               /boot holds both kernels and their initramfs
 //!  serial console ◄─ `@@LAB booted …` ──────── lab-console.service (after multi-user.target)
 //!  127.0.0.1:<port> ── hostfwd ───────────────► 10.0.2.15:6379 redis-server.service
 //! ```
@@ -87,6 +87,39 @@ pub const K7_3: TrixieKernelSpec = TrixieKernelSpec {
 };
 
 /// The release (`uname -r`) a kernel package installs.
+/// overboot's Debian package, built as README says (`scripts/package`, lintian left to the
+/// suite's own step): `target/debian/overboot_<version>_amd64.deb`.
+fn package() -> Result<PathBuf, TrixieError> {
+    let root = host::workspace_root();
+    host::run(
+        std::process::Command::new("bash")
+            .arg("scripts/package")
+            .arg("--no-lintian")
+            .current_dir(&root),
+    )?;
+    let dir = root.join("target/debian");
+    let io = |source| TrixieError::Io {
+        path: dir.clone(),
+        source,
+    };
+    fs::read_dir(&dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("overboot_") && n.ends_with("_amd64.deb")
+            })
+        })
+        .ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "scripts/package left no overboot_*_amd64.deb",
+            ))
+        })
+}
+
 fn release_of(package: &str) -> String {
     let name = package
         .strip_prefix("linux-image-")
@@ -155,14 +188,15 @@ impl Trixie {
         }
         let rootfs = rootfs::rootfs(&cache, &apt, &kernels)?;
         let binaries = lab::build_binaries()?;
+        // overboot itself comes in its Debian package (binary, generator, units, man pages,
+        // config), installed with the image's own dpkg; the lab's workload is copied in.
+        let package = package()?;
         let image = rootfs::image(
             &cache,
             &rootfs,
-            &[
-                (binaries.overboot.clone(), "/usr/sbin/overboot"),
-                (binaries.workload.clone(), "/usr/bin/lab-workload"),
-            ],
-            files::IMAGE_LINKS,
+            &[(binaries.workload.clone(), "/usr/bin/lab-workload")],
+            &[],
+            &[package],
         )?;
         Ok(Trixie {
             rootfs,

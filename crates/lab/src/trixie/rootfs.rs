@@ -304,13 +304,15 @@ fn install_kernel(root: &Path, kernel: &KernelInstall) -> Result<(), RootfsError
 }
 
 /// The image layer: the rootfs tree plus `binaries` (each `(host path, guest path)`), the
-/// shared libraries they need that the tree lacks, the symlinks `links` (`(link, target)`) and,
-/// unless `OVERBOOT_LAB_CRIU=distro`, the pinned CRIU in place of Debian's, as an ext4 image.
+/// shared libraries they need that the tree lacks, the symlinks `links` (`(link, target)`),
+/// unless `OVERBOOT_LAB_CRIU=distro` the pinned CRIU in place of Debian's, and the `.deb`s of
+/// `packages` installed with the tree's own `dpkg -i`, as an ext4 image.
 pub fn image(
     cache: &Path,
     rootfs: &Path,
     binaries: &[(PathBuf, &str)],
     links: &[(&str, &str)],
+    packages: &[PathBuf],
 ) -> Result<PathBuf, RootfsError> {
     let pinned = match Engine::from_env_or(Engine::Pinned)? {
         Engine::Pinned => {
@@ -343,6 +345,10 @@ pub fn image(
         h.update("criu diverted");
         h.update(fs::read(&built.binary).map_err(io(&built.binary))?);
     }
+    for deb in packages {
+        h.update("dpkg -i");
+        h.update(fs::read(deb).map_err(io(deb))?);
+    }
     let key = short_hash(h);
     let name = format!("image-{key}.ext4");
     let image = cache.join(&name);
@@ -373,6 +379,9 @@ pub fn image(
     if let Some(built) = &pinned {
         install_pinned_criu(&staging, built)?;
     }
+    for deb in packages {
+        install_package(&staging, deb)?;
+    }
     for (link, target) in links {
         let dest = staging.join(link.trim_start_matches('/'));
         if let Some(parent) = dest.parent() {
@@ -396,6 +405,31 @@ pub fn image(
         start.elapsed().as_secs_f64()
     );
     Ok(image)
+}
+
+/// Installs `deb` in the tree at `root` as an operator would, with the tree's `dpkg -i` (its
+/// dependencies must be in the tree already: nothing is fetched). The tree is a hard-linked
+/// copy: dpkg replaces the files it rewrites, but appends to its log, which is unlinked first.
+fn install_package(root: &Path, deb: &Path) -> Result<(), RootfsError> {
+    let log = root.join("var/log/dpkg.log");
+    if let Ok(text) = fs::read(&log) {
+        fs::remove_file(&log).map_err(io(&log))?;
+        fs::write(&log, text).map_err(io(&log))?;
+    }
+    let name = deb
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "package.deb".into());
+    let inside = root.join("tmp").join(&name);
+    fs::copy(deb, &inside).map_err(io(deb))?;
+    step(
+        &format!("dpkg -i {name} in the trixie tree"),
+        Command::new("chroot")
+            .arg(root)
+            .args(["dpkg", "-i"])
+            .arg(format!("/tmp/{name}")),
+    )?;
+    fs::remove_file(&inside).map_err(io(&inside))
 }
 
 /// Puts the pinned CRIU at `/usr/sbin/criu` in the tree at `root`, Debian's moved aside by
