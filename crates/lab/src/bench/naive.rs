@@ -203,10 +203,15 @@ fn stamp(lines: &[String], step: &str) -> Option<f64> {
         .ok()
 }
 
+/// Seconds (a guest's uptime, or a difference of two) in whole milliseconds; 0 when negative.
+fn secs_to_ms(secs: f64) -> u64 {
+    Duration::try_from_secs_f64(secs).map_or(0, ms)
+}
+
 /// The milliseconds between two stamps of `lines` (one kernel's uptime).
 fn between(lines: &[String], from: &str, to: &str) -> Option<u64> {
     let (a, b) = (stamp(lines, from)?, stamp(lines, to)?);
-    Some(((b - a).max(0.0) * 1000.0).round() as u64)
+    Some(secs_to_ms(b - a))
 }
 
 /// Whether the client's connection ended for good (reset, EOF, a protocol error), as opposed
@@ -313,7 +318,7 @@ impl RunContext<'_> {
             phases.insert("freeze_to_restored".into(), old + ms(jump_to_restored));
         }
         if let Some(s) = stamp(&new_side, "restore-start") {
-            phases.insert("new_kernel_uptime_at_restore".into(), (s * 1000.0) as u64);
+            phases.insert("new_kernel_uptime_at_restore".into(), secs_to_ms(s));
         }
         Ok(Measured {
             // What the script promises: the tree is back with its data and its connection, not
