@@ -16,7 +16,6 @@ use super::error::CommandError;
 const DEFAULT_PRE_COPY_ROUNDS: u32 = 3;
 /// `--criu-log-level` when neither the command line nor the config file sets it.
 const DEFAULT_CRIU_LOG_LEVEL: u8 = 2;
-/// `--work-dir` when neither the command line nor the config file sets it.
 
 /// The arguments `plan` and `update` share: what to update to, what to carry, and how. The
 /// options the config file can set are `Option`s (or a pair of flags) here, so that a setting

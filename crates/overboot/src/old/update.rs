@@ -71,16 +71,11 @@ fn attempt(
         store,
     } = passed;
     // The store the checks settled on (a default directory without room: the initrd).
-    let resolved;
-    let options = if store == options.handover {
-        options
-    } else {
-        resolved = UpdateOptions {
-            handover: store,
-            ..options.clone()
-        };
-        &resolved
+    let resolved = UpdateOptions {
+        handover: store,
+        ..options.clone()
     };
+    let options = &resolved;
     tracing::info!(release = %image.release, engine = %engine, trees = trees.len(), "checks passed");
     for warning in &warnings {
         tracing::warn!(%warning, "not known to work");
