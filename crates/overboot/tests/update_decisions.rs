@@ -522,16 +522,20 @@ fn a_directory_store_writes_the_map_there_and_loads_the_initrd_as_given() {
         .expect("verify");
 }
 
+/// `/dev/shm` when it is a tmpfs (a file system a kexec loses), for the store checks.
+fn shm_tmpfs() -> Option<&'static Path> {
+    let shm = Path::new("/dev/shm");
+    nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .then_some(shm)
+}
+
 #[test]
 fn a_directory_store_in_ram_is_refused_before_anything_is_frozen() {
-    let shm = Path::new("/dev/shm");
-    if nix::sys::statfs::statfs(shm)
-        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
-        .unwrap_or(true)
-    {
+    let Some(shm) = shm_tmpfs() else {
         eprintln!("skipped: /dev/shm is not a tmpfs here");
         return;
-    }
+    };
     let mut mock = Mock::default();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = options(dir.path());
@@ -553,14 +557,10 @@ fn a_default_directory_store_that_cannot_hold_the_map_falls_back_to_the_initrd()
     // operator it is refused (above); as the default it gives way to the initrd, said in a
     // warning, on a host without systemd — and is refused on one with systemd, whose new boot
     // has no initrd to take the map from.
-    let shm = Path::new("/dev/shm");
-    if nix::sys::statfs::statfs(shm)
-        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
-        .unwrap_or(true)
-    {
+    let Some(shm) = shm_tmpfs() else {
         eprintln!("skipped: /dev/shm is not a tmpfs here");
         return;
-    }
+    };
     let store = shm.join(format!("overboot-default-{}", std::process::id()));
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = options(dir.path());

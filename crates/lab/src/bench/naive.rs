@@ -24,12 +24,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::record::Method;
-use super::run::{mem_used, ms, Measured, RunContext, BULK};
-use super::sizing::guest_memory_mib;
+use super::run::{mem_used, ms, Measured, RunContext, Started, BULK};
 use crate::host::{self, HostError};
-use crate::incr::{IncrConfig, IncrLoop};
 use crate::lab::BOOT_TIMEOUT;
-use crate::service::{self, wait_ticking, ServiceError, CMD};
+use crate::service::{wait_ticking, ServiceError, CMD};
 
 /// The old kernel's half: `sh /lab/naive/dump.sh PID LABEL` dumps the tree of PID and jumps
 /// into `/lab/boot/LABEL/`. Prints `@@LAB naive STEP uptime=S` after each step.
@@ -242,23 +240,11 @@ fn packed_bytes(lines: &[String]) -> u64 {
 impl RunContext<'_> {
     /// naive: Redis on A with the data set, the client on one connection, the scripts above.
     pub(super) fn naive(&self, log: &mut String) -> Result<Measured, ServiceError> {
-        let boot = service::RedisBoot {
-            append: self.boot_trace_append().into(),
-            ..service::RedisBoot::default()
-        };
-        let memory = guest_memory_mib(self.dataset_mib);
-        let mut rg = service::boot_redis_with(self.lab, self.scenario, "A", memory, &boot)?;
-        *log = rg.guest.log_path().display().to_string();
-        let dataset = self.dataset();
-        dataset.write(rg.redis, BULK)?;
-        let incr = IncrLoop::start(
-            rg.redis,
-            IncrConfig {
-                max_duration: Duration::from_secs(3 * 3600),
-                ..IncrConfig::default()
-            },
-        )?;
-        incr.wait_answered(50, Duration::from_secs(60));
+        let Started {
+            mut rg,
+            dataset,
+            incr,
+        } = self.start_redis(None, log)?;
         let peak = mem_used(&mut rg.guest)?;
         let sent_at = rg.guest.history().len();
         // The sentinel is split in the command text so that an echoed command never matches.

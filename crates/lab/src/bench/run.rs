@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use super::dataset::{Dataset, DatasetCheck};
 use super::record::Method;
+use super::sizing::guest_memory_mib;
 use crate::guest::Guest;
+use crate::incr::{IncrConfig, IncrLoop};
 use crate::lab::{Lab, Scenario};
-use crate::service::{ServiceError, CMD};
+use crate::service::{self, ServiceError, CMD};
 
 /// One run of one method at one size, with the options that apply to it.
 pub(super) struct RunContext<'a> {
@@ -62,9 +64,45 @@ pub(super) const BULK: Duration = Duration::from_secs(1800);
 const BOOT_TRACE_DMESG: &str =
     "dmesg | awk '/ calling / { next } /returned .* after [0-9]+ usecs/ && $(NF-1) < 1000 { next } { print }'";
 
+/// What every method that carries Redis starts from: the guest on A with Redis holding the
+/// data set, and the client answered steadily on its one connection.
+pub(super) struct Started {
+    pub(super) rg: service::RedisGuest,
+    pub(super) dataset: Dataset,
+    pub(super) incr: IncrLoop,
+}
+
 impl RunContext<'_> {
     pub(super) fn dataset(&self) -> Dataset {
         Dataset::of_mib(self.dataset_mib)
+    }
+
+    /// Boots A with `pmem_mib` of reserved RAM (if any), writes the data set into Redis and
+    /// starts the INCR client; `log` gets the console's path.
+    pub(super) fn start_redis(
+        &self,
+        pmem_mib: Option<u32>,
+        log: &mut String,
+    ) -> Result<Started, ServiceError> {
+        let boot = service::RedisBoot {
+            pmem_mib,
+            append: self.boot_trace_append().into(),
+            ..service::RedisBoot::default()
+        };
+        let memory = guest_memory_mib(self.dataset_mib);
+        let rg = service::boot_redis_with(self.lab, self.scenario, "A", memory, &boot)?;
+        *log = rg.guest.log_path().display().to_string();
+        let dataset = self.dataset();
+        dataset.write(rg.redis, BULK)?;
+        let incr = IncrLoop::start(
+            rg.redis,
+            IncrConfig {
+                max_duration: Duration::from_secs(3 * 3600),
+                ..IncrConfig::default()
+            },
+        )?;
+        incr.wait_answered(50, Duration::from_secs(60));
+        Ok(Started { rg, dataset, incr })
     }
 
     /// What `--boot-trace` adds to the kernel command line.

@@ -7,10 +7,10 @@ use std::fs;
 use std::time::Duration;
 
 use super::record::{latency_file_name, LatencyFile, LatencySample, Method};
-use super::run::{Measured, RunContext, BULK};
-use super::sizing::{guest_memory_mib, pmem_mib};
+use super::run::{Measured, RunContext, Started, BULK};
+use super::sizing::pmem_mib;
 use crate::guest::Guest;
-use crate::incr::{IncrConfig, IncrLoop, IncrSummary, Sample};
+use crate::incr::{IncrSummary, Sample};
 use crate::service::{self, ServiceError, CMD};
 
 /// Prints, for the last update's CRIU logs, each line that came 20 ms or more after the line
@@ -56,24 +56,12 @@ impl RunContext<'_> {
         method: Method,
         log: &mut String,
     ) -> Result<Measured, ServiceError> {
-        let memory = guest_memory_mib(self.dataset_mib);
-        let boot = service::RedisBoot {
-            pmem_mib: (method == Method::Overboot).then(|| pmem_mib(self.dataset_mib)),
-            append: self.boot_trace_append().into(),
-            ..service::RedisBoot::default()
-        };
-        let mut rg = service::boot_redis_with(self.lab, self.scenario, "A", memory, &boot)?;
-        *log = rg.guest.log_path().display().to_string();
-        let dataset = self.dataset();
-        dataset.write(rg.redis, BULK)?;
-        let incr = IncrLoop::start(
-            rg.redis,
-            IncrConfig {
-                max_duration: Duration::from_secs(3 * 3600),
-                ..IncrConfig::default()
-            },
-        )?;
-        incr.wait_answered(50, Duration::from_secs(60));
+        let pmem = (method == Method::Overboot).then(|| pmem_mib(self.dataset_mib));
+        let Started {
+            mut rg,
+            dataset,
+            incr,
+        } = self.start_redis(pmem, log)?;
         let command = match method {
             // What a new user types: no store, no command line, no tuning. Only the rollback
             // kernel is named: the lab keeps its kernels in /lab/boot, not /boot.
