@@ -5,8 +5,11 @@
 //! makes Redis preservable; an update that fails on 6.12 after the dump (a second unit that
 //! CRIU cannot dump) restores Redis there and its unit adopts it again; an update whose
 //! restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts Redis again; then
-//! `overboot update --preserve unit:redis-server.service` carries it to 7.3 from
-//! trixie-backports and back to 6.12 (the round trip an operator takes when 7.3 misbehaves),
+//! the package's path carries it to 7.3 from trixie-backports (`overboot pending` says 7.3 is
+//! pending, the kernel hook plans the update as dpkg runs it, `systemctl start
+//! overboot-update.service` with the settings in overboot.toml; afterwards nothing is pending
+//! and node_exporter's textfiles show the outcome and the blackout), and `overboot update`
+//! carries it back to 6.12 (the round trip an operator takes when 7.3 misbehaves),
 //! under one host client's INCR loop on one connection throughout: systemd adopts the restored
 //! Redis as the same unit with the same main PID after each switch, a unit that was not preserved
 //! starts as usual, leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen,
@@ -160,6 +163,14 @@ fn unit_targets_resolve(guest: &mut Guest, new: &str) {
         "a refused update touched Redis"
     );
     assert_active(guest, "redis-server");
+}
+
+/// `overboot pending`'s exit status: 0 while a newer kernel is installed, 10 when none is.
+fn pending(guest: &mut Guest) -> i32 {
+    guest
+        .run("overboot pending", CMD)
+        .expect("overboot pending")
+        .status
 }
 
 /// The unit's main PID according to systemd.
@@ -414,19 +425,35 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         "the rollback",
     );
 
-    // Then the update itself.
+    // Then the update itself, the way the package runs it: 7.3 is pending (newer than the
+    // running kernel), the kernel hook plans it as dpkg would run it, and the packaged unit
+    // carries Redis with the settings of overboot.toml and /etc/default/overboot.
+    // node_exporter's textfile directory, as its Debian package makes it: overboot writes its
+    // metrics there.
+    guest
+        .run_ok("mkdir -p /var/lib/prometheus/node-exporter", CMD)
+        .expect("textfile directory");
+    assert_eq!(
+        pending(&mut guest),
+        0,
+        "7.3 is installed: an update is pending"
+    );
     let switch = Instant::now();
-    let (booted, _) = carry::update_units(
+    let (booted, plan, _) = carry::update_through_package(
         &mut guest,
         &new,
         &append,
         &["redis-server.service"],
         &mut || {},
     )
-    .unwrap_or_else(|e| panic!("overboot update to 7.3: {e}"));
+    .unwrap_or_else(|e| panic!("systemctl start overboot-update.service (to 7.3): {e}"));
     eprintln!(
-        "trixie: update to 7.3 reached multi-user in {:.1} s (host): {booted}",
+        "trixie: overboot-update.service reached 7.3's multi-user in {:.1} s (host): {booted}",
         switch.elapsed().as_secs_f64()
+    );
+    assert!(
+        plan.contains("verdict: update can proceed") && plan.contains("unit:redis-server"),
+        "the kernel hook's plan: {plan}"
     );
     assert!(booted.contains(&new), "booted {booted:?}, not {new}");
     let cmdline = guest.run_ok("cat /proc/cmdline", CMD).expect("cmdline");
@@ -446,6 +473,23 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         .expect("boot id")
         .text();
     assert_ne!(boot_id, new_boot_id, "the boot id did not change");
+    assert_eq!(
+        pending(&mut guest),
+        10,
+        "on the newest kernel nothing is pending"
+    );
+    let metrics = guest
+        .run_ok("cat /var/lib/prometheus/node-exporter/*.prom", CMD)
+        .expect("textfiles")
+        .text();
+    assert!(
+        metrics.contains("overboot_update_last_outcome{outcome=\"resumed\"} 1")
+            && metrics.contains("overboot_update_last_blackout_seconds ")
+            && metrics
+                .lines()
+                .any(|l| l.starts_with("overboot_update_pending{") && l.ends_with("} 0")),
+        "the textfiles after the update: {metrics}"
+    );
 
     // The client ran through the failed attempt, the rollback and the switch: 50 more replies
     // on 7.3 on the same connection.

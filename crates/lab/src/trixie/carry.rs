@@ -77,3 +77,64 @@ pub fn update_units(
     let booted = wait_ticking(guest, &["@@LAB booted"], BOOT_TIMEOUT * 2, tick)?;
     Ok((booted, jumped.elapsed()))
 }
+
+/// The path an operator (or a fleet engine) takes with the Debian package: `preserve` and the
+/// new kernel's command line `append` in `/etc/overboot/overboot.toml`, `--to newest` in
+/// `/etc/default/overboot`, the kernel hook run as dpkg runs it after installing `release`
+/// (it plans the update: its plan file is returned), then `systemctl start
+/// overboot-update.service`, followed to the new kernel's multi-user as [`update_units`] does.
+/// The unit's output goes to the journal, not the console: a refusal is the `systemctl`
+/// status, a switch is the new boot's `@@LAB booted`.
+pub fn update_through_package(
+    guest: &mut Guest,
+    release: &str,
+    append: &str,
+    units: &[&str],
+    tick: &mut dyn FnMut(),
+) -> Result<(String, String, Duration), ServiceError> {
+    let preserve: Vec<String> = units.iter().map(|u| format!("\"unit:{u}\"")).collect();
+    guest.run_ok(
+        &format!(
+            "printf '[update]\\npreserve = [{}]\\nappend = \"{append}\"\\n' \
+             > /etc/overboot/overboot.toml && \
+             echo 'OVERBOOT_UPDATE_ARGS=\"--to newest\"' > /etc/default/overboot",
+            preserve.join(", ")
+        ),
+        CMD,
+    )?;
+    let hook = guest.run_ok(
+        &format!(
+            "/etc/kernel/postinst.d/zz-overboot {release} /boot/vmlinuz-{release} && \
+             cat /var/lib/overboot/plan-{release}.txt"
+        ),
+        Duration::from_secs(300),
+    )?;
+    let sent_at = guest.history().len();
+    guest.send("systemctl start overboot-update.service; echo \"@@LAB\" \"unit-exited rc=$?\"")?;
+    let started = Instant::now();
+    let line = wait_ticking(
+        guest,
+        &["@@LAB unit-exited", "@@LAB booted"],
+        TO_JUMP + BOOT_TIMEOUT * 2,
+        tick,
+    )?;
+    if line.contains("unit-exited") {
+        let journal = guest
+            .run(
+                "journalctl -b --no-pager -u overboot-update.service | tail -n 40",
+                CMD,
+            )
+            .map(|o| o.text())
+            .unwrap_or_default();
+        return Err(ServiceError::UpdateFailed {
+            rc: line
+                .split("rc=")
+                .nth(1)
+                .and_then(|r| r.trim().parse().ok())
+                .unwrap_or(-1),
+            output: format!("{}\n{journal}", guest.history()[sent_at..].join("\n")),
+            log: guest.log_path().display().to_string(),
+        });
+    }
+    Ok((line, hook.text(), started.elapsed()))
+}
