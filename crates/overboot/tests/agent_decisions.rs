@@ -188,6 +188,7 @@ fn setup(names: &[(&str, u64)], lazy: bool) -> Setup {
         work_dir: dir.path().join("run"),
         fault: None,
         rollback: false,
+        store_wait: std::time::Duration::ZERO,
     };
     Setup { _dir: dir, options }
 }

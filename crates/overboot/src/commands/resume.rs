@@ -51,6 +51,7 @@ pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> 
         cmdline,
         state_dir: state.clone(),
         work_dir: args.work_dir.clone(),
+        store_wait: overboot::new::options::DEFAULT_STORE_WAIT,
     };
     if args.worker {
         return work(&options, json);

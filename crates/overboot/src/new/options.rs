@@ -2,6 +2,7 @@
 //! injected fault, whether this boot is a rollback.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::model::fault::Fault;
 
@@ -18,4 +19,10 @@ pub struct ResumeOptions {
     pub fault: Option<Fault>,
     /// This boot is a rollback onto the old kernel.
     pub rollback: bool,
+    /// How long a directory store's map may take to appear: its file system mounted by a boot
+    /// step that runs beside the agent ([`DEFAULT_STORE_WAIT`]).
+    pub store_wait: Duration,
 }
+
+/// [`ResumeOptions::store_wait`] of `overboot resume`.
+pub const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(30);

@@ -49,6 +49,39 @@ pub enum RollbackError {
     /// The worker could not be started.
     #[error("cannot start the resume worker")]
     Worker(#[source] std::io::Error),
+    /// A directory store's map never appeared: nothing was restored, nothing rolled back.
+    #[error(
+        "the Save State Map's directory {} is not there after {} s (is its file system \
+         mounted?): nothing was restored and nothing rolled back; the preserved services wait \
+         in the map on that disk: mount it at the same path and run `overboot resume` again",
+        path.display(),
+        waited.as_secs()
+    )]
+    MapNotMounted {
+        path: std::path::PathBuf,
+        waited: std::time::Duration,
+    },
+}
+
+/// Waits up to `wait` for `path` to exist (polling every 100 ms), saying once that it waits.
+fn appears(path: &std::path::Path, wait: std::time::Duration, say: &mut dyn FnMut(&str)) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = false;
+    while !path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        if !said {
+            say(&format!(
+                "waiting up to {} s for {} (a directory store) to be mounted",
+                wait.as_secs(),
+                path.display()
+            ));
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    true
 }
 
 /// What the supervisor achieved (when it returns at all: a rollback jumps away).
@@ -154,6 +187,16 @@ pub fn supervise(
             }),
         };
     };
+    // A map on a disk the new boot has not mounted yet: neither a restore nor a rollback can
+    // read it, and a rollback would only meet the same absence. The map stays where it is.
+    if store == overboot_handover::StoreKind::Dir && !appears(&location, options.store_wait, say) {
+        let err = RollbackError::MapNotMounted {
+            path: location,
+            waited: options.store_wait,
+        };
+        save_failed(options, "", err.to_string());
+        return Err(err);
+    }
     let _ = std::fs::remove_file(options.work_dir.join(RESTORED_LIST));
     WorkerFailure::clear(&options.work_dir);
     let status = worker().map_err(RollbackError::Worker)?;
@@ -306,6 +349,7 @@ mod tests {
             work_dir: dir.path().join("run"),
             fault: None,
             rollback: true,
+            store_wait: std::time::Duration::ZERO,
         };
         let mut calls = 0;
         let work = dir.path().join("run");
@@ -329,6 +373,38 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_store_that_never_appears_is_waited_for_then_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let missing = dir.path().join("not-mounted/ssm/1-1");
+        let options = ResumeOptions {
+            cmdline: format!("console=ttyS0 overboot.handover=dir:{}", missing.display()),
+            state_dir: state.clone(),
+            work_dir: dir.path().join("run"),
+            fault: None,
+            rollback: false,
+            store_wait: std::time::Duration::from_millis(300),
+        };
+        let mut calls = 0;
+        let mut worker = || {
+            calls += 1;
+            Ok(exited(0))
+        };
+        let mut said = Vec::new();
+        let err = supervise(&options, &mut worker, &mut |l| said.push(l.to_string())).unwrap_err();
+        assert_eq!(calls, 0, "no restore without the map");
+        assert!(matches!(err, RollbackError::MapNotMounted { .. }), "{err}");
+        assert!(
+            err.to_string().contains("run `overboot resume` again"),
+            "{err}"
+        );
+        assert!(said.iter().any(|l| l.contains("waiting up to")), "{said:?}");
+        let report = Report::last(&state).unwrap();
+        assert_eq!(report.outcome, Outcome::Failed);
+        assert!(report.detail.unwrap().contains("is not there"));
+    }
+
+    #[test]
     fn no_map_means_a_normal_boot() {
         let dir = tempfile::tempdir().unwrap();
         let options = ResumeOptions {
@@ -337,6 +413,7 @@ mod tests {
             work_dir: dir.path().join("run"),
             fault: None,
             rollback: false,
+            store_wait: std::time::Duration::ZERO,
         };
         let mut worker = || Ok(exited(0));
         assert_eq!(
