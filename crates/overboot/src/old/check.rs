@@ -167,14 +167,12 @@ fn run_into(
     if options.lazy_restore && !effects.lazy_pages() {
         checked.refuse(mode, UpdateError::LazyUnsupported)?;
     }
-    // overboot's page server is verified with CRIU 3.x; with 4.2.1 the lazy tree's restore
-    // failed in CRIU's restorer (the update rolled back): refused rather than rolled back.
-    let engine = checked.findings.engine.as_deref();
-    let newer = engine
-        .and_then(super::compat::EngineVersion::parse)
-        .is_some_and(|v| v >= super::compat::EngineVersion(4, 0, 0));
-    if options.lazy_restore && newer {
-        let engine = engine.unwrap_or_default().to_string();
+    let unverified = checked
+        .findings
+        .engine
+        .clone()
+        .filter(|engine| !super::compat::lazy_restore_verified(engine));
+    if let Some(engine) = unverified.filter(|_| options.lazy_restore) {
         checked.refuse(mode, UpdateError::LazyEngine { engine })?;
     }
     Ok(())

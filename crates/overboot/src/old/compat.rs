@@ -157,6 +157,14 @@ pub struct Verdict {
     pub warnings: Vec<String>,
 }
 
+/// Whether overboot's lazy restore (its page server under CRIU's `--lazy-pages`) is verified
+/// with this CRIU: with 3.x it is; with 4.2.1 the lazy tree's restore failed in CRIU's restorer
+/// (`vdso: Invalid ELF magic`, the update rolled back), so 4.0 and later are refused rather than
+/// rolled back. An unparsable version is not judged here (the engine's own checks are).
+pub fn lazy_restore_verified(engine: &str) -> bool {
+    EngineVersion::parse(engine).is_none_or(|v| v < EngineVersion(4, 0, 0))
+}
+
 /// Judges CRIU `engine` (as it reports its version) for a dump on `running` and a restore on
 /// `target` (kernel releases); `tcp` says whether the trees hold TCP sockets.
 pub fn judge(engine: &str, running: &str, target: &str, tcp: bool) -> Verdict {
@@ -204,6 +212,14 @@ pub fn judge(engine: &str, running: &str, target: &str, tcp: bool) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lazy_restore_is_verified_with_criu_3_only() {
+        assert!(lazy_restore_verified("3.17.1"));
+        assert!(!lazy_restore_verified("4.0"));
+        assert!(!lazy_restore_verified("4.2.1"));
+        assert!(lazy_restore_verified("not a version"));
+    }
 
     #[test]
     fn versions_parse_from_what_kernels_and_criu_report() {
