@@ -68,8 +68,9 @@ pub struct UpdateArgs {
     /// path; each update gets its own subdirectory, removed after a successful resume).
     /// Default: the config file's store, else `dir:<state dir>/ssm` when systemd is PID 1 (the
     /// initrd's files are gone after switch_root) or when the state directory is on a disk file
-    /// system with room for more than the memory in use (the kernel is then loaded before the
-    /// freeze and kexec does not checksum the map), else `initrd`. `plan` says which and why.
+    /// system (the kernel is then loaded before the freeze and kexec does not checksum the
+    /// map; without room there for the map, `initrd` after all), else `initrd`. `plan` says
+    /// which and why.
     #[arg(long, value_name = "STORE")]
     pub handover: Option<Handover>,
     /// Pre-copy rounds at most: memory is copied (and hashed) while the services still run,

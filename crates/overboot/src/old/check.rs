@@ -167,13 +167,13 @@ fn run_into(
     if options.lazy_restore && !effects.lazy_pages() {
         checked.refuse(mode, UpdateError::LazyUnsupported)?;
     }
-    let unverified = checked
-        .findings
-        .engine
-        .clone()
-        .filter(|engine| !super::compat::lazy_restore_verified(engine));
-    if let Some(engine) = unverified.filter(|_| options.lazy_restore) {
-        checked.refuse(mode, UpdateError::LazyEngine { engine })?;
+    if options.lazy_restore {
+        if let Some(engine) = checked.findings.engine.as_deref() {
+            if !super::compat::lazy_restore_verified(engine) {
+                let engine = engine.to_string();
+                checked.refuse(mode, UpdateError::LazyEngine { engine })?;
+            }
+        }
     }
     Ok(())
 }
