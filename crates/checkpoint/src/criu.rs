@@ -114,8 +114,17 @@ impl Criu {
         &self,
         talk: impl FnOnce(&Session) -> Result<T, CheckpointError>,
     ) -> Result<T, CheckpointError> {
+        self.run_with(&[], talk)
+    }
+
+    /// [`Criu::run`], with `inherited` fds of ours open in criu under the same numbers.
+    fn run_with<T>(
+        &self,
+        inherited: &[i32],
+        talk: impl FnOnce(&Session) -> Result<T, CheckpointError>,
+    ) -> Result<T, CheckpointError> {
         let _span = tracing::debug_span!("criu_swrk", binary = %self.binary.display()).entered();
-        let worker = Worker::spawn(&self.binary, self.timeout)?;
+        let worker = Worker::spawn(&self.binary, self.timeout, inherited)?;
         let result = talk(&worker.session);
         worker.finish(result)
     }
@@ -155,7 +164,8 @@ impl Engine for Criu {
         notify: &mut NotifyHandler<'_>,
     ) -> Result<RestoreOutcome, CheckpointError> {
         let _span = tracing::info_span!("criu_restore").entered();
-        self.run(|s| s.restore(req, notify))
+        let inherited: Vec<i32> = req.inherit_fds.iter().map(|i| i.fd).collect();
+        self.run_with(&inherited, |s| s.restore(req, notify))
     }
 }
 
@@ -168,7 +178,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(binary: &Path, timeout: Option<Duration>) -> Result<Self, CheckpointError> {
+    fn spawn(
+        binary: &Path,
+        timeout: Option<Duration>,
+        inherited: &[i32],
+    ) -> Result<Self, CheckpointError> {
         let (ours, theirs): (OwnedFd, OwnedFd) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -186,14 +200,19 @@ impl Worker {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        let keep: Vec<i32> = std::iter::once(their_fd)
+            .chain(inherited.iter().copied())
+            .collect();
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-        // calls are allowed: it makes one fcntl(2) on an fd number captured by value, and
-        // allocates nothing. `theirs` stays open in the parent until after spawn returns.
+        // calls are allowed: it makes fcntl(2) calls on fd numbers in a vector allocated before
+        // the fork and moved in, and allocates nothing. `theirs` stays open in the parent until
+        // after spawn returns; the caller keeps `inherited` open until the request is answered.
         unsafe {
             cmd.pre_exec(move || {
-                fcntl(their_fd, FcntlArg::F_SETFD(FdFlag::empty()))
-                    .map(drop)
-                    .map_err(std::io::Error::from)
+                for fd in &keep {
+                    fcntl(*fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(std::io::Error::from)?;
+                }
+                Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(|source| CheckpointError::SpawnFailed {

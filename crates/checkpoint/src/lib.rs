@@ -30,6 +30,8 @@ pub use crate::engine::{
 };
 pub use crate::error::CheckpointError;
 pub use crate::log::{log_tail, CriuLog};
-pub use crate::request::{DumpRequest, NetworkLockMode, RestoreRequest, DEFAULT_LOG_LEVEL};
+pub use crate::request::{
+    DumpRequest, InheritedFd, NetworkLockMode, RestoreRequest, DEFAULT_LOG_LEVEL,
+};
 pub use crate::session::Session;
 pub use crate::transport::{ProtocolError, Transport};

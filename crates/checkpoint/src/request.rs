@@ -136,6 +136,15 @@ impl DumpRequest {
     }
 }
 
+/// A file handed to a restored tree in place of one it had (CRIU's `inherit_fd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InheritedFd {
+    /// What it replaces, as CRIU names files: `socket:[INO]`, `pipe:[INO]`, a path.
+    pub key: String,
+    /// The fd in our process (criu swrk inherits it under the same number).
+    pub fd: i32,
+}
+
 /// A restore of the tree whose images are in `images_dir`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRequest {
@@ -165,6 +174,10 @@ pub struct RestoreRequest {
     pub tcp_close: bool,
     /// `--external` resources.
     pub external: Vec<String>,
+    /// Files of ours the tree gets in place of what it had (`--inherit-fd fd[N]:KEY`), e.g. a
+    /// new connection for an external unix socket dumped with `--external unix[INO]`. The
+    /// caller keeps each fd open until the restore returns.
+    pub inherit_fds: Vec<InheritedFd>,
     /// Leave the private anonymous memory to a running lazy-pages daemon (userfaultfd; CRIU's
     /// `criu lazy-pages`, or overboot's page server): the tasks start before their pages are
     /// back. The daemon must listen on
@@ -189,6 +202,7 @@ impl RestoreRequest {
             network_lock: NetworkLockMode::Default,
             tcp_close: false,
             external: Vec::new(),
+            inherit_fds: Vec::new(),
             lazy_pages: false,
         }
     }
@@ -208,6 +222,14 @@ impl RestoreRequest {
             network_lock: self.network_lock.to_rpc(),
             tcp_close: self.tcp_close.then_some(true),
             external: self.external.clone(),
+            inherit_fd: self
+                .inherit_fds
+                .iter()
+                .map(|i| crate::rpc::InheritFd {
+                    key: i.key.clone(),
+                    fd: i.fd,
+                })
+                .collect(),
             lazy_pages: self.lazy_pages.then_some(true),
             ..base_opts(images_dir_fd, work_dir_fd, &self.log_file, self.log_level)
         }
