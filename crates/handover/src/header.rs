@@ -132,7 +132,7 @@ mod tests {
     fn encodes_the_documented_layout() {
         let bytes = header().encode();
         assert_eq!(&bytes[..8], b"OVBTSSM\0");
-        assert_eq!(&bytes[8..12], &[3, 0, 1, 0]);
+        assert_eq!(&bytes[8..12], &[3, 0, 2, 0]);
         assert_eq!(&bytes[12..20], &[4, 3, 2, 1, 0, 0, 0, 0]);
         assert_eq!(MapHeader::decode(&bytes).unwrap(), header());
     }

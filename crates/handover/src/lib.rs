@@ -26,9 +26,9 @@ mod writer;
 pub use digest::{chunk_digest, CHUNK_BYTES};
 pub use error::HandoverError;
 pub use manifest::{
-    CarriedFile, ClockReadings, DigestAlgorithm, FileEntry, FormatVersion, KernelInfo, Manifest,
-    ManifestError, PreservedTree, PreservedUnit, RollbackRecipe, TargetKernel, CURRENT_DIGEST,
-    CURRENT_FORMAT,
+    CarriedFile, ClockReadings, DigestAlgorithm, FileEntry, FormatVersion, JournalStream,
+    KernelInfo, Manifest, ManifestError, PreservedTree, PreservedUnit, RollbackRecipe,
+    TargetKernel, CURRENT_DIGEST, CURRENT_FORMAT,
 };
 pub use map::SaveStateMap;
 pub use mapped::map_read_only;

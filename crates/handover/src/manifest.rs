@@ -67,7 +67,7 @@ pub enum ManifestError {
 }
 
 /// The manifest format this build writes.
-pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 3, minor: 1 };
+pub const CURRENT_FORMAT: FormatVersion = FormatVersion { major: 3, minor: 2 };
 
 /// Oldest major version this build still reads (format 1: image digests are SHA-256).
 const OLDEST_READABLE_MAJOR: u16 = 1;
@@ -159,6 +159,38 @@ pub struct PreservedTree {
     /// for `pid:` targets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<PreservedUnit>,
+    /// The tree's stream connections to journald (its standard output and error, as systemd
+    /// connects a unit's): CRIU checkpoints only the tree's end; the restore connects a new
+    /// stream with the same settings in its place (format 3.2; empty when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal_streams: Vec<JournalStream>,
+}
+
+/// A stream connection from a preserved tree to journald's `stdout` socket, with the settings
+/// its opening lines gave journald (journald keeps them in `/run/systemd/journal/streams/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStream {
+    /// Inode of the tree's end on the old kernel: CRIU's name for the socket.
+    pub inode: u64,
+    /// `SYSLOG_IDENTIFIER=` of the stream's lines (empty: journald derives it).
+    #[serde(default)]
+    pub identifier: String,
+    /// The unit the stream was opened for (`redis-server.service`; empty when none).
+    #[serde(default)]
+    pub unit: String,
+    /// Default syslog priority of its lines.
+    pub priority: i32,
+    /// Lines may start with a `<N>` priority prefix.
+    pub level_prefix: bool,
+    /// journald also forwards the lines to syslog.
+    #[serde(default)]
+    pub forward_to_syslog: bool,
+    /// journald also forwards the lines to the kernel log.
+    #[serde(default)]
+    pub forward_to_kmsg: bool,
+    /// journald also forwards the lines to the console.
+    #[serde(default)]
+    pub forward_to_console: bool,
 }
 
 /// The systemd service a preserved tree belongs to.
@@ -426,6 +458,14 @@ mod tests {
                     name: "redis-server.service".into(),
                     main_pid: 4242,
                 }),
+                journal_streams: vec![JournalStream {
+                    inode: 31337,
+                    identifier: "redis-server".into(),
+                    unit: "redis-server.service".into(),
+                    priority: 6,
+                    level_prefix: true,
+                    ..JournalStream::default()
+                }],
             }],
             carried_files: vec![CarriedFile {
                 path: "/run/redis/redis.pid".into(),

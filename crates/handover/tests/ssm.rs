@@ -37,6 +37,7 @@ fn tree(name: &str, pid: i32, images: &str) -> PreservedTree {
         cmdline: format!("{name} --serve"),
         clocks_realtime_ns: 0,
         unit: None,
+        journal_streams: Vec::new(),
     }
 }
 
