@@ -73,6 +73,7 @@ fn tree(pid: i32) -> TreeInfo {
         tmpfs_files: Default::default(),
         listen_ports: Default::default(),
         unit: None,
+        journal_streams: Vec::new(),
     }
 }
 
@@ -253,7 +254,11 @@ impl Effects for Mock {
         Ok(())
     }
 
-    fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
+    fn restore(
+        &mut self,
+        images: &Path,
+        _journal_streams: &[overboot_handover::JournalStream],
+    ) -> Result<i32, CheckpointError> {
         let name = images.file_name().map(|n| n.to_string_lossy().into_owned());
         self.log
             .push(format!("restore {}", name.unwrap_or_default()));
@@ -1360,6 +1365,7 @@ fn the_trees_of_an_update_that_died_come_back() {
         images: dir.path().join("map/trees").join(name),
         // Pids no process has: ending them is immediate.
         stopped: Some(vec![i32::MAX - 1]),
+        journal_streams: Vec::new(),
     };
     let record = InFlight {
         pid: i32::MAX,

@@ -155,6 +155,7 @@ pub fn jobs(
                 .criu_log_level
                 .map_or(overboot_checkpoint::DEFAULT_LOG_LEVEL, i32::from),
             lazy,
+            journal_streams: tree.journal_streams.clone(),
         });
     }
     Ok((jobs, clock_advance_ns))

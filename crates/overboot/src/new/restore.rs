@@ -40,6 +40,8 @@ pub struct TreeJob {
     /// by the caller of [`restore_all`]; a server that cannot start makes it an ordinary
     /// restore.
     pub lazy: bool,
+    /// The tree's streams to journald, opened anew for it.
+    pub journal_streams: Vec<overboot_handover::JournalStream>,
 }
 
 /// Why a tree was not restored.
@@ -168,6 +170,9 @@ pub fn restore_all(
                     request.network_lock = job.lock;
                     request.log_level = job.log_level;
                     request.file_locks = true;
+                    // Kept open until CRIU has handed them to the tree.
+                    let streams = crate::host::journal::replacement_fds(&job.journal_streams);
+                    request.inherit_fds = crate::host::journal::inherited(&streams);
                     let mut arrived = false;
                     let mut hook = |n: &Notification| -> Result<(), String> {
                         if n.script != "post-restore" {
@@ -276,6 +281,7 @@ mod tests {
             inject_failure: true,
             log_level: 2,
             lazy: false,
+            journal_streams: Vec::new(),
         }];
         let (results, gate) = restore_all(&jobs, Vec::new(), None, &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));
@@ -302,6 +308,7 @@ mod tests {
             inject_failure: true,
             log_level: 2,
             lazy: false,
+            journal_streams: Vec::new(),
         }];
         let (results, gate) = restore_all(&jobs, Vec::new(), Some(&|| Ok(())), &|| {});
         assert!(matches!(results[0].outcome, Err(TreeFailure::Injected)));

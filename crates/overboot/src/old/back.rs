@@ -18,6 +18,9 @@ pub struct Dumped {
     pub images: PathBuf,
     /// Its tasks, when the dump left them stopped ([`AfterDump::Stop`]).
     pub stopped: Option<Vec<i32>>,
+    /// Its streams to journald, opened anew for its restore.
+    #[serde(default)]
+    pub journal_streams: Vec<overboot_handover::JournalStream>,
 }
 
 /// Restores every dumped tree on the running kernel and lets new connections in again;
@@ -44,6 +47,7 @@ fn restore_trees_here(
         name,
         images,
         stopped,
+        journal_streams,
     } in dumped
     {
         // A stopped tree holds its pids, which its restore needs.
@@ -58,7 +62,7 @@ fn restore_trees_here(
                 continue;
             }
         }
-        match effects.restore(images) {
+        match effects.restore(images, journal_streams) {
             Ok(pid) => {
                 restored.push(name.clone());
                 back.push(format!("{name} (pid {pid})"));

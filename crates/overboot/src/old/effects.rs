@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use overboot_checkpoint::{CheckpointError, DumpRequest, Engine, NetworkLockMode, RestoreRequest};
-use overboot_handover::{ClockReadings, PreservedTree};
+use overboot_handover::{ClockReadings, JournalStream, PreservedTree};
 use overboot_kexec::{KernelImage, KexecError, LoadRequest};
 
 use crate::host::network::{NetworkError, NetworkState};
@@ -92,8 +92,13 @@ pub trait Effects {
     /// Ends the tasks a dump left stopped (`SIGKILL`) and waits until their pids are free, so
     /// that their tree can be restored from its images.
     fn end_stopped(&mut self, pids: &[i32]) -> std::io::Result<()>;
-    /// Restores a tree on this kernel from `images`; returns its root pid.
-    fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError>;
+    /// Restores a tree on this kernel from `images`, with new streams to journald in place of
+    /// `journal_streams`; returns its root pid.
+    fn restore(
+        &mut self,
+        images: &Path,
+        journal_streams: &[JournalStream],
+    ) -> Result<i32, CheckpointError>;
     /// Loads the new kernel.
     fn load(&mut self, request: &LoadRequest) -> Result<KernelImage, KexecError>;
     /// Unloads it again (best effort: an update that failed after loading early).
@@ -386,6 +391,7 @@ impl Effects for HostEffects {
         // after the dump instead (see `capture_network`).
         request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;
+        request.external = journal_externals(&tree.journal_streams);
         self.criu
             .dump(&request, &mut overboot_checkpoint::accept_all)
             .map(|_| ())
@@ -395,7 +401,11 @@ impl Effects for HostEffects {
         crate::host::target::end_tasks(pids, END_STOPPED_TIMEOUT)
     }
 
-    fn restore(&mut self, images: &Path) -> Result<i32, CheckpointError> {
+    fn restore(
+        &mut self,
+        images: &Path,
+        journal_streams: &[JournalStream],
+    ) -> Result<i32, CheckpointError> {
         // As in the new kernel (see `resume`): from a scratch directory, the map untouched, with
         // the windows of connections whose peer does not scale pinned (else they crawl).
         let scratch = self
@@ -416,6 +426,8 @@ impl Effects for HostEffects {
         request.log_level = self.criu_log_level;
         request.network_lock = NetworkLockMode::Nftables;
         request.file_locks = true;
+        let streams = crate::host::journal::replacement_fds(journal_streams);
+        request.inherit_fds = crate::host::journal::inherited(&streams);
         self.criu
             .restore(&request, &mut overboot_checkpoint::accept_all)
             .map(|o| o.pid)
@@ -461,10 +473,19 @@ impl Effects for HostEffects {
                 cmdline: t.cmdline.clone(),
                 clocks_realtime_ns: 0,
                 unit: t.unit.clone(),
+                journal_streams: Vec::new(),
             })
             .collect();
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/sbin/overboot"));
         crate::host::systemd::release_restarts(&units, &restored, &exe, &self.work_dir);
         self.held.clear();
     }
+}
+
+/// CRIU's `--external` names for a tree's streams to journald: only the tree's end is dumped.
+fn journal_externals(streams: &[JournalStream]) -> Vec<String> {
+    streams
+        .iter()
+        .map(|s| format!("unix[{}]", s.inode))
+        .collect()
 }

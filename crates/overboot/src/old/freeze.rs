@@ -76,6 +76,7 @@ pub fn freeze_all(
             name: tree.name.clone(),
             images: writer.dir().join("trees").join(&tree.name),
             stopped: Some(tree.pids()),
+            journal_streams: tree.journal_streams.clone(),
         });
         record.save(&options.state_dir);
         preserved.push(dump_one(
@@ -126,6 +127,7 @@ fn dump_one(
         name: tree.name.clone(),
         images: images.clone(),
         stopped: (after == AfterDump::Stop).then(|| tree.pids()),
+        journal_streams: tree.journal_streams.clone(),
     });
     // The map holds regular files only: the restore directory links the rounds again.
     if let Err(source) = crate::model::rounds::drop_parent_link(&images) {
@@ -146,5 +148,6 @@ fn dump_one(
         cmdline: tree.cmdline.clone(),
         clocks_realtime_ns,
         unit: tree.unit.clone(),
+        journal_streams: tree.journal_streams.clone(),
     })
 }

@@ -38,9 +38,6 @@ pub const FINISHED: &str = "adopted";
 /// How long `adopt` waits for systemd to take the new main PID.
 pub(super) const BARRIER_TIMEOUT_MS: u16 = 30_000;
 
-/// Where a prepared service's standard output and error go.
-pub const LOG_DIR: &str = "/var/log/overboot";
-
 /// Errors of the systemd integration.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {

@@ -14,17 +14,15 @@ use super::generator::*;
 
 /// The persistent drop-in that makes `unit` preservable. It turns off the options that put a
 /// service in namespaces of its own (user, mount, UTS, IPC, network): CRIU cannot bring those
-/// into a new boot's systemd. Empty assignments reset lists (paths) the unit file set. And it
-/// sends standard output and error to a file: a service's stream connection to journald
-/// cannot be carried (CRIU cannot dump one half of a unix stream connection whose other half
-/// is journald's).
+/// into a new boot's systemd. Empty assignments reset lists (paths) the unit file set. The
+/// unit keeps logging to journald: its streams there are carried (see
+/// [`crate::host::journal`]).
 pub fn preservable_dropin(unit: &str) -> String {
     format!(
         "\
-# Written by `overboot systemd prepare`: this service runs in the host's namespaces and logs
-# to a file, so that `overboot update --preserve unit:{unit}` can carry it across a kernel
-# update (CRIU restores processes, not the private mounts, users and host names systemd makes
-# for a unit, nor a stream connection to journald).
+# Written by `overboot systemd prepare`: this service runs in the host's namespaces, so that
+# `overboot update --preserve unit:{unit}` can carry it across a kernel update (overboot does
+# not carry yet the private mounts, users and host names systemd makes for a unit).
 [Service]
 PrivateUsers=no
 PrivateTmp=no
@@ -50,8 +48,6 @@ NoExecPaths=
 TemporaryFileSystem=
 BindPaths=
 BindReadOnlyPaths=
-StandardOutput=append:{LOG_DIR}/{unit}.log
-StandardError=inherit
 "
     )
 }
@@ -304,7 +300,6 @@ pub fn install(exe: &Path, root: &Path) -> Result<PathBuf, SystemdError> {
 /// with `restart` the unit is restarted so that it runs without namespaces of its own.
 pub fn prepare(unit: &str, restart: bool) -> Result<PathBuf, SystemdError> {
     let path = dropin_path(ADMIN_UNITS, unit, PREPARE_DROPIN);
-    std::fs::create_dir_all(LOG_DIR).map_err(io(Path::new(LOG_DIR)))?;
     write_file(&path, &preservable_dropin(unit))?;
     systemctl(&["daemon-reload"])?;
     if restart {

@@ -64,4 +64,18 @@ pub enum TargetError {
         fd: i32,
         kind: String,
     },
+    /// A unix stream connection whose other end is outside the tree and is not journald's.
+    #[error(
+        "{target}: pid {pid} ({comm}) holds fd {fd}, a unix stream connection whose other end \
+         is {peer}, outside the tree: CRIU cannot checkpoint half of a stream connection (only \
+         streams to journald are carried)"
+    )]
+    ExternalStream {
+        target: String,
+        pid: i32,
+        comm: String,
+        fd: i32,
+        /// The other end: its path and the processes holding it, as far as known.
+        peer: String,
+    },
 }

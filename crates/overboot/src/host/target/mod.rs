@@ -12,6 +12,7 @@
 //! the fd and its kind.
 
 mod error;
+mod streams;
 pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +88,9 @@ pub struct TreeInfo {
     pub listen_ports: BTreeSet<u16>,
     /// The systemd service the tree belongs to (`unit:` targets).
     pub unit: Option<overboot_handover::PreservedUnit>,
+    /// Its stream connections to journald, which the restore opens anew.
+    #[serde(default)]
+    pub journal_streams: Vec<overboot_handover::JournalStream>,
 }
 
 impl TreeInfo {
@@ -315,6 +319,38 @@ pub fn inspect(target: &Target, self_pid: i32) -> Result<Vec<TreeInfo>, TargetEr
     }
 }
 
+/// Refuses `pid` when it has namespaces `ours` are not, naming the unit's settings that made
+/// them.
+fn refuse_own_namespaces(
+    target: &Target,
+    ours: &BTreeMap<&'static str, String>,
+    pid: i32,
+    comm: &str,
+) -> Result<(), TargetError> {
+    let foreign = foreign_namespaces(ours, &namespaces(&pid.to_string()));
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let made_by = match target {
+        Target::Unit(unit) => {
+            let settings = crate::host::systemd::sandbox::unit_settings_making(unit, &foreign);
+            if settings.is_empty() {
+                String::new()
+            } else {
+                format!(", made by the unit's {}", settings.join(", "))
+            }
+        }
+        Target::Pid(_) => String::new(),
+    };
+    Err(TargetError::ForeignNamespaces {
+        target: target.to_string(),
+        pid,
+        comm: comm.to_string(),
+        namespaces: foreign.join(", "),
+        made_by,
+    })
+}
+
 /// Inspects the tree rooted at `root`, which `target` named; `name` names it in the map.
 fn inspect_tree(
     target: &Target,
@@ -341,6 +377,7 @@ fn inspect_tree(
     let mut processes = Vec::new();
     let mut fds: BTreeMap<String, u32> = BTreeMap::new();
     let mut tmpfs_files = BTreeSet::new();
+    let mut sockets = Vec::new();
     let ours = namespaces("self");
     for pid in descendants(root) {
         if pid == self_pid {
@@ -349,28 +386,7 @@ fn inspect_tree(
         let Some((comm, ppid, threads, rss, _)) = stat(pid) else {
             continue; // exited meanwhile
         };
-        let foreign = foreign_namespaces(&ours, &namespaces(&pid.to_string()));
-        if !foreign.is_empty() {
-            let made_by = match target {
-                Target::Unit(unit) => {
-                    let settings =
-                        crate::host::systemd::sandbox::unit_settings_making(unit, &foreign);
-                    if settings.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", made by the unit's {}", settings.join(", "))
-                    }
-                }
-                Target::Pid(_) => String::new(),
-            };
-            return Err(TargetError::ForeignNamespaces {
-                target: name,
-                pid,
-                comm,
-                namespaces: foreign.join(", "),
-                made_by,
-            });
-        }
+        refuse_own_namespaces(target, &ours, pid, &comm)?;
         let dir = format!("/proc/{pid}/fd");
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let Ok(link) = fs::read_link(entry.path()) else {
@@ -395,6 +411,13 @@ fn inspect_tree(
                     if *state == crate::host::network::TcpState::Listen {
                         listen_ports.insert(*port);
                     }
+                } else if let Some(inode) = inode {
+                    sockets.push(streams::HeldSocket {
+                        pid,
+                        comm: comm.clone(),
+                        fd,
+                        inode,
+                    });
                 }
             }
             if kind == "file" {
@@ -422,6 +445,7 @@ fn inspect_tree(
                 .join(" ")
         })
         .unwrap_or_default();
+    let journal_streams = streams::journal_streams(&name, &sockets, &mut fds)?;
     Ok(TreeInfo {
         target: target.clone(),
         name: tree_name,
@@ -432,6 +456,7 @@ fn inspect_tree(
         tmpfs_files,
         listen_ports,
         unit: None,
+        journal_streams,
     })
 }
 
