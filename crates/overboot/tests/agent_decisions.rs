@@ -39,6 +39,8 @@ struct MockAgent {
     log: Vec<String>,
     /// The jobs given to the restore.
     jobs: Vec<TreeJob>,
+    /// Pids that are not alive after the restore.
+    dead: Vec<i32>,
 }
 
 impl Agent for MockAgent {
@@ -57,8 +59,8 @@ impl Agent for MockAgent {
             .map(|(_, c)| c.clone())
     }
 
-    fn alive(&mut self, _pid: i32) -> bool {
-        true
+    fn alive(&mut self, pid: i32) -> bool {
+        !self.dead.contains(&pid)
     }
 
     fn release(&mut self) -> String {
@@ -163,11 +165,13 @@ fn setup(names: &[(&str, u64)], lazy: bool) -> Setup {
         trees.push(PreservedTree {
             name: (*name).into(),
             root_pid: pid,
-            pids: vec![pid],
+            // The root and a child.
+            pids: vec![pid, pid + 100],
             images: rel,
             cmdline: "worker".into(),
             clocks_realtime_ns: 1_000_000_000_000,
             unit: None,
+            journal_streams: Vec::new(),
         });
     }
     writer
@@ -234,7 +238,30 @@ fn every_tree_restored_gives_a_report_and_the_units_their_records() {
     );
     // What a rollback would stop: the restored trees, listed in the work dir.
     let list = std::fs::read_to_string(s.options.work_dir.join(files::RESTORED_LIST)).unwrap();
-    assert_eq!(list, "pid-4242 4242\npid-4243 4243\n");
+    assert_eq!(list, "pid-4242 4242 4342\npid-4243 4243 4343\n");
+}
+
+#[test]
+fn a_child_that_ended_after_the_resume_is_the_service_going_on_a_dead_root_a_failure() {
+    let s = setup(&[("pid-4242", 4096)], false);
+    let mut agent = MockAgent {
+        dead: vec![4342],
+        ..MockAgent::default()
+    };
+    let report = resume::run(&mut agent, &s.options).unwrap().unwrap();
+    assert_eq!(report.outcome, Outcome::Resumed);
+    assert!(report.trees[0].alive);
+
+    let s = setup(&[("pid-4242", 4096)], false);
+    let mut agent = MockAgent {
+        dead: vec![4242],
+        ..MockAgent::default()
+    };
+    let err = resume::run(&mut agent, &s.options).unwrap_err();
+    assert!(
+        matches!(err, ResumeError::NotAlive { pid: 4242, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]

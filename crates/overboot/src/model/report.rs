@@ -90,7 +90,7 @@ pub struct TreeReport {
     pub pids: Vec<i32>,
     /// Root pid after restore.
     pub restored_pid: Option<i32>,
-    /// Whether every pid was alive after restore.
+    /// Whether the tree's root (and a unit's main process) was alive after restore.
     pub alive: bool,
     /// Restore time of this tree.
     pub restore_ms: u64,

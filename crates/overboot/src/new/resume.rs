@@ -385,25 +385,35 @@ fn nudge(
     nudged
 }
 
-/// Every restored process runs.
+/// Every restored tree runs: its root, and a unit's main process. Other processes of the tree
+/// may have ended since they resumed (a shell's `sleep 1`, a worker a server retires): that is
+/// the service going on, logged, not a failed restore.
 fn check_alive(
     agent: &mut dyn Agent,
     manifest: &Manifest,
     reports: &mut [TreeReport],
 ) -> Result<(), ResumeError> {
     for (tree, report) in manifest.trees.iter().zip(reports.iter_mut()) {
-        report.alive = tree.pids.iter().all(|pid| agent.alive(*pid));
-        if !report.alive {
-            let pid = tree
-                .pids
-                .iter()
-                .copied()
-                .find(|p| !agent.alive(*p))
-                .unwrap_or(0);
-            return Err(ResumeError::NotAlive {
-                tree: tree.name.clone(),
-                pid,
-            });
+        let main = tree.unit.as_ref().map(|u| u.main_pid);
+        let needed = std::iter::once(tree.root_pid).chain(main.filter(|m| *m > 0));
+        for pid in needed {
+            if !agent.alive(pid) {
+                report.alive = false;
+                return Err(ResumeError::NotAlive {
+                    tree: tree.name.clone(),
+                    pid,
+                });
+            }
+        }
+        report.alive = true;
+        let ended: Vec<i32> = tree
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| !agent.alive(*p))
+            .collect();
+        if !ended.is_empty() {
+            tracing::info!(tree = %tree.name, ?ended, "processes of the tree ended since they resumed");
         }
     }
     Ok(())
