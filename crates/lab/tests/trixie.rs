@@ -2,17 +2,19 @@
 //! 6.12 through the distribution's initramfs and runs `redis-server.service` reachable from the
 //! host. `--preserve unit:NAME.service` is resolved against the real systemd (and refused for
 //! Debian's sandboxed unit, unknown, stopped and non-service units); `overboot systemd prepare`
-//! makes Redis preservable; an update that fails on 6.12 after the dump (a second unit that
-//! CRIU cannot dump) restores Redis there and its unit adopts it again; an update whose
-//! restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts Redis again; then
+//! makes Redis preservable; an update that fails on 6.12 after the dump (a third unit that
+//! CRIU cannot dump) restores Redis and `lab-logger` there and their units adopt them again; an
+//! update whose restore fails on 7.3 (injected) rolls back to 6.12, where systemd adopts them
+//! again; then
 //! the package's path carries it to 7.3 from trixie-backports (`overboot pending` says 7.3 is
 //! pending, the kernel hook plans the update as dpkg runs it, `systemctl start
 //! overboot-update.service` with the settings in overboot.toml; afterwards nothing is pending
 //! and node_exporter's textfiles show the outcome and the blackout), and `overboot update`
 //! carries it back to 6.12 (the round trip an operator takes when 7.3 misbehaves),
 //! under one host client's INCR loop on one connection throughout: systemd adopts the restored
-//! Redis as the same unit with the same main PID after each switch, a unit that was not preserved
-//! starts as usual, leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen,
+//! Redis as the same unit with the same main PID after each switch, `lab-logger`'s lines go on in
+//! `journalctl -u` under its unit and PID after each (its stream to journald carried, with no
+//! gap on the same boot), a unit that was not preserved starts as usual, leaving 7.3 with Debian 13's CRIU 4.1.1 is refused before anything is frozen,
 //! and `systemctl restart` afterwards starts Debian's Redis anew.
 
 use std::net::SocketAddr;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use overboot_lab::incr::{IncrConfig, IncrLoop};
 use overboot_lab::redis::{self, Reply, RespConn};
-use overboot_lab::trixie::{carry, Trixie, CMDLINE};
+use overboot_lab::trixie::{carry, logger, Trixie, CMDLINE};
 use overboot_lab::Guest;
 
 const CMD: Duration = Duration::from_secs(60);
@@ -304,6 +306,59 @@ fn fail_with_journal(guest: &mut Guest, release: &str, failures: &[String]) {
 const SLEEPER: &str = "[Unit]\\nDescription=lab: a service overboot does not preserve\\n\
     [Service]\\nExecStart=/bin/sleep infinity\\n[Install]\\nWantedBy=multi-user.target\\n";
 
+/// A unit CRIU cannot dump although overboot's checks pass it: its process holds a deleted
+/// 8 MiB file, more than CRIU keeps of one (its ghost limit, 1 MiB). Started, not enabled.
+const GHOST: &str = "[Service]\\nExecStart=/bin/sh -c \"head -c 8388608 /dev/zero > \
+    /var/tmp/lab-ghost && exec 3< /var/tmp/lab-ghost && rm /var/tmp/lab-ghost && \
+    exec sleep infinity\"\\n";
+
+/// `lab-logger` after an update that carried it (or restored it where it was): active with its
+/// old main PID and nothing else in its cgroup, its lines going on in this boot's journal under
+/// its unit and PID, past `past` (the last number before the update), without a gap or a repeat
+/// in this boot. Returns the last number seen.
+fn logger_carried(guest: &mut Guest, main: &str, past: u64, failures: &mut Vec<String>) -> u64 {
+    let state = carry::unit_state(guest, logger::UNIT).expect("lab-logger state");
+    if state.active != "active" || state.main_pid != main {
+        failures.push(format!(
+            "lab-logger is {:?} with MainPID {}, was {main}",
+            state.active, state.main_pid
+        ));
+    }
+    let journal = logger::wait_past(guest, main, past).expect("lab-logger's journal");
+    let last = journal.last().unwrap_or(0);
+    if last <= past + 2 || journal.attributed == 0 {
+        failures.push(format!(
+            "no line of lab-logger past {past} under its unit and PID {main} in this boot's \
+             journal: last {last}, {} attributed",
+            journal.attributed
+        ));
+    }
+    if !journal.breaks().is_empty() {
+        failures.push(format!(
+            "lab-logger's lines in this boot's journal skip or repeat: {:?}",
+            journal.breaks()
+        ));
+    }
+    let strangers = logger::strangers(guest).expect("lab-logger's cgroup");
+    if !strangers.is_empty() {
+        failures.push(format!("lab-logger's cgroup holds {strangers:?}"));
+    }
+    eprintln!(
+        "trixie: lab-logger's journal in this boot: lines {:?}..{last}, {} under its unit and PID",
+        journal.numbers.first(),
+        journal.attributed
+    );
+    last
+}
+
+/// The last number `lab-logger` has in this boot's journal.
+fn logger_last(guest: &mut Guest, main: &str) -> u64 {
+    logger::journal(guest, main)
+        .expect("lab-logger's journal")
+        .last()
+        .unwrap_or(0)
+}
+
 #[test]
 fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     let prepare = Instant::now();
@@ -345,6 +400,18 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         )
         .expect("a unit that is not preserved");
     assert_active(&mut guest, "lab-sleeper");
+    logger::install(&mut guest).expect("lab-logger");
+    guest
+        .run_ok(
+            &format!(
+                "printf '{GHOST}' > /run/systemd/system/lab-ghost.service && \
+                 systemctl daemon-reload && systemctl start lab-ghost"
+            ),
+            CMD,
+        )
+        .expect("a unit CRIU cannot dump");
+    assert_active(&mut guest, "lab-ghost");
+    let logger_main = main_pid(&mut guest, "lab-logger");
     let redis_main = main_pid(&mut guest, "redis-server");
     assert_eq!(redis_pids(&mut guest), redis_main, "one Redis before");
     let boot_id = guest
@@ -361,15 +428,17 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     let token = format!("lab.token={}", std::process::id());
     let append = format!("{CMDLINE} {token}");
 
-    // An update that fails on 6.12 after Redis was dumped: lab-sleeper's output goes to the
-    // journal, whose stream CRIU cannot dump. Redis is restored here and its unit adopts it
-    // again; lab-sleeper was never stopped.
+    // An update that fails on 6.12 after Redis and lab-logger were dumped: CRIU cannot dump
+    // lab-ghost. Both are restored here, their units adopt them again, and lab-logger's
+    // journal stream, opened anew, goes on where it stopped; lab-ghost was never stopped.
+    let mut logged = logger_last(&mut guest, &logger_main);
     let failed = guest
         .run(
             &format!(
                 "overboot update --kernel /boot/vmlinuz-{new} --initrd /boot/initrd.img-{new} \
                  --append '{append}' --preserve unit:redis-server.service \
-                 --preserve unit:lab-sleeper.service"
+                 --preserve unit:{} --preserve unit:lab-ghost.service",
+                logger::UNIT
             ),
             Duration::from_secs(600),
         )
@@ -378,10 +447,20 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     assert!(
         failed
             .text()
-            .contains("restored on this kernel: unit-redis-server.service"),
+            .contains("restored on this kernel: unit-redis-server.service")
+            && failed.text().contains("unit-lab-logger.service (pid"),
         "{}",
         failed.text()
     );
+    assert!(
+        failed.text().contains("ghost"),
+        "not CRIU's ghost limit: {}",
+        failed.text()
+    );
+    assert_active(&mut guest, "lab-ghost");
+    let mut failures = Vec::new();
+    logged = logger_carried(&mut guest, &logger_main, logged, &mut failures);
+    fail_with_journal(&mut guest, &old, &failures);
     // The failed attempt left its report (`overboot status`), saying what became of Redis.
     back_on_the_old_kernel(
         &mut guest,
@@ -395,11 +474,12 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     // Then an update whose restore fails on 7.3 (injected): the agent there rolls back to
     // 6.12 through the same directory store, where systemd adopts Redis again.
     let switch = Instant::now();
+    logged = logger_last(&mut guest, &logger_main).max(logged);
     let (booted, _) = carry::update_units(
         &mut guest,
         &new,
         &format!("{append} overboot.fault=restore-fail:unit-redis-server.service"),
-        &["redis-server.service"],
+        &["redis-server.service", logger::UNIT],
         &mut || {},
     )
     .unwrap_or_else(|e| panic!("overboot update to 7.3 (restore fails): {e}"));
@@ -424,6 +504,9 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         &incr,
         "the rollback",
     );
+    let mut failures = Vec::new();
+    logged = logger_carried(&mut guest, &logger_main, logged, &mut failures);
+    fail_with_journal(&mut guest, &old, &failures);
 
     // Then the update itself, the way the package runs it: 7.3 is pending (newer than the
     // running kernel), the kernel hook plans it as dpkg would run it, and the packaged unit
@@ -439,11 +522,12 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         "7.3 is installed: an update is pending"
     );
     let switch = Instant::now();
+    logged = logger_last(&mut guest, &logger_main).max(logged);
     let (booted, plan, _) = carry::update_through_package(
         &mut guest,
         &new,
         &append,
-        &["redis-server.service"],
+        &["redis-server.service", logger::UNIT],
         &mut || {},
     )
     .unwrap_or_else(|e| panic!("systemctl start overboot-update.service (to 7.3): {e}"));
@@ -507,6 +591,7 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
         Some("resumed"),
         &mut failures,
     );
+    logger_carried(&mut guest, &logger_main, logged, &mut failures);
     match redis::RespConn::connect(addr, Duration::from_secs(10))
         .and_then(|mut c| c.command(&[b"GET", b"trixie"]))
     {

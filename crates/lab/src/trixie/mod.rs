@@ -20,6 +20,7 @@
 pub mod apt;
 pub mod carry;
 pub mod files;
+pub mod logger;
 pub mod rootfs;
 
 use std::collections::BTreeMap;
