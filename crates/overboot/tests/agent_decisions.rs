@@ -192,6 +192,7 @@ fn setup(names: &[(&str, u64)], lazy: bool) -> Setup {
         work_dir: dir.path().join("run"),
         fault: None,
         rollback: false,
+        recovered: false,
         store_wait: std::time::Duration::ZERO,
     };
     Setup { _dir: dir, options }
@@ -239,6 +240,39 @@ fn every_tree_restored_gives_a_report_and_the_units_their_records() {
     // What a rollback would stop: the restored trees, listed in the work dir.
     let list = std::fs::read_to_string(s.options.work_dir.join(files::RESTORED_LIST)).unwrap();
     assert_eq!(list, "pid-4242 4242 4342\npid-4243 4243 4343\n");
+}
+
+#[test]
+fn a_boot_that_came_back_after_a_failed_new_kernel_reports_the_recovery() {
+    let mut s = setup(&[("pid-4242", 4096)], false);
+    let pending = overboot::model::report::Pending {
+        id: "1-1".into(),
+        phases: Default::default(),
+        freeze_realtime_ns: 0,
+        jump_realtime_ns: 1_000_000_000_000,
+        handover_bytes: 1,
+        peak_mem_bytes: 0,
+        pre_copy: Vec::new(),
+        recover: Some("overboot.handover=dir:/x".into()),
+        from_release: "6.12.117+deb13-cloud-amd64".into(),
+        to_release: "7.3.4+deb13-cloud-amd64".into(),
+        frozen_dump_bytes: 0,
+    };
+    report::write_json(&files::pending(&s.options.state_dir), &pending).unwrap();
+    s.options.rollback = true;
+    s.options.recovered = true;
+    let mut agent = MockAgent::default();
+    let report = resume::run(&mut agent, &s.options).unwrap().unwrap();
+    assert_eq!(report.outcome, Outcome::RecoveredAfterFailedBoot);
+    let detail = report.detail.unwrap_or_default();
+    assert!(
+        detail.starts_with("7.3.4+deb13-cloud-amd64 never reached the agent")
+            && detail.contains("1000 s after the jump"),
+        "{detail}"
+    );
+    assert_eq!(report.id, "1-1");
+    // Nothing is left to recover from a second time.
+    assert!(!files::pending(&s.options.state_dir).exists());
 }
 
 #[test]

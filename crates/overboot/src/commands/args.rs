@@ -42,6 +42,13 @@ pub struct UpdateArgs {
     /// default unless the config file names another.
     #[arg(long)]
     pub reuse_cmdline: bool,
+    /// When the new kernel fails to come up: `reset` (default) gives it `panic=N` (N: the
+    /// config file's panic_reboot_secs, else 10) unless its command line sets `panic=`, so that
+    /// a kernel that panics resets the machine, which boots the old kernel through the
+    /// firmware and restores the services from a directory store; `hang` leaves the machine
+    /// at the panic for someone to look at (the services come back only when it is reset).
+    #[arg(long, value_name = "reset|hang", value_parser = ["reset", "hang"])]
+    pub on_failed_boot: Option<String>,
     /// What to carry across: `pid:N` (the tree rooted at N) or `unit:NAME.service` (every
     /// process of a running systemd service). Repeatable; needed unless the config file's
     /// preserve names targets (then used only when no --preserve is given).
@@ -171,7 +178,18 @@ impl UpdateArgs {
         let options = UpdateOptions {
             kernel,
             initrd,
-            cmdline: with_panic(cmdline, config.failed_boot.panic_reboot_secs),
+            cmdline: with_panic(
+                cmdline,
+                match args.on_failed_boot.as_deref() {
+                    Some("hang") => None,
+                    _ => Some(
+                        config
+                            .failed_boot
+                            .panic_reboot_secs
+                            .unwrap_or(DEFAULT_PANIC_REBOOT_SECS),
+                    ),
+                },
+            ),
             preserve,
             work_dir: args
                 .work_dir
@@ -232,8 +250,13 @@ fn kernel_and_initrd(
     }
 }
 
-/// `cmdline` with `panic=N` added for the config file's `panic_reboot_secs = N` (N > 0), so
-/// that a new kernel that panics reboots; unless `cmdline` sets `panic=` itself.
+/// Seconds a new kernel that panics waits before it resets the machine, unless the config file
+/// or its command line say otherwise: long enough to read the panic on a console, short
+/// enough that the services' peers are still retransmitting when they come back.
+pub const DEFAULT_PANIC_REBOOT_SECS: u32 = 10;
+
+/// `cmdline` with `panic=N` added for `panic_reboot_secs = N` (N > 0), so that a new kernel
+/// that panics reboots; unless `cmdline` sets `panic=` itself.
 fn with_panic(cmdline: String, panic_reboot_secs: Option<u32>) -> String {
     match panic_reboot_secs {
         Some(secs) if secs > 0 => {
@@ -410,6 +433,12 @@ initrd = "/boot/initrd.img-old"
         let append = "[update]\nappend = \"quiet\"\n";
         let reuse = "[update]\nreuse_cmdline = true\n";
         let running = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        // Without the panic= that --on-failed-boot's default adds (tested below).
+        let options = |extra: &[&str], text: &str| {
+            let mut extra = extra.to_vec();
+            extra.extend(["--on-failed-boot", "hang"]);
+            options(&extra, text)
+        };
         // Nothing said: the running kernel's, never an empty one that boots without root=.
         assert_eq!(options(&[], "").cmdline, strip_overboot_params(&running));
         let no_reuse = "[update]\nreuse_cmdline = false\n";
@@ -436,5 +465,17 @@ initrd = "/boot/initrd.img-old"
         );
         let zero = "[update]\nappend = \"quiet\"\n[failed_boot]\npanic_reboot_secs = 0\n";
         assert_eq!(options(&[], zero).cmdline, "quiet");
+        // The default: reset after 10 s; `hang` adds nothing.
+        let quiet = "[update]\nappend = \"quiet\"\n";
+        assert_eq!(options(&[], quiet).cmdline, "quiet panic=10");
+        assert_eq!(
+            options(&["--on-failed-boot", "reset"], quiet).cmdline,
+            "quiet panic=10"
+        );
+        assert_eq!(
+            options(&["--on-failed-boot", "hang"], quiet).cmdline,
+            "quiet"
+        );
+        assert_eq!(options(&["--on-failed-boot", "hang"], ten).cmdline, "quiet");
     }
 }

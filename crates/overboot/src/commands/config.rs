@@ -358,7 +358,7 @@ panic_reboot_secs = 10
         assert_eq!(config.update.criu_log_level, Some(2));
         assert_eq!(config.update.lazy_restore, Some(false));
         assert_eq!(config.update.preserve, Some(vec![]));
-        assert_eq!(config.failed_boot.panic_reboot_secs, Some(0));
+        assert_eq!(config.failed_boot.panic_reboot_secs, Some(10));
     }
 
     #[test]

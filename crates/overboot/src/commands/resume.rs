@@ -30,6 +30,32 @@ pub struct Args {
     /// Do the restore itself (run by the supervising agent; no rollback here).
     #[arg(long, hide = true)]
     worker: bool,
+    /// Restore from the map a new kernel that never reached its agent left (`pending.json` in
+    /// the state directory names it): this boot came back on the old kernel through the
+    /// firmware. The generator runs the agent this way; no rollback follows a failure.
+    #[arg(long)]
+    recover: bool,
+    /// The command line file is already a recovery's (the worker of `--recover`).
+    #[arg(long, hide = true)]
+    recovered: bool,
+}
+
+/// For `--recover`: this boot's command line with the map's parameter of `pending.json` and
+/// the rollback marker (a failure keeps the map, nothing to roll back to), written to the work
+/// directory for the worker; the file's path.
+fn recovery_cmdline(args: &Args, state: &Path) -> Result<PathBuf, CommandError> {
+    let pending: overboot::model::report::Pending =
+        overboot::model::report::read_json(&overboot::model::files::pending(state))
+            .map_err(|e| CommandError::Usage(format!("--recover: no update to recover: {e}")))?;
+    let param = pending.recover.ok_or_else(|| {
+        CommandError::Usage("--recover: the last update's map does not survive a reset".into())
+    })?;
+    let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
+    let text = format!("{} {param} {}", cmdline.trim(), rollback::ROLLBACK_PARAM);
+    std::fs::create_dir_all(&args.work_dir).map_err(CommandError::Output)?;
+    let path = args.work_dir.join("recover.cmdline");
+    std::fs::write(&path, text).map_err(CommandError::Output)?;
+    Ok(path)
 }
 
 /// The config file, for its state directory: one that cannot be read or is invalid is left out
@@ -42,12 +68,17 @@ pub fn config(named: Option<&Path>) -> Config {
     })
 }
 
-pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> {
-    let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
+pub fn run(mut args: Args, config: &Config, json: bool) -> Result<(), CommandError> {
     let state = config.state_dir(args.state_dir.clone());
+    if args.recover && !args.worker {
+        args.cmdline_file = recovery_cmdline(&args, &state)?;
+        args.recovered = true;
+    }
+    let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
     let options = ResumeOptions {
         fault: overboot::model::fault::from_cmdline(&cmdline),
         rollback: rollback::is_rollback(&cmdline),
+        recovered: args.recovered,
         cmdline,
         state_dir: state.clone(),
         work_dir: args.work_dir.clone(),
@@ -67,6 +98,9 @@ pub fn run(args: Args, config: &Config, json: bool) -> Result<(), CommandError> 
                 let mut cmd = Command::new(rollback::worker_program());
                 if json {
                     cmd.arg("--json");
+                }
+                if args.recovered {
+                    cmd.arg("--recovered");
                 }
                 cmd.args(["resume", "--worker", "--cmdline-file"])
                     .arg(&args.cmdline_file)

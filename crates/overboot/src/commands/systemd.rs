@@ -122,10 +122,12 @@ pub fn generator(args: &[String]) -> std::process::ExitCode {
         eprintln!("overboot-generator: usage: overboot-generator NORMAL_DIR [EARLY_DIR LATE_DIR]");
         return std::process::ExitCode::SUCCESS;
     };
+    let state_dir = super::resume::config(None).state_dir(None);
     if let Err(e) = systemd::run_generator(
         &exe(),
         Path::new(normal),
         Path::new(overboot::model::files::DEFAULT_WORK_DIR),
+        &state_dir,
     ) {
         eprintln!("overboot-generator: {e}");
     }

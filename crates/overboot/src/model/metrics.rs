@@ -12,7 +12,14 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 
 /// Every outcome, by the name reports use.
-const OUTCOMES: [&str; 5] = ["resumed", "rolled_back", "failed", "refused", "interrupted"];
+const OUTCOMES: [&str; 6] = [
+    "resumed",
+    "rolled_back",
+    "failed",
+    "refused",
+    "interrupted",
+    "recovered_after_failed_boot",
+];
 
 /// What the metrics say of the last attempt.
 #[derive(Debug, Clone, Copy)]

@@ -64,6 +64,10 @@ pub enum Outcome {
     /// `update` was stopped by a signal, or died, before the jump; `detail` says when and
     /// what became of the trees (restored on this kernel).
     Interrupted,
+    /// The new kernel never reached the agent (it panicked, hung, did not find its root); the
+    /// machine came back through the firmware on the old kernel, where the trees were restored
+    /// from the map; `detail` says what is known.
+    RecoveredAfterFailedBoot,
 }
 
 impl Outcome {
@@ -75,6 +79,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Refused => "refused",
             Outcome::Interrupted => "interrupted",
+            Outcome::RecoveredAfterFailedBoot => "recovered_after_failed_boot",
         }
     }
 }
@@ -136,6 +141,17 @@ pub struct Pending {
     /// Pre-copy rounds before the freeze.
     #[serde(default)]
     pub pre_copy: Vec<super::rounds::Round>,
+    /// The map's command-line parameter (`overboot.handover=dir:...`) when its store survives a
+    /// reset: a boot that comes back on a kernel without it, with this file still here, is a
+    /// boot after a new kernel that never reached the agent, and restores from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover: Option<String>,
+    /// The old kernel's release, for the report of such a recovery.
+    #[serde(default)]
+    pub from_release: String,
+    /// The new kernel's release.
+    #[serde(default)]
+    pub to_release: String,
     /// Bytes the dump wrote after the freeze (with pre-copy: the pages changed since the last
     /// round, and everything that is not memory).
     #[serde(default)]
@@ -341,6 +357,9 @@ impl Report {
             Outcome::Failed => "FAILED",
             Outcome::Refused => "refused before anything was frozen",
             Outcome::Interrupted => "INTERRUPTED before the jump",
+            Outcome::RecoveredAfterFailedBoot => {
+                "RECOVERED: the new kernel never came up; every tree runs again on the old kernel"
+            }
         };
         out.push_str(&format!(
             "update {}: {} → {}: {outcome}\n",
@@ -407,6 +426,7 @@ mod tests {
             Outcome::Failed,
             Outcome::Refused,
             Outcome::Interrupted,
+            Outcome::RecoveredAfterFailedBoot,
         ] {
             let serialized = serde_json::to_value(&outcome).unwrap();
             assert_eq!(serialized.as_str(), Some(outcome.name()));

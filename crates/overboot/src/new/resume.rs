@@ -110,8 +110,8 @@ pub fn run(agent: &mut dyn Agent, options: &ResumeOptions) -> Result<Option<Repo
     let blackout_ms = end.realtime_ns.saturating_sub(manifest.clocks.realtime_ns) / 1_000_000;
     phases.record(Phase::AgentTotal, ms(started.elapsed()));
     phases.record(Phase::Blackout, blackout_ms);
-    let (outcome, detail) = outcome(options);
-    if outcome == Outcome::RolledBack {
+    let (outcome, detail) = outcome(options, pending.as_ref(), end.realtime_ns);
+    if outcome != Outcome::Resumed {
         agent.mark_reboot_required();
     }
     let report = Report {
@@ -420,7 +420,28 @@ fn check_alive(
 }
 
 /// Resumed, or rolled back with the reason the supervisor recorded.
-fn outcome(options: &ResumeOptions) -> (Outcome, Option<String>) {
+fn outcome(
+    options: &ResumeOptions,
+    pending: Option<&Pending>,
+    now_realtime_ns: u64,
+) -> (Outcome, Option<String>) {
+    if options.recovered {
+        let (to, since) = pending.map_or_else(
+            || ("the new kernel".to_string(), String::new()),
+            |p| {
+                let secs = now_realtime_ns.saturating_sub(p.jump_realtime_ns) / 1_000_000_000;
+                (p.to_release.clone(), format!(" {secs} s after the jump"))
+            },
+        );
+        return (
+            Outcome::RecoveredAfterFailedBoot,
+            Some(format!(
+                "{to} never reached the agent (a panic, a hang, a root or init it could not \
+                 find: its own boot log says which); the machine came back through the \
+                 firmware on this kernel{since}, and the trees were restored from the map"
+            )),
+        );
+    }
     if !options.rollback {
         return (Outcome::Resumed, None);
     }

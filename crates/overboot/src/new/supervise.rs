@@ -349,6 +349,7 @@ mod tests {
             work_dir: dir.path().join("run"),
             fault: None,
             rollback: true,
+            recovered: false,
             store_wait: std::time::Duration::ZERO,
         };
         let mut calls = 0;
@@ -383,6 +384,7 @@ mod tests {
             work_dir: dir.path().join("run"),
             fault: None,
             rollback: false,
+            recovered: false,
             store_wait: std::time::Duration::from_millis(300),
         };
         let mut calls = 0;
@@ -413,6 +415,7 @@ mod tests {
             work_dir: dir.path().join("run"),
             fault: None,
             rollback: false,
+            recovered: false,
             store_wait: std::time::Duration::ZERO,
         };
         let mut worker = || Ok(exited(0));

@@ -163,6 +163,12 @@ pub fn publish_load_jump(
         handover_bytes: published.bytes,
         peak_mem_bytes: phases.peak_mem_bytes(),
         pre_copy: pre_copy.rounds.clone(),
+        // A directory store survives a reset: a boot that comes back without the new kernel's
+        // agent having run restores from it (see `host::systemd::recovery`).
+        recover: matches!(options.handover, Handover::Dir(_))
+            .then(|| published.cmdline_param.clone()),
+        from_release: map.manifest().from.release.clone(),
+        to_release: image.release.clone(),
         frozen_dump_bytes: published
             .bytes
             .saturating_sub(pre_copy.rounds.iter().map(|r| r.bytes).sum()),

@@ -205,6 +205,44 @@ mod tests {
     }
 
     #[test]
+    fn a_map_left_by_a_new_kernel_that_never_ran_its_agent_is_recovered_from() {
+        use crate::model::report::{write_json, Pending};
+        let state = tempfile::tempdir().unwrap();
+        let map = state.path().join("ssm").join("1-1");
+        std::fs::create_dir_all(&map).unwrap();
+        let mut pending = Pending {
+            id: "1-1".into(),
+            phases: Default::default(),
+            freeze_realtime_ns: 1,
+            jump_realtime_ns: 2,
+            handover_bytes: 0,
+            peak_mem_bytes: 0,
+            pre_copy: Vec::new(),
+            recover: None,
+            from_release: "6.12".into(),
+            to_release: "7.3".into(),
+            frozen_dump_bytes: 0,
+        };
+        let file = crate::model::files::pending(state.path());
+        // No update in flight; then one whose map rode in RAM: nothing to recover.
+        assert_eq!(super::generator::recovery_map(state.path()), None);
+        write_json(&file, &pending).unwrap();
+        assert_eq!(super::generator::recovery_map(state.path()), None);
+        // A directory store: recovered from once the map is there (its header written last).
+        pending.recover = Some(format!("overboot.handover=dir:{}", map.display()));
+        write_json(&file, &pending).unwrap();
+        assert_eq!(super::generator::recovery_map(state.path()), None);
+        std::fs::write(map.join("HEADER"), b"x").unwrap();
+        assert_eq!(super::generator::recovery_map(state.path()), Some(map));
+        let dropin = super::generator::recover_dropin(Path::new("/usr/sbin/overboot"));
+        assert!(
+            dropin.contains("ConditionKernelCommandLine=\n")
+                && dropin.contains("ExecStart=\nExecStart=/usr/sbin/overboot resume --recover\n"),
+            "{dropin}"
+        );
+    }
+
+    #[test]
     fn paths_escape_like_systemd() {
         assert_eq!(escape_path("eth0"), "eth0");
         assert_eq!(escape_path("br-lan"), "br\\x2dlan");
