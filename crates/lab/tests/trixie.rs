@@ -369,9 +369,11 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     );
     let old = trixie.release("6.12").expect("6.12").to_string();
     let new = trixie.release("7.3").expect("7.3").to_string();
-    let (config, ports) = trixie
+    let (mut config, ports) = trixie
         .guest_config("trixie-update", "6.12", &[6379])
         .expect("guest config");
+    // A reboot resets the machine instead of ending QEMU (the failed boot at the end).
+    config.monitor = true;
     let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
 
     let boot = Instant::now();
@@ -628,6 +630,80 @@ fn trixie_systemd_redis_unit_carried_from_6_12_to_7_3() {
     // systemctl acts on the adopted unit normally: restart starts Debian's Redis anew.
     restart_starts_anew(&mut guest, &here, &redis_main);
     redis_round_trip(addr, "after the restart");
+    if here == old {
+        failed_boot_recovers(&mut guest, &old, &new, &append, addr);
+    }
+}
+
+/// An update to a 7.3 that never reaches its agent (its initramfs cannot find the root it is
+/// given, `panic=` makes it reset the machine): the firmware boots 6.12 again (QEMU's direct
+/// kernel boot), overboot's generator finds the map the update left on the root disk, holds
+/// Redis and lab-logger and restores them: the same MainPIDs, the INCR client on a new
+/// connection made before the update loses nothing, lab-logger's lines go on, and the report
+/// says `recovered_after_failed_boot`; 7.3 is still pending.
+fn failed_boot_recovers(guest: &mut Guest, old: &str, new: &str, append: &str, addr: SocketAddr) {
+    let redis_main = main_pid(guest, "redis-server");
+    let logger_main = main_pid(guest, "lab-logger");
+    let incr = IncrLoop::start(addr, IncrConfig::default()).expect("INCR client connects");
+    assert!(
+        incr.wait_answered(50, Duration::from_secs(60)),
+        "no steady replies before the failed boot: {:?}",
+        incr.progress()
+    );
+    let logged = logger_last(guest, &logger_main);
+    let switch = Instant::now();
+    let (booted, _) = carry::update_units(
+        guest,
+        new,
+        &format!("{append} root=/dev/vdz rootdelay=3"),
+        &["redis-server.service", logger::UNIT],
+        &mut || {},
+    )
+    .unwrap_or_else(|e| panic!("overboot update to a 7.3 that cannot boot: {e}"));
+    eprintln!(
+        "trixie: 7.3 failed to boot; back on 6.12 through the firmware at multi-user in {:.1} s \
+         (host): {booted}",
+        switch.elapsed().as_secs_f64()
+    );
+    let mut failures = Vec::new();
+    if !booted.contains(old) {
+        failures.push(format!("booted {booted:?}, not {old}"));
+    }
+    if !guest
+        .history()
+        .iter()
+        .any(|l| l.contains("Rebooting automatically due to panic="))
+    {
+        failures.push("7.3's initramfs did not reset the machine".into());
+    }
+    if !incr.wait_answered(incr.progress().answered + 50, Duration::from_secs(180)) {
+        failures.push(format!(
+            "the INCR client got no 50 further replies after the recovery: {:?}",
+            incr.progress()
+        ));
+    }
+    check_carried(
+        guest,
+        old,
+        &redis_main,
+        Some("recovered_after_failed_boot"),
+        &mut failures,
+    );
+    logger_carried(guest, &logger_main, logged, &mut failures);
+    if pending(guest) != 0 {
+        failures.push("7.3 is no longer pending after a recovery".into());
+    }
+    fail_with_journal(guest, old, &failures);
+    let (summary, _) = incr.finish();
+    eprintln!("INCR client through the failed boot: {summary:?}");
+    assert!(
+        summary.lost == 0 && summary.duplicated == 0,
+        "increments lost or duplicated through the failed boot: {summary:?}"
+    );
+    assert!(
+        summary.connection_survived,
+        "the INCR connection did not survive the failed boot: {summary:?}"
+    );
 }
 
 /// `systemctl restart redis-server` on the adopted unit starts Debian's Redis anew: a new main
