@@ -41,6 +41,13 @@ pub enum CommandError {
     /// Arguments that clap accepts but that do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// The agent already ran in this boot (a unit that restarts pulls it in again).
+    #[error(
+        "overboot resume already ran in this boot ({}): it does not restore twice; \
+         its report: overboot status",
+        .0.display()
+    )]
+    AgentRan(std::path::PathBuf),
     /// The config file is missing (when named), unreadable or invalid.
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),
@@ -62,7 +69,7 @@ impl CommandError {
             CommandError::Kexec(e) => e.class().into(),
             CommandError::Update(e) => e.class(),
             CommandError::Resume(e) => e.class(),
-            CommandError::Rollback(_) => ExitClass::Restore,
+            CommandError::Rollback(_) | CommandError::AgentRan(_) => ExitClass::Restore,
             CommandError::Report(overboot::model::report::ReportError::NoReport(_)) => {
                 ExitClass::Nothing
             }

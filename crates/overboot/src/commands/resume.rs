@@ -40,6 +40,25 @@ pub struct Args {
     recovered: bool,
 }
 
+/// The agent restores a map once per boot: a second start (systemd starts
+/// `overboot-resume.service` again when a preserved unit that waits for it restarts after a
+/// failed resume) would restore the same map again over what is there. The marker lives in
+/// the work directory, in RAM: a new boot starts without it.
+fn once_per_boot(work_dir: &Path, cmdline: &str) -> Result<(), CommandError> {
+    if !matches!(
+        overboot_handover::locate_store_from_cmdline(cmdline),
+        Ok(Some(_))
+    ) {
+        return Ok(());
+    }
+    let marker = work_dir.join(overboot::model::files::AGENT_STARTED);
+    if marker.exists() {
+        return Err(CommandError::AgentRan(marker));
+    }
+    std::fs::create_dir_all(work_dir).map_err(CommandError::Output)?;
+    std::fs::write(&marker, std::process::id().to_string()).map_err(CommandError::Output)
+}
+
 /// For `--recover`: this boot's command line with the map's parameter of `pending.json` and
 /// the rollback marker (a failure keeps the map, nothing to roll back to), written to the work
 /// directory for the worker; the file's path.
@@ -75,6 +94,9 @@ pub fn run(mut args: Args, config: &Config, json: bool) -> Result<(), CommandErr
         args.recovered = true;
     }
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
+    if !args.worker {
+        once_per_boot(&args.work_dir, &cmdline)?;
+    }
     let options = ResumeOptions {
         fault: overboot::model::fault::from_cmdline(&cmdline),
         rollback: rollback::is_rollback(&cmdline),
@@ -141,5 +163,24 @@ fn work(options: &ResumeOptions, json: bool) -> Result<(), CommandError> {
             &serde_json::json!({"resumed": false}),
         ),
         Some(report) => print(json, report.human().trim_end(), &report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_restores_a_map_once_per_boot() {
+        let work = tempfile::tempdir().unwrap();
+        // A boot without a map: nothing to guard.
+        once_per_boot(work.path(), "root=/dev/vda").unwrap();
+        once_per_boot(work.path(), "root=/dev/vda").unwrap();
+        let with_map = "root=/dev/vda overboot.handover=dir:/var/lib/overboot/ssm/1-1";
+        once_per_boot(work.path(), with_map).unwrap();
+        let again = once_per_boot(work.path(), with_map).unwrap_err();
+        assert!(matches!(again, CommandError::AgentRan(_)), "{again}");
+        assert_eq!(again.class(), overboot::ExitClass::Restore);
+        assert!(again.to_string().contains("already ran in this boot"));
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub const PENDING: &str = "pending.json";
 /// The work directory when none is named: on a RAM file system, gone at the next boot.
 pub const DEFAULT_WORK_DIR: &str = "/run/overboot";
+/// In the work directory: the agent started in this boot (it restores a map once per boot).
+pub const AGENT_STARTED: &str = "resume.started";
 /// Why an update is being rolled back ([`super::records::RollbackRecord`]).
 pub const ROLLBACK_RECORD: &str = "rollback.json";
 /// The newest report.
