@@ -104,13 +104,14 @@ pub fn wait_past(
 }
 
 /// The processes in the unit's cgroup that are neither its shell nor that shell's `sleep`:
-/// anything overboot would have left behind (a relay, a helper).
+/// anything overboot would have left behind (a relay, a helper). A process that ended between
+/// the listing and the reading of its name (a `sleep 1`) is not one.
 pub fn strangers(guest: &mut Guest) -> Result<Vec<String>, ServiceError> {
     let out = guest.run_ok(
         &format!(
             "for p in $(cat /sys/fs/cgroup$(systemctl show -P ControlGroup {UNIT})/cgroup.procs); \
-             do c=$(cat /proc/$p/comm 2>/dev/null); [ \"$c\" = sh ] || [ \"$c\" = sleep ] || \
-             echo \"$p $c\"; done; true"
+             do c=$(cat /proc/$p/comm 2>/dev/null) || continue; [ -n \"$c\" ] || continue; \
+             [ \"$c\" = sh ] || [ \"$c\" = sleep ] || echo \"$p $c\"; done; true"
         ),
         CMD,
     )?;
