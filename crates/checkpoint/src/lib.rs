@@ -18,6 +18,7 @@ pub mod error;
 pub mod images;
 pub mod log;
 pub mod pagemap;
+pub mod pstree;
 pub mod request;
 pub mod rpc;
 pub mod session;

@@ -145,6 +145,10 @@ pub struct PreservedTree {
     pub root_pid: i32,
     /// Every PID of the tree at dump time.
     pub pids: Vec<i32>,
+    /// The ids of the tree's other threads at dump time: free in the new kernel too, for the
+    /// restore gives each its id back (format 3.2; empty when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<i32>,
     /// Subdirectory of the map holding this tree's CRIU images.
     pub images: String,
     /// Command line of the root task, for reports.
@@ -451,6 +455,7 @@ mod tests {
                 name: "redis.service".into(),
                 root_pid: 4242,
                 pids: vec![4242, 4243],
+                threads: Vec::new(),
                 images: "trees/redis".into(),
                 cmdline: "redis-server *:6379".into(),
                 clocks_realtime_ns: 0,

@@ -33,6 +33,7 @@ fn tree(name: &str, pid: i32, images: &str) -> PreservedTree {
         name: name.into(),
         root_pid: pid,
         pids: vec![pid, pid + 1],
+        threads: Vec::new(),
         images: images.into(),
         cmdline: format!("{name} --serve"),
         clocks_realtime_ns: 0,

@@ -41,6 +41,8 @@ struct MockAgent {
     jobs: Vec<TreeJob>,
     /// Pids that are not alive after the restore.
     dead: Vec<i32>,
+    /// The highest pid new processes were told to stay above.
+    reserved: Option<i32>,
 }
 
 impl Agent for MockAgent {
@@ -57,6 +59,10 @@ impl Agent for MockAgent {
             .iter()
             .find(|(p, _)| *p == pid)
             .map(|(_, c)| c.clone())
+    }
+
+    fn reserve_pids(&mut self, highest: i32) {
+        self.reserved = Some(highest);
     }
 
     fn alive(&mut self, pid: i32) -> bool {
@@ -167,6 +173,7 @@ fn setup(names: &[(&str, u64)], lazy: bool) -> Setup {
             root_pid: pid,
             // The root and a child.
             pids: vec![pid, pid + 100],
+            threads: Vec::new(),
             images: rel,
             cmdline: "worker".into(),
             clocks_realtime_ns: 1_000_000_000_000,
@@ -224,6 +231,8 @@ fn every_tree_restored_gives_a_report_and_the_units_their_records() {
     let report = resume::run(&mut agent, &s.options).unwrap().unwrap();
     assert_eq!(report.outcome, Outcome::Resumed);
     assert_eq!(agent.log, ["network", "restore", "unlock", "units"]);
+    // New processes of the boot stay above every preserved pid (the trees' children included).
+    assert_eq!(agent.reserved, Some(4343));
     let restored: Vec<_> = report.trees.iter().map(|t| t.restored_pid).collect();
     assert_eq!(restored, [Some(100), Some(101)]);
     assert!(report.trees.iter().all(|t| t.alive));

@@ -23,6 +23,22 @@ pub fn alive(pid: i32) -> bool {
     pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// Makes this boot hand out pids above `highest` from now on (`/proc/sys/kernel/ns_last_pid`),
+/// so that the preserved trees' pids, all at most `highest`, stay free for their restore while
+/// the boot goes on around it. Never lowers the counter. The processes already running keep
+/// theirs (the agent checks those); a pid space that wraps around can still reach them.
+pub fn reserve_pids(highest: i32) -> std::io::Result<()> {
+    const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+    let last: i32 = std::fs::read_to_string(LAST_PID)?
+        .trim()
+        .parse()
+        .map_err(std::io::Error::other)?;
+    if last >= highest {
+        return Ok(());
+    }
+    std::fs::write(LAST_PID, highest.to_string())
+}
+
 /// The name (`comm`) of process `pid`, if it exists.
 pub fn comm_of(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

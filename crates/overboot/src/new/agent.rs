@@ -19,6 +19,8 @@ pub trait Agent {
     fn clocks(&mut self) -> ClockReadings;
     /// The name of process `pid` in this kernel, if one has it.
     fn process_name(&mut self, pid: i32) -> Option<String>;
+    /// New processes of this boot get pids above `highest` from now on (best effort).
+    fn reserve_pids(&mut self, highest: i32);
     /// Whether process `pid` runs.
     fn alive(&mut self, pid: i32) -> bool;
     /// The running kernel's release.
@@ -62,6 +64,12 @@ impl Agent for HostAgent {
 
     fn process_name(&mut self, pid: i32) -> Option<String> {
         crate::host::proc::comm_of(pid)
+    }
+
+    fn reserve_pids(&mut self, highest: i32) {
+        if let Err(e) = crate::host::proc::reserve_pids(highest) {
+            tracing::warn!(highest, error = %e, "cannot keep new processes above the preserved pids");
+        }
     }
 
     fn alive(&mut self, pid: i32) -> bool {

@@ -175,9 +175,18 @@ fn carry_phases(
 }
 
 /// Every preserved pid must be free before anything is restored.
+/// Every preserved pid is free; from here on new processes of this boot get higher ones (the
+/// boot goes on beside the restore: udev workers, units starting).
 fn pids_free(agent: &mut dyn Agent, manifest: &Manifest) -> Result<(), ResumeError> {
+    let highest = manifest
+        .trees
+        .iter()
+        .flat_map(|t| t.pids.iter().chain(&t.threads).copied())
+        .max()
+        .unwrap_or(0);
+    agent.reserve_pids(highest);
     for tree in &manifest.trees {
-        for pid in &tree.pids {
+        for pid in tree.pids.iter().chain(&tree.threads) {
             if let Some(comm) = agent.process_name(*pid) {
                 return Err(ResumeError::PidTaken {
                     tree: tree.name.clone(),

@@ -469,6 +469,7 @@ impl Effects for HostEffects {
                 name: t.name.clone(),
                 root_pid: t.root,
                 pids: t.pids(),
+                threads: Vec::new(),
                 images: String::new(),
                 cmdline: t.cmdline.clone(),
                 clocks_realtime_ns: 0,

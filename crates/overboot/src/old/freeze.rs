@@ -123,10 +123,18 @@ fn dump_one(
     }
     // CRIU records the tree's clocks at the end of its dump.
     let clocks_realtime_ns = effects.clocks().realtime_ns;
+    // The tasks as dumped: a tree that forked since the inspection has pids it did not see.
+    let ids = overboot_checkpoint::pstree::dumped_ids(&images).unwrap_or_else(|e| {
+        tracing::warn!(tree = %tree.name, error = %e, "cannot read the dumped tasks: the inspection's pids stand in");
+        overboot_checkpoint::pstree::DumpedIds {
+            pids: tree.pids(),
+            threads: Vec::new(),
+        }
+    });
     dumped.push(Dumped {
         name: tree.name.clone(),
         images: images.clone(),
-        stopped: (after == AfterDump::Stop).then(|| tree.pids()),
+        stopped: (after == AfterDump::Stop).then(|| ids.pids.clone()),
         journal_streams: tree.journal_streams.clone(),
     });
     // The map holds regular files only: the restore directory links the rounds again.
@@ -143,7 +151,8 @@ fn dump_one(
     Ok(PreservedTree {
         name: tree.name.clone(),
         root_pid: tree.root,
-        pids: tree.pids(),
+        pids: ids.pids,
+        threads: ids.threads,
         images: rel,
         cmdline: tree.cmdline.clone(),
         clocks_realtime_ns,

@@ -261,6 +261,20 @@ pub fn run_generator(
             .ok()
             .map(|map| map.manifest().clone())
     });
+    // Before the boot starts its processes: theirs above the preserved pids (the agent does it
+    // again when it starts, in case this one could not).
+    if let Some(manifest) = &manifest {
+        let highest = manifest
+            .trees
+            .iter()
+            .flat_map(|t| t.pids.iter().chain(&t.threads).copied())
+            .max();
+        if let Some(highest) = highest {
+            if let Err(e) = crate::host::proc::reserve_pids(highest) {
+                eprintln!("overboot-generator: cannot keep new pids above {highest}: {e}");
+            }
+        }
+    }
     let mut generated = generate(exe, map.as_deref(), manifest.as_ref());
     if recover {
         eprintln!("overboot-generator: the new kernel never reached the agent: recovering");

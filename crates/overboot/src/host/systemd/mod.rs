@@ -51,6 +51,7 @@ mod tests {
             name: name.into(),
             root_pid: pids[0],
             pids: pids.to_vec(),
+            threads: Vec::new(),
             images: format!("trees/{name}"),
             cmdline: String::new(),
             clocks_realtime_ns: 0,
