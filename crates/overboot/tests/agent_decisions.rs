@@ -263,7 +263,6 @@ fn a_boot_that_came_back_after_a_failed_new_kernel_reports_the_recovery() {
         peak_mem_bytes: 0,
         pre_copy: Vec::new(),
         recover: Some("overboot.handover=dir:/x".into()),
-        from_release: "6.12.117+deb13-cloud-amd64".into(),
         to_release: "7.3.4+deb13-cloud-amd64".into(),
         frozen_dump_bytes: 0,
     };

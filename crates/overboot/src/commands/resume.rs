@@ -35,9 +35,6 @@ pub struct Args {
     /// firmware. The generator runs the agent this way; no rollback follows a failure.
     #[arg(long)]
     recover: bool,
-    /// The command line file is already a recovery's (the worker of `--recover`).
-    #[arg(long, hide = true)]
-    recovered: bool,
 }
 
 /// The agent restores a map once per boot: a second start (systemd starts
@@ -70,7 +67,12 @@ fn recovery_cmdline(args: &Args, state: &Path) -> Result<PathBuf, CommandError> 
         CommandError::Usage("--recover: the last update's map does not survive a reset".into())
     })?;
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
-    let text = format!("{} {param} {}", cmdline.trim(), rollback::ROLLBACK_PARAM);
+    let text = format!(
+        "{} {param} {} {}",
+        cmdline.trim(),
+        rollback::ROLLBACK_PARAM,
+        rollback::RECOVERED_PARAM
+    );
     std::fs::create_dir_all(&args.work_dir).map_err(CommandError::Output)?;
     let path = args.work_dir.join("recover.cmdline");
     std::fs::write(&path, text).map_err(CommandError::Output)?;
@@ -91,7 +93,6 @@ pub fn run(mut args: Args, config: &Config, json: bool) -> Result<(), CommandErr
     let state = config.state_dir(args.state_dir.clone());
     if args.recover && !args.worker {
         args.cmdline_file = recovery_cmdline(&args, &state)?;
-        args.recovered = true;
     }
     let cmdline = std::fs::read_to_string(&args.cmdline_file).map_err(CommandError::Output)?;
     if !args.worker {
@@ -100,7 +101,7 @@ pub fn run(mut args: Args, config: &Config, json: bool) -> Result<(), CommandErr
     let options = ResumeOptions {
         fault: overboot::model::fault::from_cmdline(&cmdline),
         rollback: rollback::is_rollback(&cmdline),
-        recovered: args.recovered,
+        recovered: rollback::is_recovered(&cmdline),
         cmdline,
         state_dir: state.clone(),
         work_dir: args.work_dir.clone(),
@@ -120,9 +121,6 @@ pub fn run(mut args: Args, config: &Config, json: bool) -> Result<(), CommandErr
                 let mut cmd = Command::new(rollback::worker_program());
                 if json {
                     cmd.arg("--json");
-                }
-                if args.recovered {
-                    cmd.arg("--recovered");
                 }
                 cmd.args(["resume", "--worker", "--cmdline-file"])
                     .arg(&args.cmdline_file)

@@ -146,9 +146,6 @@ pub struct Pending {
     /// boot after a new kernel that never reached the agent, and restores from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recover: Option<String>,
-    /// The old kernel's release, for the report of such a recovery.
-    #[serde(default)]
-    pub from_release: String,
     /// The new kernel's release.
     #[serde(default)]
     pub to_release: String,

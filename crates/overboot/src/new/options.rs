@@ -20,7 +20,8 @@ pub struct ResumeOptions {
     /// This boot is a rollback onto the old kernel.
     pub rollback: bool,
     /// This boot came back on the old kernel through the firmware after the new kernel never
-    /// reached the agent (`overboot resume --recover`; `rollback` is set too).
+    /// reached the agent (`overboot resume --recover`, whose command line says so; `rollback`
+    /// is set too).
     pub recovered: bool,
     /// How long a directory store's map may take to appear: its file system mounted by a boot
     /// step that runs beside the agent ([`DEFAULT_STORE_WAIT`]).

@@ -30,6 +30,9 @@ use crate::model::report::{self, Outcome, Report};
 
 /// The command-line marker of a rollback boot.
 pub const ROLLBACK_PARAM: &str = "overboot.rollback=1";
+/// Marks the command line `overboot resume --recover` makes for itself and its worker: this
+/// boot came back through the firmware after a new kernel that never ran its agent.
+pub const RECOVERED_PARAM: &str = "overboot.recovered=1";
 
 /// Why the supervisor stopped without the trees running anywhere.
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +296,11 @@ pub fn is_rollback(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|w| w == ROLLBACK_PARAM)
 }
 
+/// Whether `cmdline` is a recovery's ([`RECOVERED_PARAM`]).
+pub fn is_recovered(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == RECOVERED_PARAM)
+}
+
 /// The current executable, to run the worker.
 pub fn worker_program() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("overboot"))
@@ -326,6 +334,10 @@ mod tests {
         assert!(failure_reason(exited(101), None).contains("exited with"));
         assert!(is_rollback("console=ttyS0 overboot.rollback=1"));
         assert!(!is_rollback("console=ttyS0"));
+        assert!(is_recovered(
+            "console=ttyS0 overboot.rollback=1 overboot.recovered=1"
+        ));
+        assert!(!is_recovered("console=ttyS0 overboot.rollback=1"));
     }
 
     #[test]

@@ -164,10 +164,9 @@ pub fn publish_load_jump(
         peak_mem_bytes: phases.peak_mem_bytes(),
         pre_copy: pre_copy.rounds.clone(),
         // A directory store survives a reset: a boot that comes back without the new kernel's
-        // agent having run restores from it (see `host::systemd::recovery`).
+        // agent having run restores from it (see `host::systemd::recovery_map`).
         recover: matches!(options.handover, Handover::Dir(_))
             .then(|| published.cmdline_param.clone()),
-        from_release: map.manifest().from.release.clone(),
         to_release: image.release.clone(),
         frozen_dump_bytes: published
             .bytes

@@ -220,7 +220,6 @@ mod tests {
             peak_mem_bytes: 0,
             pre_copy: Vec::new(),
             recover: None,
-            from_release: "6.12".into(),
             to_release: "7.3".into(),
             frozen_dump_bytes: 0,
         };
