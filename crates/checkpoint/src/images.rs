@@ -176,12 +176,7 @@ fn split_entry(
         path: path.to_path_buf(),
         reason: reason.into(),
     };
-    let word = |at: usize| -> Option<u32> {
-        bytes
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
+    let word = |at: usize| le_word(bytes, at);
     if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(magic) {
         return Err(format("bad magic"));
     }
@@ -190,6 +185,14 @@ fn split_entry(
         return Err(format("truncated entry"));
     }
     Ok((12..12 + len, 12 + len))
+}
+
+/// The little-endian `u32` at `at` in an image's bytes, if they go that far.
+pub(crate) fn le_word(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
 }
 
 /// The start of an image's bytes: the common magic, then the image's own `magic`.

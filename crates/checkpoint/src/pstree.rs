@@ -12,7 +12,7 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::images::{ImageError, IMG_COMMON_MAGIC};
+use crate::images::{le_word, ImageError, IMG_COMMON_MAGIC};
 
 const PSTREE_MAGIC: u32 = 0x5027_3030;
 
@@ -60,12 +60,7 @@ pub fn dumped_ids(images: &Path) -> Result<DumpedIds, ImageError> {
 }
 
 fn parse(bytes: &[u8]) -> Result<DumpedIds, &'static str> {
-    let word = |at: usize| -> Option<u32> {
-        bytes
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
+    let word = |at: usize| le_word(bytes, at);
     if word(0) != Some(IMG_COMMON_MAGIC) || word(4) != Some(PSTREE_MAGIC) {
         return Err("bad magic");
     }

@@ -197,6 +197,13 @@ pub struct JournalStream {
     pub forward_to_console: bool,
 }
 
+impl PreservedTree {
+    /// Every id the restore gives back: the processes' pids, then the other threads' ids.
+    pub fn ids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.pids.iter().chain(&self.threads).copied()
+    }
+}
+
 /// The systemd service a preserved tree belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreservedUnit {

@@ -39,6 +39,17 @@ pub fn reserve_pids(highest: i32) -> std::io::Result<()> {
     std::fs::write(LAST_PID, highest.to_string())
 }
 
+/// Every process's pid, from the numbered entries of `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The name (`comm`) of process `pid`, if it exists.
 pub fn comm_of(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

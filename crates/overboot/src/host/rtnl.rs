@@ -191,6 +191,19 @@ fn ack_errno(answer: &[u8], seq: u32) -> Option<i32> {
     Some(-error)
 }
 
+/// A netlink socket of `protocol` in the calling thread's network namespace, bound for the
+/// kernel's answers (rtnetlink here, `sock_diag` in [`super::unix_diag`]).
+pub fn netlink_socket(protocol: SockProtocol) -> std::io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        protocol,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    Ok(fd)
+}
+
 /// An open rtnetlink socket.
 #[derive(Debug)]
 pub struct Rtnl {
@@ -201,14 +214,7 @@ pub struct Rtnl {
 impl Rtnl {
     /// Opens a route netlink socket in the calling thread's network namespace.
     pub fn open() -> Result<Rtnl, RtnlError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(|e| RtnlError::Socket(e.into()))?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| RtnlError::Socket(e.into()))?;
+        let fd = netlink_socket(SockProtocol::NetlinkRoute).map_err(RtnlError::Socket)?;
         Ok(Rtnl { fd, seq: 0 })
     }
 

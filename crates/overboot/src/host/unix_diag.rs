@@ -9,10 +9,7 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{
-    bind, recv, send, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
-    SockType,
-};
+use nix::sys::socket::{recv, send, MsgFlags, SockProtocol};
 
 /// Errors reading the unix socket table.
 #[derive(Debug, thiserror::Error)]
@@ -157,14 +154,8 @@ fn socket_name(data: &[u8]) -> String {
 
 /// Every unix socket of this network namespace, by inode.
 pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>, UnixDiagError> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .map_err(|e| UnixDiagError::Socket(e.into()))?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| UnixDiagError::Socket(e.into()))?;
+    let fd = crate::host::rtnl::netlink_socket(SockProtocol::NetlinkSockDiag)
+        .map_err(UnixDiagError::Socket)?;
     send(fd.as_raw_fd(), &request(), MsgFlags::empty())
         .map_err(|e| UnixDiagError::Socket(e.into()))?;
     let mut sockets = HashMap::new();

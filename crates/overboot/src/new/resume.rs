@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use overboot_handover::{DeferredFiles, Manifest, SaveStateMap};
+use overboot_handover::{DeferredFiles, Manifest, PreservedTree, SaveStateMap};
 
 use super::agent::Agent;
 pub use super::error::ResumeError;
@@ -174,23 +174,22 @@ fn carry_phases(
     phases.record(Phase::NewKernelBoot, at_start.boottime_ns / 1_000_000);
 }
 
-/// Every preserved pid must be free before anything is restored.
 /// Every preserved pid is free; from here on new processes of this boot get higher ones (the
 /// boot goes on beside the restore: udev workers, units starting).
 fn pids_free(agent: &mut dyn Agent, manifest: &Manifest) -> Result<(), ResumeError> {
     let highest = manifest
         .trees
         .iter()
-        .flat_map(|t| t.pids.iter().chain(&t.threads).copied())
+        .flat_map(PreservedTree::ids)
         .max()
         .unwrap_or(0);
     agent.reserve_pids(highest);
     for tree in &manifest.trees {
-        for pid in tree.pids.iter().chain(&tree.threads) {
-            if let Some(comm) = agent.process_name(*pid) {
+        for pid in tree.ids() {
+            if let Some(comm) = agent.process_name(pid) {
                 return Err(ResumeError::PidTaken {
                     tree: tree.name.clone(),
-                    pid: *pid,
+                    pid,
                     comm,
                 });
             }

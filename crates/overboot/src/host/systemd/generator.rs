@@ -241,9 +241,8 @@ pub fn run_generator(
     let finished = work_dir.join(FINISHED).exists();
     let mut recover = false;
     let map = match overboot_handover::locate_from_cmdline(&cmdline) {
-        Ok(Some(map)) if !finished => Some(map),
-        Ok(Some(_)) => None,
-        Ok(None) if finished => None,
+        Ok(_) if finished => None,
+        Ok(Some(map)) => Some(map),
         Ok(None) => {
             let map = recovery_map(state_dir);
             recover = map.is_some();
@@ -264,11 +263,7 @@ pub fn run_generator(
     // Before the boot starts its processes: theirs above the preserved pids (the agent does it
     // again when it starts, in case this one could not).
     if let Some(manifest) = &manifest {
-        let highest = manifest
-            .trees
-            .iter()
-            .flat_map(|t| t.pids.iter().chain(&t.threads).copied())
-            .max();
+        let highest = manifest.trees.iter().flat_map(PreservedTree::ids).max();
         if let Some(highest) = highest {
             if let Err(e) = crate::host::proc::reserve_pids(highest) {
                 eprintln!("overboot-generator: cannot keep new pids above {highest}: {e}");

@@ -200,20 +200,10 @@ pub fn end_tasks(pids: &[i32], timeout: std::time::Duration) -> std::io::Result<
     }
 }
 
-fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The tree rooted at `root`: root first, then descendants breadth-first.
 fn descendants(root: i32) -> Vec<i32> {
     let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for pid in all_pids() {
+    for pid in crate::host::proc::all_pids() {
         if let Some((_, ppid, ..)) = stat(pid) {
             children.entry(ppid).or_default().push(pid);
         }

@@ -29,26 +29,21 @@ pub struct HeldSocket {
 /// found (the holder exited, or it lives in another network namespace).
 fn holders(inode: u64, tree: &BTreeSet<i32>) -> Vec<String> {
     let link = format!("socket:[{inode}]");
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if tree.contains(&pid) {
-            continue;
-        }
-        let fds = entry.path().join("fd");
-        let holds = fs::read_dir(&fds)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()));
-        if holds {
-            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push(format!("pid {pid} ({})", comm.trim()));
-        }
-    }
-    found
+    crate::host::proc::all_pids()
+        .into_iter()
+        .filter(|pid| !tree.contains(pid))
+        .filter(|pid| {
+            let fds = fs::read_dir(format!("/proc/{pid}/fd"));
+            fds.into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()))
+        })
+        .map(|pid| {
+            let comm = crate::host::proc::comm_of(pid).unwrap_or_default();
+            format!("pid {pid} ({comm})")
+        })
+        .collect()
 }
 
 /// The journal streams among `held` (one per socket), or the refusal of the first stream
